@@ -1,0 +1,93 @@
+"""Delay patterns for multi-codebook audio tokens.
+
+Codebook k of a delayed stream runs ``delays[k]`` steps behind the undelayed
+codes, so a model can condition codebook k on codebooks < k of the same frame.
+MusicGen and Higgs use ``delays[k] = k``; Dia uses custom delays.
+
+Shapes are ``[..., K, T]`` (codebooks, time) throughout.
+"""
+
+from collections.abc import Sequence
+
+import mlx.core as mx
+
+
+def default_delays(num_codebooks: int) -> list[int]:
+    """The MusicGen/Higgs delays: codebook k is k steps late."""
+    return list(range(num_codebooks))
+
+
+def _check_delays(delays: Sequence[int] | None, num_codebooks: int) -> list[int]:
+    if delays is None:
+        return default_delays(num_codebooks)
+    delays = [int(d) for d in delays]
+    if len(delays) != num_codebooks:
+        raise ValueError(f"got {len(delays)} delays for {num_codebooks} codebooks")
+    if any(d < 0 for d in delays):
+        raise ValueError(f"delays must be >= 0, got {delays}")
+    return delays
+
+
+def apply_delay(
+    codes: mx.array,
+    delays: Sequence[int] | None = None,
+    *,
+    lead: int,
+    trail: int,
+) -> mx.array:
+    """Shift codebook k right by ``delays[k]``.
+
+    ``codes [..., K, T]`` becomes ``[..., K, T + max(delays)]``: row k is
+    ``delays[k]`` copies of ``lead``, then the codes, then
+    ``max(delays) - delays[k]`` copies of ``trail``.
+    """
+    *batch, K, T = codes.shape
+    delays = _check_delays(delays, K)
+    D = max(delays)
+    # Gather instead of padding row by row: out[k, t] = codes[k, t - d_k].
+    t = mx.arange(T + D)[None, :] - mx.array(delays)[:, None]  # [K, T + D]
+    shape = (*batch, K, T + D)
+    if T == 0:
+        return mx.broadcast_to(mx.where(t < 0, lead, trail), shape).astype(codes.dtype)
+    src = mx.take_along_axis(codes, mx.broadcast_to(mx.clip(t, 0, T - 1), shape), axis=-1)
+    out = mx.where(t < 0, lead, mx.where(t >= T, trail, src))
+    return out.astype(codes.dtype)
+
+
+def revert_delay(delayed: mx.array, delays: Sequence[int] | None = None) -> mx.array:
+    """Undo :func:`apply_delay`: ``[..., K, F]`` -> ``[..., K, F - max(delays)]``.
+
+    Row k of the result is ``delayed[k, d_k : d_k + F - D]``. A stream that is
+    still being generated can be reverted as it grows: column t is final once
+    frame ``t + max(delays)`` exists.
+    """
+    *batch, K, F = delayed.shape
+    delays = _check_delays(delays, K)
+    T = F - max(delays)
+    if T < 0:
+        raise ValueError(f"{F} delayed frames are fewer than the largest delay {max(delays)}")
+    idx = mx.arange(T)[None, :] + mx.array(delays)[:, None]
+    return mx.take_along_axis(delayed, mx.broadcast_to(idx, (*batch, K, T)), axis=-1)
+
+
+def build_delay_pattern(
+    codes: mx.array,
+    bos: int,
+    eos: int,
+    delays: Sequence[int] | None = None,
+) -> mx.array:
+    """Wrap a clip as ``[BOS, codes, EOS]`` and delay it (how Higgs feeds audio).
+
+    ``[..., K, T]`` -> ``[..., K, T + 2 + max(delays)]``: row k carries
+    ``1 + d_k`` BOS, the codes, then ``1 + max(delays) - d_k`` EOS.
+    """
+    *batch, K, _ = codes.shape
+    wrapped = mx.concatenate(
+        [
+            mx.full((*batch, K, 1), bos, dtype=codes.dtype),
+            codes,
+            mx.full((*batch, K, 1), eos, dtype=codes.dtype),
+        ],
+        axis=-1,
+    )
+    return apply_delay(wrapped, delays, lead=bos, trail=eos)

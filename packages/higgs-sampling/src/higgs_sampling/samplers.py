@@ -1,0 +1,127 @@
+"""Token samplers over logits shaped ``[..., K, V]``.
+
+The order is the one Hugging Face's generate (and so Higgs Audio) applies:
+temperature, then top-k, then top-p, then a categorical draw. Everything is
+vectorised over the leading axes and takes an explicit PRNG key.
+"""
+
+import math
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick a code from each codebook's logits.
+
+    ``temperature <= 0`` means greedy (argmax). ``top_k <= 0`` and
+    ``top_p >= 1`` disable those filters. Repetition-aware sampling redraws a
+    codebook from its raw softmax when the sampled code already occurs
+    ``ras_max_repeat`` times in the codebook's last ``ras_window`` codes;
+    ``ras_window <= 0`` turns it off.
+    """
+
+    temperature: float = 0.7
+    top_k: int = 0
+    top_p: float = 0.95
+    ras_window: int = 7
+    ras_max_repeat: int = 2
+
+    def __post_init__(self):
+        if not math.isfinite(self.temperature):
+            raise ValueError(f"temperature must be finite, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.ras_window > 0 and self.ras_max_repeat < 1:
+            raise ValueError(f"ras_max_repeat must be >= 1, got {self.ras_max_repeat}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+
+def greedy(logits: mx.array) -> mx.array:
+    """Argmax over the last axis, as int32."""
+    return mx.argmax(logits, axis=-1).astype(mx.int32)
+
+
+def gumbel_max(logits: mx.array, key: mx.array) -> mx.array:
+    """One categorical draw per row from softmax(logits), by the Gumbel-max trick.
+
+    Entries at -inf are never drawn.
+    """
+    noise = mx.random.gumbel(logits.shape, key=key)
+    return greedy(logits.astype(mx.float32) + noise)
+
+
+def filter_logits(
+    logits: mx.array, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+) -> mx.array:
+    """Scale by ``1 / temperature``, then keep the top-k, then the top-p nucleus.
+
+    Removed entries become -inf. Top-k keeps every entry tied with the k-th
+    largest; top-p keeps the most probable entries whose mass, counted before
+    each entry, is below ``top_p`` (so at least one entry always stays).
+    """
+    x = logits.astype(mx.float32)
+    if temperature != 1.0:
+        x = x / temperature
+    V = x.shape[-1]
+    use_k = 0 < top_k < V
+    use_p = top_p < 1.0
+    if not (use_k or use_p):
+        return x
+    ranked = -mx.sort(-x, axis=-1)  # descending
+    if use_k:
+        kth = ranked[..., top_k - 1 : top_k]
+        x = mx.where(x < kth, -mx.inf, x)
+        ranked = mx.where(ranked < kth, -mx.inf, ranked)
+    if use_p:
+        probs = mx.softmax(ranked, axis=-1)
+        before = mx.cumsum(probs, axis=-1) - probs  # mass of strictly better entries
+        keep = mx.sum(before < top_p, axis=-1, keepdims=True).astype(mx.int32)
+        cutoff = mx.take_along_axis(ranked, mx.maximum(keep, 1) - 1, axis=-1)
+        x = mx.where(x < cutoff, -mx.inf, x)
+    return x
+
+
+def sample(
+    logits: mx.array,
+    key: mx.array | None = None,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> mx.array:
+    """Draw one code per row of ``logits [..., V]`` -> int32 ``[...]``.
+
+    ``temperature <= 0`` is greedy and ignores the key and the filters.
+    """
+    if temperature <= 0:
+        return greedy(logits)
+    if key is None:
+        raise ValueError("sampling with temperature > 0 needs a PRNG key")
+    return gumbel_max(filter_logits(logits, temperature, top_k, top_p), key)
+
+
+def repetition_aware(
+    codes: mx.array,
+    logits: mx.array,
+    history: mx.array,
+    key: mx.array,
+    max_repeat: int = 2,
+) -> mx.array:
+    """Repetition-aware sampling (RAS) as in the Higgs Audio release.
+
+    ``codes [..., K]`` were sampled from ``logits [..., K, V]``; ``history
+    [..., K, W]`` holds each codebook's last W codes (negative entries are
+    empty slots). Where a code already appears ``max_repeat`` or more times in
+    its codebook's window, that codebook is redrawn from softmax of the RAW
+    logits: no temperature, top-k or top-p, and also when decoding greedily.
+    """
+    if history.shape[-1] == 0:
+        return codes
+    count = mx.sum(history == codes[..., None], axis=-1)
+    redraw = gumbel_max(logits, key)
+    return mx.where(count >= max_repeat, redraw, codes)
