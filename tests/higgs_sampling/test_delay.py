@@ -20,7 +20,7 @@ def clips(draw):
 
 def numpy_delay(codes, delays, lead, trail):
     """Row-by-row reference: d_k leads, the codes, then D - d_k trails."""
-    K, T = codes.shape[-2:]
+    T = codes.shape[-1]
     D = max(delays)
     out = np.empty((*codes.shape[:-1], T + D), dtype=codes.dtype)
     for k, d in enumerate(delays):
@@ -52,7 +52,7 @@ def test_revert_undoes_apply(clip):
 @given(clips())
 def test_build_wraps_with_bos_and_eos(clip):
     codes, delays = clip
-    K, T = codes.shape[-2:]
+    T = codes.shape[-1]
     D = max(delays)
     got = np.array(build_delay_pattern(mx.array(codes), 1024, 1025, delays))
     assert got.shape == (*codes.shape[:-1], T + 2 + D)

@@ -188,4 +188,3 @@ class FrameSampler:
         if StopReason(int(stop)) == StopReason.EOS:
             codes = codes[..., :-1]
         return mx.clip(codes, 0, codebook_size - 1)
-

@@ -1,0 +1,82 @@
+"""The workspace's own rules: lint, import direction, the console script, and
+that higgs-sampling installs and runs on its own."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ["higgs_sampling", "higgs_codec", "higgs_core", "higgs_cli"]
+
+
+def run(*cmd, **kw):
+    return subprocess.run(
+        [str(c) for c in cmd], capture_output=True, text=True, cwd=ROOT, timeout=600, **kw
+    )
+
+
+def uv():
+    from uv import find_uv_bin
+
+    return find_uv_bin()
+
+
+def test_ruff_is_clean():
+    out = run(sys.executable, "-m", "ruff", "check", ".")
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = run(sys.executable, "-m", "ruff", "format", "--check", ".")
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_import_contracts_hold():
+    lint = Path(sys.executable).with_name("lint-imports")
+    out = run(lint, "--no-cache")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 broken" in out.stdout
+
+
+@pytest.mark.parametrize("name", PACKAGES)
+def test_packages_import(name):
+    mod = __import__(name)
+    assert re.fullmatch(r"\d+\.\d+\.\d+.*", mod.__version__)
+
+
+def test_console_script_reports_its_version():
+    higgs = Path(sys.executable).with_name("higgs")
+    out = run(higgs, "--version")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("higgs, version ")
+
+
+def readme_python(path):
+    blocks = re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
+    assert blocks, f"no python example in {path}"
+    return blocks[0]
+
+
+@pytest.mark.slow
+def test_sampling_installs_alone_and_its_readme_example_runs(tmp_path):
+    venv = tmp_path / "venv"
+    assert run(uv(), "venv", "-q", "--python", sys.executable, venv).returncode == 0
+    python = venv / "bin" / "python"
+    install = [uv(), "pip", "install", "-q", "--python", python, ROOT / "packages/higgs-sampling"]
+    # The cache normally holds everything; fall back to the registry if not.
+    out = run(*install, "--offline")
+    if out.returncode != 0:
+        out = run(*install)
+    assert out.returncode == 0, out.stderr
+
+    freeze = run(uv(), "pip", "freeze", "--python", python).stdout
+    names = {re.split(r"[=@ ]", line)[0].lower() for line in freeze.splitlines() if line}
+    assert "higgs-sampling" in names
+    assert names <= {"higgs-sampling", "mlx", "mlx-cpu", "mlx-metal"}, names
+
+    example = readme_python(ROOT / "packages/higgs-sampling/README.md")
+    out = run(python, "-c", example)
+    assert out.returncode == 0, out.stderr
+    label, shape = out.stdout.strip().split(" ", 1)
+    assert label in {"eos", "max_frames"}
+    assert shape.startswith("(4, ")
