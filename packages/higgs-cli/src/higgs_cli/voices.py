@@ -1,0 +1,259 @@
+"""Voices: built-in descriptions pinned on first use, and users' recordings.
+
+Each voice is a folder ``<voices>/<name>/`` holding ``voice.json`` and, for a
+recording, a copy of the audio. Codes are stored per fingerprint: a recording's
+codes per codec, a built-in voice's pin per model and codec, so a pin made by
+one model is never replayed with another. Every write goes to a temporary file
+or folder first and is renamed into place.
+"""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = 1
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+@dataclass(frozen=True)
+class Builtin:
+    description: str
+    seed: int
+
+
+# Our own descriptions. The pin sentence is spoken once with a fixed seed.
+BUILTINS = {
+    "en_woman": Builtin(
+        "A woman in her thirties with a warm, clear American English voice, speaking at a "
+        "relaxed, even pace in a friendly tone; close microphone, very clear audio.",
+        seed=11,
+    ),
+    "en_man": Builtin(
+        "A man in his thirties with a clear, mid-pitched American English voice, speaking "
+        "at a natural conversational pace in a friendly tone; very clear audio.",
+        seed=23,
+    ),
+    "en_man_deep": Builtin(
+        "A man with a deep, low-pitched, resonant English voice, speaking slowly and "
+        "calmly with steady emphasis; close microphone, very clear audio.",
+        seed=37,
+    ),
+}
+PIN_TEXT = "Hello there. This is my voice, and I will read your text for you today."
+
+
+class VoiceError(Exception):
+    """A voice that is unknown, invalid or damaged, with what to do about it."""
+
+
+@dataclass
+class Voice:
+    name: str
+    kind: str  # "builtin" or "recording"
+    transcript: str | None = None
+    description: str | None = None
+    audio: Path | None = None  # the stored copy of a recording
+    problem: str | None = None  # why the entry cannot be used, if it cannot
+
+
+def data_dir() -> Path:
+    """Per-user data folder: $HIGGS_HOME, else the platform's usual place."""
+    if env := os.environ.get("HIGGS_HOME"):
+        return Path(env).expanduser()
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "higgs"
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "higgs"
+
+
+def fingerprint(folder: Path) -> str:
+    """A short id of a checkpoint folder: its config and its weight files' names and sizes."""
+    h = hashlib.sha256()
+    for name in ("config.json", "audio_tokenizer/config.json"):
+        if (folder / name).is_file():
+            h.update((folder / name).read_bytes())
+    for f in sorted(folder.rglob("*")):
+        if f.suffix in (".safetensors", ".pth", ".npz", ".bin") and f.is_file():
+            h.update(f"{f.relative_to(folder)}:{f.stat().st_size};".encode())
+    return h.hexdigest()[:16]
+
+
+def check_name(name: str) -> str:
+    if not NAME.fullmatch(name or ""):
+        raise VoiceError(
+            f"invalid voice name {name!r}: use 1-64 letters, digits, '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def _write_atomic(path: Path, data: bytes):
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _npy_bytes(codes: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, codes, allow_pickle=False)
+    return buf.getvalue()
+
+
+class VoiceStore:
+    """The voices folder (``data_dir()/voices`` unless told otherwise)."""
+
+    def __init__(self, root: Path | None = None):
+        self.root = Path(root) if root is not None else data_dir() / "voices"
+
+    # reading ---------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        stored = []
+        if self.root.is_dir():
+            stored = [p.name for p in self.root.iterdir() if p.is_dir() and NAME.fullmatch(p.name)]
+        return sorted(set(BUILTINS) | set(stored))
+
+    def list(self) -> list[Voice]:
+        return [self.get(name, strict=False) for name in self.names()]
+
+    def get(self, name: str, *, strict: bool = True) -> Voice:
+        """The voice called ``name``; ``strict`` raises if its entry is damaged."""
+        check_name(name)
+        folder = self.root / name
+        meta_path = folder / "voice.json"
+        if name in BUILTINS and not meta_path.exists():
+            return Voice(name, "builtin", description=BUILTINS[name].description)
+        if not folder.is_dir():
+            known = ", ".join(self.names())
+            raise VoiceError(f"unknown voice {name!r} (known: {known})")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            if meta.get("format") != FORMAT or meta.get("kind") not in ("builtin", "recording"):
+                raise ValueError("not a voice entry of this version of higgs")
+            voice = Voice(
+                name,
+                meta["kind"],
+                transcript=meta.get("transcript"),
+                description=meta.get("description"),
+            )
+            if voice.kind == "recording":
+                if not voice.transcript:
+                    raise ValueError("no transcript")
+                audio = meta.get("audio")
+                voice.audio = folder / audio if audio else None
+                if voice.audio is None or not voice.audio.is_file():
+                    raise ValueError("the copy of the recording is missing")
+            elif name in BUILTINS:
+                voice.description = BUILTINS[name].description
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            problem = (
+                f"voice {name!r} is damaged ({e}); remove it with `higgs voices remove {name}`"
+            )
+            if strict:
+                raise VoiceError(problem) from e
+            return Voice(name, "unknown", problem=problem)
+        return voice
+
+    def codes(self, name: str, key: str, num_codebooks: int) -> np.ndarray | None:
+        """Stored codes ``[K, T]`` of ``name`` for fingerprint ``key``; None if absent.
+
+        A damaged or foreign codes file raises :class:`VoiceError`.
+        """
+        path = self.root / check_name(name) / f"codes-{key}.npy"
+        if not path.exists():
+            return None
+        try:
+            codes = np.load(path, allow_pickle=False)
+            if codes.ndim != 2 or codes.shape[0] != num_codebooks or codes.dtype != np.uint16:
+                raise ValueError(f"codes of shape {codes.shape} and type {codes.dtype}")
+        except (OSError, ValueError, EOFError) as e:
+            raise VoiceError(f"stored codes of voice {name!r} are damaged ({e})") from e
+        return codes.astype(np.int32)
+
+    # writing ---------------------------------------------------------------
+
+    def add(
+        self,
+        name: str,
+        audio: Path,
+        transcript: str,
+        *,
+        codes: np.ndarray | None = None,
+        key: str | None = None,
+        force: bool = False,
+    ) -> Voice:
+        """Store a recording (copied), its transcript and its codes for ``key``."""
+        check_name(name)
+        transcript = " ".join(transcript.split())
+        if not transcript:
+            raise VoiceError("the transcript is empty: pass the words spoken in the recording")
+        if name in BUILTINS:
+            raise VoiceError(f"{name!r} is a built-in voice; choose another name")
+        dest = self.root / name
+        if dest.exists() and not force:
+            raise VoiceError(f"voice {name!r} exists; remove it first or pass --force")
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=f".add-{name}-"))
+        try:
+            copy = f"audio{audio.suffix.lower() or '.wav'}"
+            shutil.copyfile(audio, staging / copy)
+            meta = {"format": FORMAT, "kind": "recording", "transcript": transcript, "audio": copy}
+            (staging / "voice.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+            if codes is not None:
+                np.save(staging / f"codes-{key}.npy", np.asarray(codes, np.uint16))
+            self._swap_in(staging, dest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return self.get(name)
+
+    def pin(self, name: str, key: str, codes: np.ndarray, transcript: str):
+        """Record the codes a built-in voice was pinned to for fingerprint ``key``."""
+        folder = self.root / check_name(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"format": FORMAT, "kind": "builtin", "transcript": transcript}
+        self.save_codes(name, key, codes)
+        if not (folder / "voice.json").exists():
+            _write_atomic(folder / "voice.json", json.dumps(meta, indent=2).encode())
+
+    def save_codes(self, name: str, key: str, codes: np.ndarray):
+        folder = self.root / check_name(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_atomic(folder / f"codes-{key}.npy", _npy_bytes(np.asarray(codes, np.uint16)))
+
+    def remove(self, name: str):
+        """Delete a voice (for a built-in one: its pins, made again on next use)."""
+        folder = self.root / check_name(name)
+        if not folder.exists():
+            if name in BUILTINS:
+                raise VoiceError(f"built-in voice {name!r} has no pin to remove")
+            raise VoiceError(f"unknown voice {name!r}")
+        # Rename first so a half-deleted folder never looks like a voice.
+        trash = Path(tempfile.mkdtemp(dir=self.root, prefix=f".rm-{name}-"))
+        os.replace(folder, trash / name)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def _swap_in(self, staging: Path, dest: Path):
+        if dest.exists():
+            trash = Path(tempfile.mkdtemp(dir=self.root, prefix=f".old-{dest.name}-"))
+            os.replace(dest, trash / dest.name)
+            os.replace(staging, dest)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(staging, dest)
