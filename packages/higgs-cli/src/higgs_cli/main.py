@@ -1,11 +1,408 @@
-"""The `higgs` command."""
+"""The `higgs` command: a thin layer over :mod:`higgs_cli.pipeline`."""
+
+import functools
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
 
 import click
 
 from higgs_cli import __version__
+from higgs_cli.output import FORMATS, Player, Writer, default_path, format_for
+from higgs_cli.pipeline import DEFAULT_CODEC, DEFAULT_MODEL, Settings
+
+DEFAULTS = Settings()
+
+
+def fail(message: str):
+    raise click.ClickException(message)
+
+
+def friendly(fn):
+    """Run a command so that any failure is one line on stderr (a traceback with --debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, debug=False, **kwargs):
+        debug = debug or bool(os.environ.get("HIGGS_DEBUG"))
+        try:
+            return fn(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("higgs: interrupted", err=True)
+            sys.exit(130)
+        except Exception as e:
+            if debug:
+                traceback.print_exc()
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            click.echo(f"higgs: error: {msg}", err=True)
+            sys.exit(1)
+
+    return click.option("--debug", is_flag=True, help="Show the full traceback on errors.")(wrapper)
+
+
+def model_options(fn):
+    fn = click.option(
+        "--codec",
+        envvar="HIGGS_CODEC",
+        default=DEFAULT_CODEC,
+        show_default=True,
+        help="Audio tokenizer: hub id or local folder (env HIGGS_CODEC).",
+    )(fn)
+    return click.option(
+        "--model",
+        envvar="HIGGS_MODEL",
+        default=DEFAULT_MODEL,
+        show_default=True,
+        help="Model: hub id or local folder (env HIGGS_MODEL).",
+    )(fn)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="higgs")
 def cli():
     """Higgs Audio v2 text-to-speech on MLX."""
+
+
+# say ---------------------------------------------------------------------------
+
+
+def read_text(text: str | None, file: str | None) -> str:
+    if text is not None and file is not None:
+        fail("give the text either as an argument or with -f, not both")
+    if file == "-" or (text is None and file is None and not sys.stdin.isatty()):
+        return sys.stdin.read()
+    if file is not None:
+        try:
+            return Path(file).read_text(encoding="utf-8")
+        except OSError as e:
+            fail(f"cannot read {file}: {e.strerror or e}")
+        except UnicodeDecodeError:
+            fail(f"cannot read {file}: it is not UTF-8 text")
+    return text or ""
+
+
+class StatusLine:
+    """A one-line progress display on stderr, redrawn in place (terminals only)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.width = 0
+
+    def __call__(self, p):
+        if not self.enabled:
+            return
+        rtf = p.elapsed / p.audio_seconds if p.audio_seconds else 0.0
+        chunk = f"chunk {p.chunk + 1}/{p.chunks} " if p.chunks > 1 else ""
+        line = (
+            f"\r{chunk}{p.frames} frames | {p.audio_seconds:5.1f} s audio | "
+            f"{p.elapsed:5.1f} s | RTF {rtf:4.2f}"
+        )
+        self.width = max(self.width, len(line))
+        click.echo(line.ljust(self.width), err=True, nl=False)
+
+    def clear(self):
+        if self.enabled and self.width:
+            click.echo("\r" + " " * self.width + "\r", err=True, nl=False)
+
+
+@cli.command()
+@click.argument("text", required=False)
+@click.option("-f", "--file", "file", help="Read the text from FILE ('-' for stdin).")
+@click.option("-o", "--output", help="Output file, or '-' for stdout. [default: from the text]")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    help="Output format. [default: from -o, else wav]",
+)
+@click.option(
+    "--voice", "voices", multiple=True, help="Voice name (repeat for SPEAKER0, SPEAKER1, ...)."
+)
+@click.option(
+    "--ref-audio",
+    multiple=True,
+    type=click.Path(),
+    help="Reference recording to clone (repeatable).",
+)
+@click.option("--ref-text", multiple=True, help="Transcript of each --ref-audio, in order.")
+@click.option(
+    "--scene", default=DEFAULTS.scene, show_default=True, help="Scene description ('' for none)."
+)
+@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
+@click.option(
+    "--temperature",
+    type=float,
+    default=DEFAULTS.temperature,
+    show_default=True,
+    help="0 is greedy.",
+)
+@click.option("--top-k", type=int, default=DEFAULTS.top_k, show_default=True, help="0 disables.")
+@click.option("--top-p", type=float, default=DEFAULTS.top_p, show_default=True)
+@click.option(
+    "--ras-window", type=int, default=DEFAULTS.ras_window, show_default=True, help="0 disables."
+)
+@click.option("--ras-max-repeat", type=int, default=DEFAULTS.ras_max_repeat, show_default=True)
+@click.option(
+    "--max-seconds",
+    type=float,
+    default=DEFAULTS.max_seconds,
+    show_default=True,
+    help="Most audio to make.",
+)
+@click.option(
+    "--chunk-words",
+    type=int,
+    default=DEFAULTS.chunk_words,
+    show_default=True,
+    help="Long-text chunk size.",
+)
+@click.option("--stream", is_flag=True, help="Write (or play) audio while it is generated.")
+@click.option("--play", is_flag=True, help="Play through the speakers (needs the 'play' extra).")
+@model_options
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("-v", "--verbose", is_flag=True, help="Print prompt size, frames, timing and memory.")
+@friendly
+def say(
+    text,
+    file,
+    output,
+    fmt,
+    voices,
+    ref_audio,
+    ref_text,
+    scene,
+    seed,
+    temperature,
+    top_k,
+    top_p,
+    ras_window,
+    ras_max_repeat,
+    max_seconds,
+    chunk_words,
+    stream,
+    play,
+    model,
+    codec,
+    quiet,
+    verbose,
+):
+    """Speak TEXT (or -f FILE, or stdin) into an audio file."""
+    text = read_text(text, file).strip()
+    if not text:
+        fail("there is no text to speak")
+    if len(ref_text) != len(ref_audio):
+        fail(
+            f"{len(ref_audio)} --ref-audio but {len(ref_text)} --ref-text: "
+            "give one transcript per recording"
+        )
+    for path in ref_audio:
+        if not Path(path).is_file():
+            fail(f"reference audio {path} does not exist")
+    if output is None and not play:
+        output = str(default_path(text, fmt or "wav"))
+    fmt = format_for(output or "", fmt) if output else fmt
+    if output and output != "-" and not Path(output).parent.is_dir():
+        fail(f"cannot write {output}: folder {Path(output).parent} does not exist")
+    settings = dict(
+        seed=seed,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        ras_window=ras_window,
+        ras_max_repeat=ras_max_repeat,
+        max_seconds=max_seconds,
+        chunk_words=chunk_words,
+        scene=scene or None,
+    )
+    Settings(**settings).params()  # validate before loading anything
+
+    import mlx.core as mx
+
+    from higgs_cli.pipeline import Higgs
+
+    say_ = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+    t0 = time.perf_counter()
+    tts = Higgs.from_pretrained(model, codec)
+    load_s = time.perf_counter() - t0
+    status = StatusLine(not quiet and sys.stderr.isatty())
+    warn = lambda m: (status.clear(), say_(f"higgs: warning: {m}"))  # noqa: E731
+    refs = list(zip(ref_audio, ref_text, strict=True))
+    sinks = []
+    try:
+        if stream:
+            if output:
+                sinks.append(Writer(output, fmt, tts.sample_rate))
+            if play:
+                sinks.append(Player(tts.sample_rate))
+            result = []
+            for pcm in tts.stream(
+                text,
+                voices=voices,
+                refs=refs,
+                progress=status,
+                warn=warn,
+                result=result,
+                **settings,
+            ):
+                for sink in sinks:
+                    sink.write(pcm)
+            speech = result[0]
+        else:
+            speech = tts.say(text, voices=voices, refs=refs, progress=status, warn=warn, **settings)
+            if output:
+                sinks.append(Writer(output, fmt, tts.sample_rate))
+            if play:
+                sinks.append(Player(tts.sample_rate))
+            for sink in sinks:
+                sink.write(speech.samples)
+    finally:
+        status.clear()
+        for sink in sinks:
+            sink.close()
+    where = "stdout" if output == "-" else output
+    if where:
+        say_(
+            f"wrote {where}: {speech.duration:.2f} s of audio in {speech.seconds:.2f} s "
+            f"(RTF {speech.real_time_factor:.2f})"
+        )
+    if verbose and not quiet:
+        say_(f"  model load     {load_s:.2f} s")
+        say_(f"  chunks         {len(speech.chunks)} (stop: {', '.join(speech.stop_reasons)})")
+        say_(f"  prompt tokens  {speech.prompt_tokens}")
+        say_(f"  frames         {speech.frames}")
+        say_(f"  audio          {speech.duration:.2f} s")
+        say_(f"  processing     {speech.seconds:.2f} s (RTF {speech.real_time_factor:.3f})")
+        say_(f"  peak memory    {mx.get_peak_memory() / 1e9:.2f} GB")
+
+
+# voices --------------------------------------------------------------------------
+
+
+@cli.group()
+def voices():
+    """List, add, show and remove voices."""
+
+
+@voices.command("list")
+@friendly
+def voices_list():
+    """List the voices."""
+    from higgs_cli.voices import VoiceStore
+
+    store = VoiceStore()
+    for v in store.list():
+        if v.problem:
+            click.echo(f"{v.name:<20} damaged   {v.problem}")
+            continue
+        what = v.transcript if v.kind == "recording" else v.description
+        kind = "recording" if v.kind == "recording" else "built-in"
+        click.echo(f"{v.name:<20} {kind:<9} {shorten(what or '', 60)}")
+
+
+def shorten(s: str, n: int) -> str:
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+@voices.command("show")
+@click.argument("name")
+@friendly
+def voices_show(name):
+    """Show one voice."""
+    from higgs_cli.voices import VoiceStore
+
+    store = VoiceStore()
+    v = store.get(name)
+    click.echo(f"name         {v.name}")
+    click.echo(f"kind         {'built-in' if v.kind == 'builtin' else v.kind}")
+    if v.description:
+        click.echo(f"description  {v.description}")
+    if v.transcript:
+        click.echo(f"transcript   {v.transcript}")
+    if v.audio:
+        click.echo(f"recording    {v.audio}")
+    folder = store.root / name
+    stored = sorted(p.stem.removeprefix("codes-") for p in folder.glob("codes-*.npy"))
+    click.echo(f"stored codes {', '.join(stored) or 'none yet'}")
+
+
+@voices.command("add")
+@click.argument("name")
+@click.option(
+    "--audio", required=True, type=click.Path(), help="A recording of the voice (wav/flac/ogg)."
+)
+@click.option("--text", required=True, help="What the recording says.")
+@click.option("--force", is_flag=True, help="Replace a voice of the same name.")
+@click.option(
+    "--codec",
+    envvar="HIGGS_CODEC",
+    default=DEFAULT_CODEC,
+    show_default=True,
+    help="Audio tokenizer: hub id or local folder (env HIGGS_CODEC).",
+)
+@friendly
+def voices_add(name, audio, text, force, codec):
+    """Add voice NAME from a recording and its transcript."""
+    from higgs_cli.pipeline import add_voice
+    from higgs_cli.voices import VoiceStore, check_name
+
+    check_name(name)
+    if not Path(audio).is_file():
+        fail(f"audio file {audio} does not exist")
+    voice = add_voice(VoiceStore(), codec, name, audio, text, force=force)
+    click.echo(f"added voice {voice.name!r}", err=True)
+
+
+@voices.command("remove")
+@click.argument("name")
+@friendly
+def voices_remove(name):
+    """Remove voice NAME (for a built-in voice: forget its pin)."""
+    from higgs_cli.voices import VoiceStore
+
+    VoiceStore().remove(name)
+    click.echo(f"removed voice {name!r}", err=True)
+
+
+# convert ---------------------------------------------------------------------------
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+)
+
+
+@cli.command()
+@click.argument("src")
+@click.argument("dst", type=click.Path())
+@click.option("--bits", type=click.Choice(["4", "6", "8"]), required=True, help="Bits per weight.")
+@click.option(
+    "--group-size", type=click.Choice(["32", "64", "128"]), default="64", show_default=True
+)
+@click.option("--force", is_flag=True, help="Write into a folder that is not empty.")
+@friendly
+def convert(src, dst, bits, group_size, force):
+    """Quantize model SRC (hub id or folder) into folder DST."""
+    import shutil
+
+    from higgs_core import load_model, quantize, resolve_path, save_model
+
+    out = Path(dst)
+    if out.exists() and any(out.iterdir()) and not force:
+        fail(f"{dst} is not empty (pass --force to write into it)")
+    src_path = resolve_path(src)
+    model = load_model(src_path)
+    quantize(model, bits=int(bits), group_size=int(group_size))
+    save_model(model, out)
+    for name in TOKENIZER_FILES:
+        if (src_path / name).is_file():
+            shutil.copyfile(src_path / name, out / name)
+    click.echo(f"wrote {bits}-bit model to {dst}", err=True)
+
+
+def main():
+    cli()

@@ -16,7 +16,7 @@ import numpy as np
 
 from higgs_cli.prompt import DEFAULT_SCENE, SPEAKER_TAG, Speaker, conversation, encode_prompt
 from higgs_cli.text import chunk_text, count_words, normalize
-from higgs_cli.voices import BUILTINS, PIN_TEXT, VoiceError, VoiceStore, fingerprint
+from higgs_cli.voices import BUILTINS, PIN_TEXT, VoiceError, VoiceStore, check_name, fingerprint
 from higgs_sampling import SamplingParams, revert_delay
 
 DEFAULT_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"
@@ -166,7 +166,7 @@ class Higgs:
 
     @property
     def codec_key(self) -> str:
-        return f"codec-{fingerprint(self.codec.path)}"
+        return codec_key(self.codec)
 
     @property
     def pin_key(self) -> str:
@@ -183,19 +183,13 @@ class Higgs:
         return self._encoder
 
     def encode_file(self, path: str | os.PathLike) -> np.ndarray:
-        from higgs_codec import read_audio
-
-        wave, sr = read_audio(path)
-        return np.array(self.encoder().encode(wave, sr), dtype=np.int32)
+        return encode_file(self.encoder(), path)
 
     # voices ---------------------------------------------------------------------
 
     def add_voice(self, name: str, audio: str | os.PathLike, text: str, *, force=False):
         """Encode a recording once and keep it (with its transcript) as voice ``name``."""
-        codes = self.encode_file(audio)  # fails before anything is written
-        return self.voices.add(
-            name, Path(audio), text, codes=codes, key=self.codec_key, force=force
-        )
+        return add_voice(self.voices, self.encoder(), name, audio, text, force=force)
 
     def speaker(self, name: str, warn: Callable[[str], None] = lambda _: None) -> Speaker:
         """The prompt speaker for voice ``name``, pinning a built-in voice on first use."""
@@ -419,3 +413,31 @@ def replace_seed(settings: Settings, chunk: int) -> Settings:
     from dataclasses import replace
 
     return replace(settings, seed=settings.seed + 1000003 * chunk)
+
+
+def codec_key(codec) -> str:
+    """The fingerprint under which codes made by ``codec`` are stored."""
+    return f"codec-{fingerprint(codec.path)}"
+
+
+def encode_file(codec, path: str | os.PathLike) -> np.ndarray:
+    """Codes ``[K, T]`` of an audio file."""
+    from higgs_codec import read_audio
+
+    wave, sr = read_audio(path)
+    return np.array(codec.encode(wave, sr), dtype=np.int32)
+
+
+def add_voice(store: VoiceStore, codec, name, audio, text, *, force=False):
+    """Encode a recording once and keep it, with its transcript, as voice ``name``.
+
+    ``codec``: a loaded codec, or a hub id / folder to load one from. The audio
+    is read and encoded before anything is written.
+    """
+    check_name(name)
+    if isinstance(codec, str | os.PathLike):
+        from higgs_codec import load_codec
+
+        codec = load_codec(codec)
+    codes = encode_file(codec, audio)
+    return store.add(name, Path(audio), text, codes=codes, key=codec_key(codec), force=force)

@@ -1,0 +1,136 @@
+"""Writing speech out: files (wav, flac, raw pcm), stdout, and the speaker."""
+
+import io
+import re
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+
+FORMATS = ("wav", "flac", "pcm")
+
+
+class OutputError(Exception):
+    pass
+
+
+def pcm16(samples: np.ndarray) -> bytes:
+    """float32 [-1, 1] -> little-endian signed 16-bit."""
+    return (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
+
+
+def format_for(path: str, fmt: str | None) -> str:
+    if fmt:
+        return fmt
+    suffix = Path(path).suffix.lower().lstrip(".")
+    return suffix if suffix in FORMATS else "wav"
+
+
+def default_path(text: str, fmt: str, folder: Path = Path(".")) -> Path:
+    """A file name from the text's first words that does not overwrite anything."""
+    words = re.findall(r"[A-Za-z0-9]+", text.lower())[:5]
+    stem = "-".join(words)[:40].strip("-") or "speech"
+    path = folder / f"{stem}.{fmt}"
+    n = 2
+    while path.exists():
+        path = folder / f"{stem}-{n}.{fmt}"
+        n += 1
+    return path
+
+
+def wav_header(sample_rate: int, data_bytes: int = 0xFFFFFFFF - 36) -> bytes:
+    """A 16-bit mono WAV header; the default size marks a stream of unknown length."""
+    return (
+        b"RIFF"
+        + struct.pack("<I", min(data_bytes + 36, 0xFFFFFFFF))
+        + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
+        + b"data"
+        + struct.pack("<I", data_bytes)
+    )
+
+
+def encode(samples: np.ndarray, sample_rate: int, fmt: str) -> bytes:
+    """A whole clip as the bytes of a file."""
+    if fmt == "pcm":
+        return pcm16(samples)
+    if fmt == "wav":
+        data = pcm16(samples)
+        return wav_header(sample_rate, len(data)) + data
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, samples, sample_rate, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+class Writer:
+    """Writes a clip chunk by chunk to a file or to stdout ('-')."""
+
+    def __init__(self, target: str, fmt: str, sample_rate: int):
+        if fmt not in FORMATS:
+            raise OutputError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
+        self.fmt, self.sample_rate = fmt, sample_rate
+        self.to_stdout = target == "-"
+        self._sf = None
+        if self.to_stdout:
+            if fmt == "flac":
+                raise OutputError("flac cannot stream to stdout; use wav or pcm")
+            self._out = sys.stdout.buffer
+            if fmt == "wav":
+                self._out.write(wav_header(sample_rate))
+        else:
+            path = Path(target)
+            if not path.parent.is_dir():
+                raise OutputError(f"cannot write {path}: folder {path.parent} does not exist")
+            if fmt == "pcm":
+                self._out = open(path, "wb")  # noqa: SIM115 - closed in close()
+            else:
+                import soundfile as sf
+
+                kind = "WAV" if fmt == "wav" else "FLAC"
+                self._sf = sf.SoundFile(path, "w", sample_rate, 1, "PCM_16", format=kind)
+
+    def write(self, samples: np.ndarray):
+        if self._sf is not None:
+            self._sf.write(samples)
+        else:
+            self._out.write(pcm16(samples))
+            if self.to_stdout:
+                self._out.flush()
+
+    def close(self):
+        if self._sf is not None:
+            self._sf.close()
+        elif not self.to_stdout:
+            self._out.close()
+        else:
+            self._out.flush()
+
+
+class Player:
+    """Plays chunks on the default output device (needs the `play` extra)."""
+
+    def __init__(self, sample_rate: int):
+        try:
+            import sounddevice as sd
+        except ImportError as e:
+            raise OutputError(
+                "--play needs the optional 'play' extra: pip install 'higgs-cli[play]' "
+                "(or uv sync --extra play)"
+            ) from e
+        except OSError as e:  # the PortAudio library is missing
+            raise OutputError(f"--play cannot reach an audio device: {e}") from e
+        try:
+            self._stream = sd.OutputStream(samplerate=sample_rate, channels=1, dtype="float32")
+            self._stream.start()
+        except Exception as e:
+            raise OutputError(f"--play cannot open an audio output device: {e}") from e
+
+    def write(self, samples: np.ndarray):
+        self._stream.write(np.ascontiguousarray(samples, dtype=np.float32).reshape(-1, 1))
+
+    def close(self):
+        self._stream.stop()
+        self._stream.close()
