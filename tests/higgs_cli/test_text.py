@@ -47,7 +47,12 @@ def test_chunks_end_at_sentences_and_paragraphs():
 def test_long_sentences_break_at_clauses_then_words():
     text = "alpha beta gamma, delta epsilon zeta, eta theta iota kappa lambda mu nu xi"
     chunks = chunk_text(text, max_words=4)
-    assert chunks == ["alpha beta gamma,", "delta epsilon zeta,", "eta theta iota kappa", "lambda mu nu xi"]
+    assert chunks == [
+        "alpha beta gamma,",
+        "delta epsilon zeta,",
+        "eta theta iota kappa",
+        "lambda mu nu xi",
+    ]
 
 
 def test_speaker_turns_carry_their_tag_into_new_chunks():
@@ -66,12 +71,16 @@ def test_bad_chunk_size():
 
 words = st.text(alphabet="abcdefgh", min_size=1, max_size=8)
 sentence = st.builds(
-    lambda ws, end: " ".join(ws) + end, st.lists(words, min_size=1, max_size=15), st.sampled_from(".!?,")
+    lambda ws, end: " ".join(ws) + end,
+    st.lists(words, min_size=1, max_size=15),
+    st.sampled_from(".!?,"),
 )
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.lists(sentence, min_size=1, max_size=6), min_size=1, max_size=4), st.integers(1, 20))
+@given(
+    st.lists(st.lists(sentence, min_size=1, max_size=6), min_size=1, max_size=4), st.integers(1, 20)
+)
 def test_chunking_never_loses_or_splits_words(paragraphs, max_words):
     text = "\n\n".join(" ".join(p) for p in paragraphs)
     chunks = chunk_text(text, max_words)

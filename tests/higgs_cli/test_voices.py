@@ -48,7 +48,9 @@ def test_add_get_remove_roundtrip(store, wav):
     assert leftovers(store) == []
 
 
-@pytest.mark.parametrize("name", ["../evil", "a/b", ".hidden", "", "x" * 65, "sp ace", "semi;colon"])
+@pytest.mark.parametrize(
+    "name", ["../evil", "a/b", ".hidden", "", "x" * 65, "sp ace", "semi;colon"]
+)
 def test_names_with_path_tricks_are_refused(store, wav, name):
     with pytest.raises(VoiceError, match="invalid voice name"):
         store.add(name, wav, "text")
@@ -81,7 +83,7 @@ def test_a_failed_add_leaves_nothing(store, tmp_path):
 def test_damaged_and_foreign_entries_are_reported(store, wav):
     store.add("erin", wav, "words", codes=np.zeros((8, 3)), key="k")
     (store.root / "erin" / "voice.json").write_text("{not json")
-    with pytest.raises(VoiceError, match="erin.*damaged.*higgs voices remove erin"):
+    with pytest.raises(VoiceError, match=r"erin.*damaged.*higgs voices remove erin"):
         store.get("erin")
     listed = {v.name: v for v in store.list()}
     assert listed["erin"].problem and "damaged" in listed["erin"].problem
