@@ -10,7 +10,15 @@ from pathlib import Path
 import click
 
 from higgs_cli import __version__
-from higgs_cli.output import FORMATS, Player, Writer, default_path, format_for
+from higgs_cli.output import (
+    FORMATS,
+    STREAMABLE,
+    Player,
+    Writer,
+    default_path,
+    format_for,
+    write_clip,
+)
 from higgs_cli.pipeline import DEFAULT_CODEC, DEFAULT_MODEL, Settings
 
 DEFAULTS = Settings()
@@ -204,6 +212,8 @@ def say(
     if output is None and not play:
         output = str(default_path(text, fmt or "wav"))
     fmt = format_for(output or "", fmt) if output else fmt
+    if stream and output == "-" and fmt not in STREAMABLE:
+        fail(f"{fmt} cannot stream to stdout; use --format wav or pcm")
     if output and output != "-" and not Path(output).parent.is_dir():
         fail(f"cannot write {output}: folder {Path(output).parent} does not exist")
     settings = dict(
@@ -252,12 +262,12 @@ def say(
             speech = result[0]
         else:
             speech = tts.say(text, voices=voices, refs=refs, progress=status, warn=warn, **settings)
+            status.clear()
             if output:
-                sinks.append(Writer(output, fmt, tts.sample_rate))
+                write_clip(output, speech.samples, tts.sample_rate, fmt)
             if play:
                 sinks.append(Player(tts.sample_rate))
-            for sink in sinks:
-                sink.write(speech.samples)
+                sinks[-1].write(speech.samples)
     finally:
         status.clear()
         for sink in sinks:

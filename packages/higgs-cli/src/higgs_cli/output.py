@@ -8,7 +8,23 @@ from pathlib import Path
 
 import numpy as np
 
-FORMATS = ("wav", "flac", "pcm")
+FORMATS = ("wav", "flac", "mp3", "opus", "pcm")
+# libsndfile's names for the formats it writes: (container, subtype).
+SOUNDFILE = {
+    "wav": ("WAV", "PCM_16"),
+    "flac": ("FLAC", "PCM_16"),
+    "mp3": ("MP3", "MPEG_LAYER_III"),
+    "opus": ("OGG", "OPUS"),
+}
+# Formats whose bytes can leave before the clip is complete.
+STREAMABLE = ("wav", "pcm")
+MEDIA_TYPES = {
+    "wav": "audio/wav",
+    "flac": "audio/flac",
+    "mp3": "audio/mpeg",
+    "opus": "audio/ogg",
+    "pcm": "audio/L16",
+}
 
 
 class OutputError(Exception):
@@ -24,6 +40,7 @@ def format_for(path: str, fmt: str | None) -> str:
     if fmt:
         return fmt
     suffix = Path(path).suffix.lower().lstrip(".")
+    suffix = {"ogg": "opus", "raw": "pcm"}.get(suffix, suffix)
     return suffix if suffix in FORMATS else "wav"
 
 
@@ -60,9 +77,27 @@ def encode(samples: np.ndarray, sample_rate: int, fmt: str) -> bytes:
         return wav_header(sample_rate, len(data)) + data
     import soundfile as sf
 
+    container, subtype = SOUNDFILE[fmt]
     buf = io.BytesIO()
-    sf.write(buf, samples, sample_rate, format="FLAC", subtype="PCM_16")
+    sf.write(buf, samples, sample_rate, format=container, subtype=subtype)
     return buf.getvalue()
+
+
+def write_clip(target: str, samples: np.ndarray, sample_rate: int, fmt: str):
+    """Write a whole clip to a file (via a temporary file, renamed) or stdout ('-')."""
+    data = encode(samples, sample_rate, fmt)
+    if target == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    path = Path(target)
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
 
 
 class Writer:
@@ -75,8 +110,8 @@ class Writer:
         self.to_stdout = target == "-"
         self._sf = None
         if self.to_stdout:
-            if fmt == "flac":
-                raise OutputError("flac cannot stream to stdout; use wav or pcm")
+            if fmt not in STREAMABLE:
+                raise OutputError(f"{fmt} cannot stream to stdout; use wav or pcm")
             self._out = sys.stdout.buffer
             if fmt == "wav":
                 self._out.write(wav_header(sample_rate))
@@ -89,8 +124,8 @@ class Writer:
             else:
                 import soundfile as sf
 
-                kind = "WAV" if fmt == "wav" else "FLAC"
-                self._sf = sf.SoundFile(path, "w", sample_rate, 1, "PCM_16", format=kind)
+                container, subtype = SOUNDFILE[fmt]
+                self._sf = sf.SoundFile(path, "w", sample_rate, 1, subtype, format=container)
 
     def write(self, samples: np.ndarray):
         if self._sf is not None:
