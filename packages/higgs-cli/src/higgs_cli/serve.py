@@ -1,0 +1,466 @@
+"""`higgs serve`: OpenAI's speech API over the pipeline, for many clients and one model.
+
+Generation runs on one worker thread, one request at a time in arrival order
+(the model and the device are shared); a bounded queue turns excess requests
+away with 429. Streamed responses send audio while frames are still being
+generated, and a client that goes away cancels its generation.
+"""
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import queue
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from higgs_cli.output import FORMATS, MEDIA_TYPES, STREAMABLE, encode, pcm16, wav_header
+from higgs_cli.pipeline import HiggsError, Settings, add_voice
+from higgs_cli.voices import VoiceError, check_name
+
+log = logging.getLogger("higgs.serve")
+
+# OpenAI's voice names, mapped to built-in voices so unchanged clients work.
+OPENAI_VOICES = {
+    **dict.fromkeys(["alloy", "nova", "shimmer", "coral", "sage"], "en_woman"),
+    **dict.fromkeys(["echo", "fable", "ash", "ballad", "verse"], "en_man"),
+    "onyx": "en_man_deep",
+}
+
+
+@dataclass
+class Limits:
+    max_input_chars: int = 4096
+    max_body_bytes: int = 25 * 2**20  # also bounds voice uploads
+    max_queue: int = 16  # generation requests waiting or running
+    max_streams: int = 4  # streamed responses open at once
+    request_timeout: float = 300.0  # seconds of generation per request
+
+
+class ApiError(Exception):
+    def __init__(self, status, message, type="invalid_request_error", code=None, headers=None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.code = status, message, type, code
+        self.headers = headers or {}
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.type, "code": self.code}}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+class Cancelled(Exception):
+    """The client went away."""
+
+
+_DONE = object()
+
+
+class Job:
+    """One unit of model work; the worker thread runs ``fn(job)``, which emits items."""
+
+    def __init__(self, fn, timeout: float):
+        self.fn = fn
+        self.loop = asyncio.get_running_loop()
+        self.items: asyncio.Queue = asyncio.Queue()
+        self.cancel = threading.Event()
+        self.timeout = timeout
+        self.started = None
+
+    def emit(self, item):
+        self.loop.call_soon_threadsafe(self.items.put_nowait, item)
+
+    def check(self, *_):
+        """The pipeline's progress callback: stop when cancelled or out of time."""
+        if self.cancel.is_set():
+            raise Cancelled("the client disconnected")
+        if time.monotonic() - self.started > self.timeout:
+            raise TimeoutError(f"generation took longer than {self.timeout:g} s")
+
+    async def next(self):
+        item = await self.items.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+
+class Worker:
+    """Runs jobs one at a time in arrival order on a thread of its own."""
+
+    def __init__(self, max_queue: int):
+        self.max_queue = max_queue
+        self.pending = 0
+        self._lock = threading.Lock()
+        self._jobs: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="higgs-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job):
+        with self._lock:
+            if self.pending >= self.max_queue:
+                raise ApiError(
+                    429,
+                    f"the server is busy ({self.pending} requests queued); retry shortly",
+                    type="rate_limit_error",
+                    code="queue_full",
+                    headers={"Retry-After": "5"},
+                )
+            self.pending += 1
+        self._jobs.put(job)
+
+    def _run(self):
+        import mlx.core as mx
+
+        while (job := self._jobs.get()) is not None:
+            try:
+                job.started = time.monotonic()
+                job.check()
+                job.fn(job)
+                job.emit(_DONE)
+            except BaseException as e:  # delivered to the request that owns the job
+                job.emit(e)
+            finally:
+                with self._lock:
+                    self.pending -= 1
+                mx.clear_cache()  # keep memory flat between requests
+
+    def close(self):
+        self._jobs.put(None)
+
+
+# request parsing -------------------------------------------------------------------
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body over {limit} bytes", code="body_too_large")
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > limit:
+            raise ApiError(413, f"request body over {limit} bytes", code="body_too_large")
+    return bytes(body)
+
+
+def field(body: dict, name: str, kind, default=None):
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ApiError(400, f"'{name}' must be of type {kind.__name__}", code="invalid_type")
+    if kind is float and not math.isfinite(value):
+        raise ApiError(400, f"'{name}' must be a finite number", code="invalid_value")
+    return value
+
+
+@dataclass
+class SpeechRequest:
+    text: str
+    voice: str | None
+    fmt: str
+    stream: bool
+    settings: dict
+
+
+def parse_speech(body: dict, app) -> SpeechRequest:
+    limits: Limits = app.state.limits
+    text = field(body, "input", str, "").strip()
+    if not text:
+        raise ApiError(400, "'input' is empty: give the text to speak", code="empty_input")
+    if len(text) > limits.max_input_chars:
+        raise ApiError(
+            400,
+            f"'input' has {len(text)} characters; the limit is {limits.max_input_chars}",
+            code="input_too_long",
+        )
+    voice = body.get("voice")
+    if isinstance(voice, dict):
+        voice = voice.get("id")
+    if voice is not None and not isinstance(voice, str):
+        raise ApiError(400, "'voice' must be a voice name", code="invalid_type")
+    if voice:
+        voice = OPENAI_VOICES.get(voice, voice)
+        try:
+            app.state.tts.voices.get(voice)
+        except VoiceError as e:
+            raise ApiError(400, str(e), code="unknown_voice") from e
+    fmt = field(body, "response_format", str, "mp3")
+    if fmt not in FORMATS:
+        raise ApiError(
+            400,
+            f"response_format {fmt!r} is not supported; use one of {', '.join(FORMATS)}",
+            code="unsupported_format",
+        )
+    speed = field(body, "speed", float, 1.0)
+    if speed != 1.0:
+        raise ApiError(400, "'speed' other than 1.0 is not supported", code="unsupported_speed")
+    if field(body, "stream_format", str, "audio") != "audio":
+        raise ApiError(400, "only stream_format 'audio' is supported", code="unsupported_stream")
+    stream = field(body, "stream", bool, False)
+    if stream and fmt not in STREAMABLE:
+        raise ApiError(
+            400,
+            f"{fmt} cannot be streamed; use response_format wav or pcm",
+            code="unsupported_stream",
+        )
+    scene = field(body, "scene", str) or field(body, "instructions", str)
+    settings = {"scene": scene} if scene is not None else {}
+    for name, kind in (("seed", int), ("temperature", float), ("top_k", int), ("top_p", float)):
+        value = field(body, name, kind)
+        if value is not None:
+            settings[name] = value
+    try:
+        Settings(**settings).params()
+    except ValueError as e:
+        raise ApiError(400, str(e), code="invalid_value") from e
+    return SpeechRequest(text, voice, fmt, stream, settings)
+
+
+# handlers -------------------------------------------------------------------------
+
+
+async def speech(request: Request):
+    app = request.app
+    rid = f"req-{next(app.state.ids)}"
+    t0 = time.perf_counter()
+    raw = await read_body(request, app.state.limits.max_body_bytes)
+    try:
+        import json
+
+        body = json.loads(raw or b"{}")
+    except ValueError as e:
+        raise ApiError(400, f"the body is not valid JSON: {e}", code="invalid_json") from e
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object", code="invalid_json")
+    req = parse_speech(body, app)
+    tts = app.state.tts
+    voices = [req.voice] if req.voice else []
+
+    def record(status, speech=None):
+        seconds = speech.duration if speech else 0.0
+        rtf = (time.perf_counter() - t0) / seconds if seconds else 0.0
+        log.info(
+            "%s voice=%s chars=%d audio=%.2fs rtf=%.2f status=%s",
+            rid,
+            req.voice or "-",
+            len(req.text),
+            seconds,
+            rtf,
+            status,
+        )
+
+    if not req.stream:
+
+        def run(job):
+            job.emit(tts.say(req.text, voices=voices, progress=job.check, **req.settings))
+
+        job = Job(run, app.state.limits.request_timeout)
+        app.state.worker.submit(job)
+        try:
+            speech_ = await wait_or_cancel(request, job)
+        except BaseException as e:
+            record(getattr(e, "status", 499 if isinstance(e, Cancelled) else 500))
+            raise
+        data = encode(speech_.samples, speech_.sample_rate, req.fmt)
+        record(200, speech_)
+        return Response(data, media_type=MEDIA_TYPES[req.fmt])
+
+    if app.state.streams >= app.state.limits.max_streams:
+        raise ApiError(
+            429,
+            f"{app.state.streams} streams are open; the limit is {app.state.limits.max_streams}",
+            type="rate_limit_error",
+            code="too_many_streams",
+            headers={"Retry-After": "5"},
+        )
+    result = []
+
+    def run(job):
+        for pcm in tts.stream(
+            req.text, voices=voices, progress=job.check, result=result, **req.settings
+        ):
+            job.emit(pcm)
+
+    job = Job(run, app.state.limits.request_timeout)
+    app.state.worker.submit(job)
+    app.state.streams += 1
+
+    async def body_iter():
+        status = 200
+        try:
+            if req.fmt == "wav":
+                yield wav_header(tts.sample_rate)
+            while (item := await job.next()) is not _DONE:
+                yield pcm16(np.asarray(item))
+        except BaseException as e:
+            status = 499 if isinstance(e, asyncio.CancelledError | GeneratorExit) else 500
+            if status == 500:
+                log.warning("%s stream failed: %s", rid, e)
+            raise
+        finally:
+            job.cancel.set()
+            app.state.streams -= 1
+            record(status, result[0] if result else None)
+
+    return StreamingResponse(body_iter(), media_type=MEDIA_TYPES[req.fmt])
+
+
+async def wait_or_cancel(request: Request, job: Job):
+    """The job's one result; cancels the job if the client disconnects first."""
+    result = asyncio.ensure_future(job.next())
+    while True:
+        done, _ = await asyncio.wait({result}, timeout=0.25)
+        if done:
+            value = result.result()
+            if value is _DONE:
+                raise RuntimeError("the job produced no result")
+            return value
+        if await request.is_disconnected():
+            job.cancel.set()
+            result.cancel()
+            raise Cancelled("the client disconnected")
+
+
+async def list_voices(request: Request):
+    voices = []
+    for v in request.app.state.tts.voices.list():
+        entry = {"name": v.name, "kind": v.kind if not v.problem else "damaged"}
+        for key in ("transcript", "description", "problem"):
+            if getattr(v, key):
+                entry[key] = getattr(v, key)
+        voices.append(entry)
+    return JSONResponse({"voices": voices})
+
+
+async def create_voice(request: Request):
+    app = request.app
+    limit = app.state.limits.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"upload over {limit} bytes", code="body_too_large")
+    try:
+        form = await request.form(max_files=1, max_fields=8, max_part_size=limit)
+    except ApiError:
+        raise
+    except Exception as e:
+        raise ApiError(400, f"expected a multipart form: {e}", code="invalid_form") from e
+    name, text, upload = form.get("name"), form.get("text"), form.get("file")
+    if not isinstance(name, str) or not isinstance(text, str) or not hasattr(upload, "read"):
+        raise ApiError(
+            400, "send form fields 'name', 'text' and a 'file' upload", code="invalid_form"
+        )
+    try:
+        check_name(name)
+    except VoiceError as e:
+        raise ApiError(400, str(e), code="invalid_name") from e
+    data = await upload.read()
+    if len(data) > limit:
+        raise ApiError(413, f"upload over {limit} bytes", code="body_too_large")
+    force = form.get("force") in ("1", "true", "True")
+    tts = app.state.tts
+    with tempfile.TemporaryDirectory() as tmp:
+        suffix = Path(upload.filename or "audio.wav").suffix.lower()
+        if not suffix or len(suffix) > 6 or not suffix[1:].isalnum():
+            suffix = ".wav"
+        path = Path(tmp) / f"upload{suffix}"
+        path.write_bytes(data)
+
+        def run(job):
+            job.emit(add_voice(tts.voices, tts.encoder(), name, path, text, force=force))
+
+        job = Job(run, app.state.limits.request_timeout)
+        app.state.worker.submit(job)
+        try:
+            voice = await wait_or_cancel(request, job)
+        except VoiceError as e:
+            status = 409 if "exists" in str(e) else 400
+            raise ApiError(status, str(e), code="voice_rejected") from e
+        except (ValueError, OSError, RuntimeError) as e:
+            raise ApiError(400, f"cannot use the upload: {e}", code="invalid_audio") from e
+    log.info("voice added: %s", voice.name)
+    return JSONResponse({"name": voice.name, "kind": voice.kind}, status_code=201)
+
+
+async def delete_voice(request: Request):
+    name = request.path_params["name"]
+    try:
+        request.app.state.tts.voices.remove(name)
+    except VoiceError as e:
+        status = 400 if "invalid" in str(e) else 404
+        raise ApiError(status, str(e), code="unknown_voice") from e
+    return JSONResponse({"name": name, "deleted": True})
+
+
+async def models(request: Request):
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": [{"id": request.app.state.model_id, "object": "model", "owned_by": "higgs"}],
+        }
+    )
+
+
+async def health(request: Request):
+    worker = request.app.state.worker
+    return JSONResponse({"status": "ok", "queued": worker.pending})
+
+
+def handled(endpoint):
+    """Turn every failure of ``endpoint`` into an error in OpenAI's JSON shape."""
+
+    async def wrapper(request: Request):
+        try:
+            return await endpoint(request)
+        except ApiError as e:
+            return e.response()
+        except Cancelled:
+            return Response(status_code=499)  # nobody is listening any more
+        except TimeoutError as e:
+            return ApiError(504, str(e), type="timeout_error", code="timeout").response()
+        except (HiggsError, VoiceError) as e:
+            return ApiError(400, str(e)).response()
+        except Exception as e:
+            log.exception("internal error")
+            return ApiError(500, f"internal error: {e}", type="server_error").response()
+
+    return wrapper
+
+
+def create_app(tts, *, model_id: str = "higgs-audio-v2", limits: Limits | None = None):
+    """The ASGI app serving ``tts`` (a :class:`higgs_cli.pipeline.Higgs`)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        app.state.worker.close()
+
+    app = Starlette(
+        routes=[
+            Route("/v1/audio/speech", handled(speech), methods=["POST"]),
+            Route("/v1/audio/voices", handled(list_voices), methods=["GET"]),
+            Route("/v1/audio/voices", handled(create_voice), methods=["POST"]),
+            Route("/v1/audio/voices/{name}", handled(delete_voice), methods=["DELETE"]),
+            Route("/v1/models", handled(models), methods=["GET"]),
+            Route("/health", handled(health), methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.tts = tts
+    app.state.model_id = model_id
+    app.state.limits = limits or Limits()
+    app.state.worker = Worker(app.state.limits.max_queue)
+    app.state.streams = 0
+    app.state.ids = itertools.count(1)
+    return app
