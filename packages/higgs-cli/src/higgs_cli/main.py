@@ -414,5 +414,67 @@ def convert(src, dst, bits, group_size, force):
     click.echo(f"wrote {bits}-bit model to {dst}", err=True)
 
 
-def main():
-    cli()
+# serve -----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8000, show_default=True)
+@model_options
+@click.option("--max-input-chars", type=int, default=4096, show_default=True)
+@click.option(
+    "--max-body-mb",
+    type=float,
+    default=25.0,
+    show_default=True,
+    help="Largest request body (voice uploads included).",
+)
+@click.option(
+    "--max-queue",
+    type=int,
+    default=16,
+    show_default=True,
+    help="Generation requests waiting or running before 429.",
+)
+@click.option(
+    "--max-streams", type=int, default=4, show_default=True, help="Streamed responses open at once."
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Seconds of generation allowed per request.",
+)
+@click.option(
+    "--warmup/--no-warmup",
+    default=True,
+    show_default=True,
+    help="Speak one word before serving, so the first request is not slow.",
+)
+@friendly
+def serve(
+    host, port, model, codec, max_input_chars, max_body_mb, max_queue, max_streams, timeout, warmup
+):
+    """Serve OpenAI's speech API (POST /v1/audio/speech) and voice management."""
+    import logging
+
+    import uvicorn
+
+    from higgs_cli.pipeline import Higgs
+    from higgs_cli.serve import Limits, create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    tts = Higgs.from_pretrained(model, codec)
+    if warmup:
+        tts.say("Hello.", max_seconds=0.5)
+    limits = Limits(
+        max_input_chars=max_input_chars,
+        max_body_bytes=int(max_body_mb * 2**20),
+        max_queue=max_queue,
+        max_streams=max_streams,
+        request_timeout=timeout,
+    )
+    app = create_app(tts, model_id=Path(str(model)).name, limits=limits)
+    click.echo(f"higgs: serving {model} on http://{host}:{port}", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,3 @@
+from higgs_cli.main import cli
+
+cli(prog_name="higgs")
