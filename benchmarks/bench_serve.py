@@ -77,7 +77,7 @@ def pct(values, q):
     if not values:
         return float("nan")
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
 def main():
@@ -148,9 +148,8 @@ def main():
     lat = [r[1] for r in ok]
     ttfa = [r[2] for r in ok if r[2] is not None]
     print(f"clients {args.clients}, requests {len(results)} in {wall:.1f} s")
-    print(
-        f"served {len(ok)}, 429 {len(limited)}, errors {len(errors)} {sorted({str(e[0]) for e in errors})}"
-    )
+    kinds = sorted({str(e[0]) for e in errors})
+    print(f"served {len(ok)}, 429 {len(limited)}, errors {len(errors)} {kinds}")
     print(f"latency p50 {pct(lat, 0.5) * 1000:.0f} ms, p95 {pct(lat, 0.95) * 1000:.0f} ms")
     print(f"first audio p50 {pct(ttfa, 0.5) * 1000:.0f} ms, p95 {pct(ttfa, 0.95) * 1000:.0f} ms")
     print(
