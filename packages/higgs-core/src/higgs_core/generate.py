@@ -154,7 +154,10 @@ class FrameGenerator:
             frame, state, t = nxt, nxt_state, t + 1
 
         stacked = mx.stack(frames[: handed + 1], axis=1)  # [K, F]
-        codes = sampler.to_codes(stacked, stop_reason)
+        if stacked.shape[1] > D:
+            codes = sampler.to_codes(stacked, stop_reason)
+        else:  # stopped before every codebook got past its delay: no whole column yet
+            codes = mx.zeros((cfg.num_codebooks, 0), dtype=mx.int32)
         mx.eval(stacked, codes)
         self.result = GenerationResult(
             frames=stacked,

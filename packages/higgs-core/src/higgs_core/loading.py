@@ -124,7 +124,9 @@ def load_model(path_or_repo: str | Path, *, dtype: mx.Dtype | None = None) -> Hi
         model.load_weights(list(weights.items()), strict=True)
     except ValueError as e:  # shapes that do not fit the config
         raise CheckpointError(f"checkpoint {path} does not fit its config: {e}") from None
-    mx.eval(model.parameters())
+    # One tensor at a time: a cast frees each source as soon as its copy exists.
+    for _, value in tree_flatten(model.parameters()):
+        mx.eval(value)
     return model
 
 
