@@ -1,5 +1,30 @@
-"""higgs_core."""
+"""higgs_core: the Higgs Audio v2 dual-FFN language model on MLX.
+
+Load a checkpoint in any of its layouts, quantize and save it, and generate
+audio frames with ``higgs_sampling``'s frame state machine.
+"""
 
 from importlib.metadata import version as _version
 
+from higgs_core.config import ModelConfig
+from higgs_core.errors import CheckpointError, ModelNotFoundError
+from higgs_core.generate import FrameGenerator, GenerationResult, generate, generate_frames
+from higgs_core.loading import load_model, quantize, resolve_path, save_model
+from higgs_core.model import HiggsAudioModel
+
 __version__ = _version("higgs-core")
+
+__all__ = [
+    "CheckpointError",
+    "FrameGenerator",
+    "GenerationResult",
+    "HiggsAudioModel",
+    "ModelConfig",
+    "ModelNotFoundError",
+    "generate",
+    "generate_frames",
+    "load_model",
+    "quantize",
+    "resolve_path",
+    "save_model",
+]

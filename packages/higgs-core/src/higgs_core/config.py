@@ -1,0 +1,286 @@
+"""The model's configuration, read from either config.json layout.
+
+Two layouts exist for Higgs Audio v2:
+
+- the original release (``model_type`` "higgs_audio"): the Llama backbone in a
+  nested ``text_config``, audio fields prefixed ``audio_``, the audio codebook
+  size counting only real codes (1024);
+- transformers (``model_type`` "higgs_audio_v2"): one flat dict, the codebook
+  size counting the stream BOS and EOS too (1026).
+
+Both become one :class:`ModelConfig`; ``to_dict`` writes the original layout.
+"""
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from higgs_core.errors import CheckpointError
+
+ORIGINAL = "higgs_audio"
+TRANSFORMERS = "higgs_audio_v2"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything the model and the frame loop need, in one flat record.
+
+    ``codebook_size`` counts real codes only (1024); each codebook's rows in the
+    audio embedding table and the audio head number ``audio_vocab_size``
+    (codes plus the stream BOS and EOS).
+    """
+
+    # Llama backbone
+    hidden_size: int = 3072
+    intermediate_size: int = 8192
+    num_hidden_layers: int = 28
+    num_attention_heads: int = 24
+    num_key_value_heads: int = 8
+    head_dim: int = 128
+    rms_norm_eps: float = 1e-5
+    vocab_size: int = 128256
+    rope_theta: float = 500000.0
+    rope_scaling: dict | None = field(
+        default_factory=lambda: {
+            "rope_type": "llama3",
+            "factor": 32.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        }
+    )
+    max_position_embeddings: int = 131072
+    # audio
+    num_codebooks: int = 8
+    codebook_size: int = 1024
+    audio_stream_bos_id: int = 1024
+    audio_stream_eos_id: int = 1025
+    # special text tokens
+    audio_out_token_id: int = 128016
+    audio_in_token_id: int = 128015
+    audio_out_bos_token_id: int = 128013
+    audio_eos_token_id: int = 128012
+    audio_delay_token_id: int | None = None  # transformers' extra audio placeholder
+    pad_token_id: int = 128001
+    bos_token_id: int = 128000
+    eos_token_id: int = 128009
+    # what the checkpoint holds: a text head (optional), quantized modules
+    has_text_head: bool = True
+    quantization: dict | None = None
+
+    @property
+    def audio_vocab_size(self) -> int:
+        """Rows per codebook: the codes, then the stream BOS and EOS."""
+        return self.codebook_size + 2
+
+    @property
+    def audio_placeholder_ids(self) -> tuple[int, ...]:
+        """Token ids whose positions carry an audio frame."""
+        ids = (self.audio_out_token_id,)
+        if self.audio_delay_token_id is not None:
+            ids += (self.audio_delay_token_id,)
+        return ids
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> "ModelConfig":
+        """Read a config.json dict in the original or the transformers layout."""
+        model_type = config.get("model_type")
+        if model_type == ORIGINAL:
+            fields = _from_original(config)
+        elif model_type == TRANSFORMERS:
+            fields = _from_transformers(config)
+        else:
+            raise CheckpointError(
+                f"unknown config layout: model_type={model_type!r} (keys: "
+                f"{', '.join(sorted(config)[:12])}{', ...' if len(config) > 12 else ''}); "
+                f"expected {ORIGINAL!r} (Boson AI's release, MLX re-uploads) or "
+                f"{TRANSFORMERS!r} (transformers)"
+            )
+        fields["quantization"] = config.get("quantization")
+        try:
+            out = cls(**fields)
+        except TypeError as e:  # a field of the wrong kind, e.g. a string where a number goes
+            raise CheckpointError(f"malformed {model_type} config: {e}") from None
+        out._check()
+        return out
+
+    def _check(self):
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise CheckpointError(
+                f"{self.num_attention_heads} attention heads do not split into "
+                f"{self.num_key_value_heads} key/value heads"
+            )
+        stream_ids = {self.audio_stream_bos_id, self.audio_stream_eos_id}
+        if stream_ids != {self.codebook_size, self.codebook_size + 1}:
+            raise CheckpointError(
+                f"the stream BOS/EOS ids ({self.audio_stream_bos_id}, "
+                f"{self.audio_stream_eos_id}) must be the two rows after the "
+                f"{self.codebook_size} codes of each codebook"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The original-layout config.json (what :func:`higgs_core.save_model` writes)."""
+        text_config = {
+            "model_type": "llama",
+            "architectures": ["LlamaForCausalLM"],
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rms_norm_eps": self.rms_norm_eps,
+            "vocab_size": self.vocab_size,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": self.rope_scaling,
+            "max_position_embeddings": self.max_position_embeddings,
+            "attention_bias": False,
+            "mlp_bias": False,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "tie_word_embeddings": False,
+        }
+        out = {
+            "architectures": ["HiggsAudioModel"],
+            "model_type": ORIGINAL,
+            "text_config": text_config,
+            "audio_adapter_type": "dual_ffn_fast_forward",
+            "audio_dual_ffn_layers": list(range(self.num_hidden_layers)),
+            "audio_decoder_proj_num_layers": 0,
+            "audio_embed_avg": False,
+            "use_audio_out_embed_projector": False,
+            "use_audio_out_self_attention": False,
+            "use_delay_pattern": True,
+            "skip_audio_tower": True,
+            "audio_num_codebooks": self.num_codebooks,
+            "audio_codebook_size": self.codebook_size,
+            "audio_stream_bos_id": self.audio_stream_bos_id,
+            "audio_stream_eos_id": self.audio_stream_eos_id,
+            "audio_in_token_idx": self.audio_in_token_id,
+            "audio_out_token_idx": self.audio_out_token_id,
+            "audio_out_bos_token_id": self.audio_out_bos_token_id,
+            "audio_eos_token_id": self.audio_eos_token_id,
+            "pad_token_id": self.pad_token_id,
+        }
+        if self.audio_delay_token_id is not None:
+            out["audio_delay_token_id"] = self.audio_delay_token_id
+        if self.quantization is not None:
+            out["quantization"] = self.quantization
+        return out
+
+    def replace(self, **changes) -> "ModelConfig":
+        return ModelConfig(**{**asdict(self), **changes})
+
+
+def _rope(config: dict) -> tuple[float, dict | None]:
+    """(theta, scaling) from Llama's ``rope_theta``/``rope_scaling`` or transformers 5's
+    ``rope_parameters``."""
+    params = config.get("rope_parameters")
+    if params:
+        params = dict(params)
+        theta = params.pop("rope_theta", config.get("rope_theta", 10000.0))
+        if params.get("rope_type", params.get("type", "default")) == "default":
+            return float(theta), None
+        return float(theta), params
+    return float(config.get("rope_theta", 10000.0)), config.get("rope_scaling")
+
+
+def _backbone(text: dict) -> dict:
+    heads = text["num_attention_heads"]
+    theta, scaling = _rope(text)
+    return {
+        "hidden_size": text["hidden_size"],
+        "intermediate_size": text["intermediate_size"],
+        "num_hidden_layers": text["num_hidden_layers"],
+        "num_attention_heads": heads,
+        "num_key_value_heads": text.get("num_key_value_heads") or heads,
+        "head_dim": text.get("head_dim") or text["hidden_size"] // heads,
+        "rms_norm_eps": text.get("rms_norm_eps", 1e-5),
+        "vocab_size": text["vocab_size"],
+        "rope_theta": theta,
+        "rope_scaling": scaling,
+        "max_position_embeddings": text.get("max_position_embeddings", 131072),
+    }
+
+
+def _unsupported(what: str):
+    raise CheckpointError(f"unsupported Higgs Audio variant: {what} (only the v2 dual-FFN model)")
+
+
+def _from_original(config: dict) -> dict:
+    text = config.get("text_config")
+    if not isinstance(text, dict):
+        raise CheckpointError("a 'higgs_audio' config needs a nested 'text_config' (the Llama)")
+    try:
+        fields = _backbone(text)
+    except KeyError as e:
+        raise CheckpointError(f"the config's text_config lacks {e.args[0]!r}") from None
+    layers = fields["num_hidden_layers"]
+    adapter = config.get("audio_adapter_type", "stack")
+    if not adapter.startswith("dual_ffn"):
+        _unsupported(f"audio_adapter_type {adapter!r}")
+    dual = config.get("audio_dual_ffn_layers") or []
+    if sorted(dual) != list(range(layers)):
+        _unsupported(f"audio_dual_ffn_layers {dual} (not every layer)")
+    flags = ("audio_embed_avg", "use_audio_out_embed_projector", "use_audio_out_self_attention")
+    for flag in flags:
+        if config.get(flag):
+            _unsupported(f"{flag}=true")
+    if config.get("audio_decoder_proj_num_layers", 0):
+        _unsupported("audio_decoder_proj_num_layers > 0")
+    if not config.get("use_delay_pattern", False):
+        _unsupported("use_delay_pattern=false")
+    codebook_size = config.get("audio_codebook_size", 1024)
+    fields.update(
+        num_codebooks=config.get("audio_num_codebooks", 8),
+        codebook_size=codebook_size,
+        audio_stream_bos_id=config.get("audio_stream_bos_id", codebook_size),
+        audio_stream_eos_id=config.get("audio_stream_eos_id", codebook_size + 1),
+        audio_out_token_id=config.get("audio_out_token_idx", 128016),
+        audio_in_token_id=config.get("audio_in_token_idx", 128015),
+        audio_out_bos_token_id=config.get("audio_out_bos_token_id", 128013),
+        audio_eos_token_id=config.get("audio_eos_token_id", 128012),
+        audio_delay_token_id=config.get("audio_delay_token_id"),
+        pad_token_id=config.get("pad_token_id", 128001),
+        bos_token_id=_first(text.get("bos_token_id"), 128000),
+        eos_token_id=_first(text.get("eos_token_id"), 128009),
+    )
+    return fields
+
+
+def _from_transformers(config: dict) -> dict:
+    try:
+        fields = _backbone(config)
+    except KeyError as e:
+        raise CheckpointError(f"the higgs_audio_v2 config lacks {e.args[0]!r}") from None
+    rows = config.get("codebook_size", 1024)  # transformers counts BOS and EOS in it
+    fields.update(
+        num_codebooks=config.get("num_codebooks", 8),
+        codebook_size=rows - 2,
+        audio_stream_bos_id=config.get("audio_stream_bos_id", 1024),
+        audio_stream_eos_id=config.get("audio_stream_eos_id", 1025),
+        audio_out_token_id=config.get("audio_token_id", 128016),
+        # transformers has no audio-in or audio-eos field; read them if a
+        # checkpoint adds them, else take the release's ids.
+        audio_in_token_id=config.get("audio_in_token_id", 128015),
+        audio_out_bos_token_id=config.get("audio_bos_token_id", 128013),
+        audio_eos_token_id=config.get("audio_eos_token_id", 128012),
+        audio_delay_token_id=config.get("audio_delay_token_id", 128014),
+        pad_token_id=_first(config.get("pad_token_id"), 128001),
+        bos_token_id=_first(config.get("bos_token_id"), 128000),
+        eos_token_id=_first(config.get("eos_token_id"), 128009),
+    )
+    if fields["audio_stream_eos_id"] >= rows or fields["audio_stream_bos_id"] >= rows:
+        raise CheckpointError(
+            f"codebook_size {rows} in a higgs_audio_v2 config must count the stream BOS and "
+            f"EOS ({fields['audio_stream_bos_id']}, {fields['audio_stream_eos_id']}); "
+            "the released checkpoint says 1026"
+        )
+    return fields
+
+
+def _first(value, default):
+    """A token id from a field that may hold a list of them, or nothing."""
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return default if value is None else value

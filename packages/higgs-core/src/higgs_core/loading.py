@@ -1,0 +1,231 @@
+"""Finding, loading, quantizing and saving checkpoints.
+
+Layouts read: the original release (one file, or shards with
+``model.safetensors.index.json``), transformers' conversion, and MLX-quantized
+re-uploads (original names plus ``.scales``/``.biases`` and a ``quantization``
+block in config.json). :func:`save_model` writes the last of these.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from higgs_core.config import ModelConfig
+from higgs_core.errors import CheckpointError, ModelNotFoundError
+from higgs_core.model import HiggsAudioModel
+
+# Files a model directory needs: weights, configs and the text tokenizer.
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
+
+# Quantizing these shifts the voice; they stay in the model's float dtype.
+NEVER_QUANTIZED = ("audio_codebook_embeddings", "audio_decoder_proj.audio_lm_head")
+
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def resolve_path(path_or_repo: str | Path) -> Path:
+    """The local directory of a checkpoint: ``path_or_repo`` itself when it is
+    a directory, else the hub repo's snapshot (downloaded if not cached)."""
+    path = Path(path_or_repo).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ModelNotFoundError(f"{path} is a file; pass the checkpoint's directory")
+    name = str(path_or_repo)
+    if isinstance(path_or_repo, Path) or not _REPO_ID.fullmatch(name):
+        raise ModelNotFoundError(f"no such checkpoint directory: {path}")
+    return _download(name)
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
+    except (RepositoryNotFoundError, GatedRepoError) as e:
+        raise ModelNotFoundError(
+            f"{repo_id!r} is neither a local directory nor a Hugging Face Hub repo this "
+            f"machine can access ({type(e).__name__})"
+        ) from e
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, OSError) as e:
+        raise ModelNotFoundError(
+            f"cannot download {repo_id!r} from the Hugging Face Hub (offline or unreachable) "
+            "and it is not in the local cache. Fetch it where there is a network, e.g. "
+            f"`hf download {repo_id} --local-dir DIR`, then pass the directory: "
+            "load_model('DIR')"
+        ) from e
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The safetensors files of a checkpoint directory, per its index if it has one."""
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"unreadable shard index {index}: {e}") from None
+        files = [path / name for name in sorted(set(weight_map.values()))]
+        missing = [f.name for f in files if not f.exists()]
+        if missing:
+            raise CheckpointError(f"{index.name} names shards missing from {path}: {missing}")
+        return files
+    files = sorted(path.glob("model*.safetensors"))
+    if not files:
+        raise CheckpointError(f"no model*.safetensors weights in {path}")
+    return files
+
+
+def read_config(path: Path) -> dict:
+    file = path / "config.json"
+    if not file.exists():
+        raise CheckpointError(f"no config.json in {path}")
+    try:
+        return json.loads(file.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"unreadable {file}: {e}") from None
+
+
+def load_model(path_or_repo: str | Path, *, dtype: mx.Dtype | None = None) -> HiggsAudioModel:
+    """Load a Higgs Audio v2 model from a directory or a Hugging Face Hub repo id.
+
+    ``dtype`` casts the float weights (e.g. ``mx.float32`` for reference
+    checks); None keeps the checkpoint's. Weights are read lazily, so memory
+    peaks near the model's own size.
+    """
+    path = resolve_path(path_or_repo)
+    config = ModelConfig.from_dict(read_config(path))
+    weights = {}
+    for file in weight_files(path):
+        weights.update(mx.load(str(file)))
+    weights = HiggsAudioModel.sanitize(weights)
+    config = config.replace(has_text_head="audio_decoder_proj.text_lm_head.weight" in weights)
+
+    model = HiggsAudioModel(config)
+    if config.quantization is not None:
+        _quantize_as_stored(model, config.quantization, weights)
+    _check_names(model, weights, path)
+    if dtype is not None:
+        weights = {
+            k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v
+            for k, v in weights.items()
+        }
+    try:
+        model.load_weights(list(weights.items()), strict=True)
+    except ValueError as e:  # shapes that do not fit the config
+        raise CheckpointError(f"checkpoint {path} does not fit its config: {e}") from None
+    # One tensor at a time: a cast frees each source as soon as its copy exists.
+    for _, value in tree_flatten(model.parameters()):
+        mx.eval(value)
+    return model
+
+
+def _quantize_as_stored(model: nn.Module, quantization: dict, weights: dict):
+    """Swap in quantized layers exactly where the checkpoint stores ``.scales``."""
+    mode = quantization.get("mode", "affine")
+
+    def predicate(path: str, module: nn.Module):
+        if isinstance(quantization.get(path), dict):  # a per-layer override
+            return quantization[path]
+        if not hasattr(module, "to_quantized") or f"{path}.scales" not in weights:
+            return False
+        # Infer this layer's bits and group size from the stored shapes.
+        in_dim = module.weight.shape[-1]
+        packed, scales = weights[f"{path}.weight"], weights[f"{path}.scales"]
+        return {
+            "bits": packed.shape[-1] * 32 // in_dim,
+            "group_size": in_dim // scales.shape[-1],
+            "mode": mode,
+        }
+
+    try:
+        nn.quantize(
+            model,
+            group_size=quantization.get("group_size", 64),
+            bits=quantization.get("bits", 4),
+            mode=mode,
+            class_predicate=predicate,
+        )
+    except (ValueError, KeyError, ZeroDivisionError) as e:
+        raise CheckpointError(f"cannot rebuild the quantized layers: {e}") from None
+
+
+def _check_names(model: nn.Module, weights: dict, path: Path):
+    expected = {k for k, _ in tree_flatten(model.parameters())}
+    missing = sorted(expected - weights.keys())
+    unexpected = sorted(weights.keys() - expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} weight(s): {_names(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} weight(s): {_names(unexpected)}")
+        raise CheckpointError(f"checkpoint {path} does not match the model: " + "; ".join(parts))
+
+
+def _names(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def quantize(model: HiggsAudioModel, bits: int, group_size: int = 64) -> HiggsAudioModel:
+    """Quantize the model's linear layers and text embedding in place (and return it).
+
+    The audio embedding table and the audio head stay in float: quantizing
+    them shifts the voice.
+    """
+    if bits not in (4, 6, 8):
+        raise ValueError(f"bits must be 4, 6 or 8, got {bits}")
+    if model.config.quantization is not None:
+        raise ValueError(f"the model is already quantized ({model.config.quantization})")
+
+    def predicate(path: str, module: nn.Module) -> bool:
+        if path in NEVER_QUANTIZED or not hasattr(module, "to_quantized"):
+            return False
+        return module.weight.shape[-1] % group_size == 0
+
+    nn.quantize(model, group_size=group_size, bits=bits, class_predicate=predicate)
+    quantization = {"group_size": group_size, "bits": bits, "mode": "affine"}
+    model.config = model.config.replace(quantization=quantization)
+    return model
+
+
+def save_model(model: HiggsAudioModel, path: str | Path, *, max_shard_gb: float = 5.0) -> Path:
+    """Write ``model`` as an MLX checkpoint (original names, config.json with the
+    ``quantization`` block if any) that :func:`load_model` reads back."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    weights = dict(tree_flatten(model.parameters()))
+    shards, size = [{}], 0
+    for key, value in weights.items():
+        if shards[-1] and size + value.nbytes > max_shard_gb * 2**30:
+            shards.append({})
+            size = 0
+        shards[-1][key] = value
+        size += value.nbytes
+    names = (
+        ["model.safetensors"]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
+    weight_map = {}
+    for name, shard in zip(names, shards, strict=True):
+        mx.save_safetensors(str(path / name), shard, metadata={"format": "mlx"})
+        weight_map.update(dict.fromkeys(shard, name))
+    index = {
+        "metadata": {"total_size": sum(v.nbytes for v in weights.values())},
+        "weight_map": dict(sorted(weight_map.items())),
+    }
+    (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    (path / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2))
+    return path
