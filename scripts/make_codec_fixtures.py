@@ -95,10 +95,8 @@ def randomize(model):
             elif "norm" in name and name.endswith("weight"):
                 p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
             elif p.dim() >= 2:
-                if "conv_t1" in name:  # torch transposed conv: [in, out, k]
-                    fan_in = 2 * p.shape[0]  # each output sees k / stride = 2 taps
-                else:
-                    fan_in = p[0].numel()
+                # a transposed conv [in, out, k = 2 * stride] feeds each output 2 taps per input
+                fan_in = 2 * p.shape[0] if "conv_t1" in name else p[0].numel()
                 p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
     return g
 
@@ -321,7 +319,10 @@ def main():
     hubert = config.semantic_model_config.to_dict()
     (OUT / "original" / "hubert" / "config.json").write_text(json.dumps(hubert, indent=2))
 
-    torch.save({"encoder.block.0.bias": torch.zeros(2), "payload": Hostile()}, OUT / "hostile" / "model.pth")
+    torch.save(
+        {"encoder.block.0.bias": torch.zeros(2), "payload": Hostile()},
+        OUT / "hostile" / "model.pth",
+    )
     shutil.copy(OUT / "original" / "config.json", OUT / "hostile" / "config.json")
 
     np.savez_compressed(OUT / "reference.npz", **ref)
