@@ -307,24 +307,42 @@ def _fold_weight_norm(weights):
     return out
 
 
-def _to_mlx(value, expected, module):
-    """A checkpoint tensor in torch layout (or already in MLX layout) -> MLX layout."""
+def _torch_conv_shape(expected, module):
+    """The torch layout of an MLX conv weight shape [out, k, in]."""
+    out, k, inp = expected
+    return (inp, out, k) if isinstance(module, nn.ConvTranspose1d) else (out, inp, k)
+
+
+def _channels_last(weights, expected, modules):
+    """Whether the checkpoint stores conv weights as MLX does ([out, k, in]) rather than as
+    torch does; decided over all conv weights whose shape tells the layouts apart."""
+    votes = set()
+    for key, value in weights.items():
+        module = modules.get(key.rpartition(".")[0])
+        conv = isinstance(module, (nn.Conv1d, nn.ConvTranspose1d))
+        if conv and key.endswith(".weight") and key in expected and len(value.shape) == 3:
+            mlx_shape = tuple(expected[key].shape)
+            torch_shape = _torch_conv_shape(mlx_shape, module)
+            if mlx_shape != torch_shape and tuple(value.shape) in (mlx_shape, torch_shape):
+                votes.add(tuple(value.shape) == mlx_shape)
+    if len(votes) > 1:
+        raise CodecError("the checkpoint mixes torch and MLX conv weight layouts")
+    return votes == {True}
+
+
+def _to_mlx(value, expected, module, channels_last):
+    """A checkpoint tensor -> float32 mx.array in MLX layout, or None if it cannot fit."""
     x = value if isinstance(value, mx.array) else mx.array(np.asarray(value))
     x = x.astype(mx.float32)
-    if x.shape == expected and not (
-        x.ndim == 3 and isinstance(module, (nn.Conv1d, nn.ConvTranspose1d))
-    ):
+    if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)) and x.ndim == 3 and not channels_last:
+        if tuple(x.shape) != _torch_conv_shape(expected, module):
+            return None
+        # torch conv [out, in, k] and transposed conv [in, out, k] -> [out, k, in]
+        return x.transpose(1, 2, 0) if isinstance(module, nn.ConvTranspose1d) else x.swapaxes(1, 2)
+    if tuple(x.shape) == expected:
         return x
-    if x.ndim == 3 and isinstance(module, nn.ConvTranspose1d):
-        torch_layout = x.transpose(1, 2, 0)  # [in, out, k] -> [out, k, in]
-    elif x.ndim == 3 and isinstance(module, nn.Conv1d):
-        torch_layout = x.transpose(0, 2, 1)  # [out, in, k] -> [out, k, in]
-    else:
-        torch_layout = x.reshape(expected) if x.size == int(np.prod(expected)) else x
-    if torch_layout.shape == tuple(expected):
-        return torch_layout
-    if x.shape == tuple(expected):
-        return x
+    if x.size == int(np.prod(expected)) and x.ndim == 3 and len(expected) == 1:
+        return x.reshape(expected)  # Snake alpha [1, C, 1]
     return None
 
 
@@ -332,6 +350,7 @@ def _load_weights(codec, weights, source):
     weights = _fold_weight_norm(weights)
     expected = dict(tree_flatten(codec.parameters()))
     modules = dict(codec.named_modules())
+    channels_last = _channels_last(weights, expected, modules)
     keep = {}
     unexpected = []
     for key, value in weights.items():
@@ -341,7 +360,7 @@ def _load_weights(codec, weights, source):
             unexpected.append(key)
             continue
         module = modules.get(key.rpartition(".")[0])
-        converted = _to_mlx(value, tuple(expected[key].shape), module)
+        converted = _to_mlx(value, tuple(expected[key].shape), module, channels_last)
         if converted is None:
             raise CodecError(
                 f"{source}: weight {key} has shape {tuple(value.shape)}, the config implies "
