@@ -1,0 +1,168 @@
+"""HuBERT (base layout: group-norm conv feature extractor, post-norm transformer).
+
+Only what the codec uses: the average of all hidden states (the encoder's input
+and every layer's output). Parameter names follow transformers' HubertModel.
+"""
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .config import HubertArgs
+
+# query rows per attention block: bounds the score matrix on long inputs
+ATTENTION_BLOCK_ELEMENTS = 1 << 26
+
+
+class ChannelNorm(nn.Module):
+    """GroupNorm with one group per channel: normalise each channel over time."""
+
+    def __init__(self, channels, eps=1e-5):
+        super().__init__()
+        self.weight = mx.ones((channels,))
+        self.bias = mx.zeros((channels,))
+        self.eps = eps
+
+    def __call__(self, x):
+        mean = x.mean(axis=1, keepdims=True)
+        var = mx.square(x - mean).mean(axis=1, keepdims=True)
+        return (x - mean) * mx.rsqrt(var + self.eps) * self.weight + self.bias
+
+
+class ConvLayer(nn.Module):
+    def __init__(self, args: HubertArgs, i):
+        super().__init__()
+        in_dim = args.conv_dim[i - 1] if i > 0 else 1
+        out_dim = args.conv_dim[i]
+        self.conv = nn.Conv1d(
+            in_dim, out_dim, args.conv_kernel[i], stride=args.conv_stride[i], bias=args.conv_bias
+        )
+        if i == 0:
+            self.layer_norm = ChannelNorm(out_dim)
+
+    def __call__(self, x):
+        x = self.conv(x)
+        if "layer_norm" in self:
+            x = self.layer_norm(x)
+        return nn.gelu(x)
+
+
+class FeatureEncoder(nn.Module):
+    def __init__(self, args: HubertArgs):
+        super().__init__()
+        self.conv_layers = [ConvLayer(args, i) for i in range(len(args.conv_dim))]
+
+    def __call__(self, x):
+        for layer in self.conv_layers:
+            x = layer(x)
+        return x
+
+
+class FeatureProjection(nn.Module):
+    def __init__(self, args: HubertArgs):
+        super().__init__()
+        if args.feat_proj_layer_norm:
+            self.layer_norm = nn.LayerNorm(args.conv_dim[-1], eps=args.layer_norm_eps)
+        self.projection = nn.Linear(args.conv_dim[-1], args.hidden_size)
+
+    def __call__(self, x):
+        if "layer_norm" in self:
+            x = self.layer_norm(x)
+        return self.projection(x)
+
+
+class PositionalConv(nn.Module):
+    def __init__(self, args: HubertArgs):
+        super().__init__()
+        k = args.num_conv_pos_embeddings
+        self.conv = nn.Conv1d(
+            args.hidden_size,
+            args.hidden_size,
+            k,
+            padding=k // 2,
+            groups=args.num_conv_pos_embedding_groups,
+        )
+        self.trim = 1 if k % 2 == 0 else 0  # an even kernel yields one extra frame
+
+    def __call__(self, x):
+        y = self.conv(x)
+        if self.trim:
+            y = y[:, : -self.trim]
+        return nn.gelu(y)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.scale = (dim // heads) ** -0.5
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def __call__(self, x):
+        b, n, d = x.shape
+
+        def split(t):
+            return t.reshape(b, n, self.heads, -1).transpose(0, 2, 1, 3)
+
+        q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
+        # full (bidirectional) attention; long inputs go in query blocks to bound memory
+        block = max(1, ATTENTION_BLOCK_ELEMENTS // (self.heads * n))
+        outs = [
+            mx.fast.scaled_dot_product_attention(q[:, :, i : i + block], k, v, scale=self.scale)
+            for i in range(0, n, block)
+        ]
+        o = outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=2)
+        return self.out_proj(o.transpose(0, 2, 1, 3).reshape(b, n, d))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, args: HubertArgs):
+        super().__init__()
+        self.intermediate_dense = nn.Linear(args.hidden_size, args.intermediate_size)
+        self.output_dense = nn.Linear(args.intermediate_size, args.hidden_size)
+
+    def __call__(self, x):
+        return self.output_dense(nn.gelu(self.intermediate_dense(x)))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, args: HubertArgs):
+        super().__init__()
+        self.attention = Attention(args.hidden_size, args.num_attention_heads)
+        self.layer_norm = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
+        self.feed_forward = FeedForward(args)
+        self.final_layer_norm = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
+
+    def __call__(self, x):
+        x = self.layer_norm(x + self.attention(x))
+        return self.final_layer_norm(x + self.feed_forward(x))
+
+
+class Encoder(nn.Module):
+    def __init__(self, args: HubertArgs):
+        super().__init__()
+        self.pos_conv_embed = PositionalConv(args)
+        self.layer_norm = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
+        self.layers = [EncoderLayer(args) for _ in range(args.num_hidden_layers)]
+
+
+class Hubert(nn.Module):
+    def __init__(self, args: HubertArgs):
+        super().__init__()
+        self.feature_extractor = FeatureEncoder(args)
+        self.feature_projection = FeatureProjection(args)
+        self.encoder = Encoder(args)
+
+    def mean_hidden_states(self, wave):
+        """wave [B, N] at 16 kHz -> the mean of all hidden states [B, frames, hidden]."""
+        x = self.feature_extractor(wave[..., None])
+        x = self.feature_projection(x)
+        x = x + self.encoder.pos_conv_embed(x)
+        x = self.encoder.layer_norm(x)
+        total = x
+        for layer in self.encoder.layers:
+            x = layer(x)
+            total = total + x
+        return total / (len(self.encoder.layers) + 1)

@@ -1,0 +1,148 @@
+"""Read a PyTorch checkpoint (`torch.save`, zip format) without torch and without
+running anything from the file.
+
+A torch checkpoint is a zip holding `data.pkl` plus one raw blob per tensor storage.
+Unpickling normally may call any importable function; this reader's unpickler
+resolves only the handful of names a tensor state dict uses (the tensor and storage
+rebuilders, OrderedDict, and the bytes helpers some checkpoints carry) and refuses
+every other global, so a hostile pickle fails before it can do anything.
+"""
+
+import io
+import pickle
+import zipfile
+from collections import OrderedDict
+
+import numpy as np
+
+from .errors import CodecError
+
+_STORAGE_DTYPES = {
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "BFloat16Storage": "bfloat16",
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
+
+
+class _StorageType:
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+
+class _Opaque:
+    """Stands in for an allowed non-tensor object (e.g. an io.BytesIO); dropped later."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+
+def _rebuild_tensor(storage, offset, size, stride, *_):
+    itemsize = storage.dtype.itemsize
+    if offset < 0 or any(n < 0 for n in size) or any(s < 0 for s in stride):
+        raise pickle.UnpicklingError("a tensor has a negative offset, size or stride")
+    if 0 in size:
+        return np.zeros(tuple(size), dtype=storage.dtype)
+    if not size:
+        return storage[offset : offset + 1].reshape(()).copy()
+    end = offset + 1 + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
+    if end > storage.size:
+        raise pickle.UnpicklingError("a tensor reaches past the end of its storage")
+    view = np.lib.stride_tricks.as_strided(
+        storage[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride)
+    )
+    return np.array(view)
+
+
+def _rebuild_parameter(data, *_):
+    return data
+
+
+_ALLOWED = {
+    ("collections", "OrderedDict"): OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("_io", "BytesIO"): _Opaque,
+    ("io", "BytesIO"): _Opaque,
+    ("_codecs", "encode"): lambda text, encoding="utf-8": text.encode(encoding),
+}
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, data, archive, prefix):
+        super().__init__(io.BytesIO(data))
+        self.archive = archive
+        self.prefix = prefix
+        self.storages = {}
+
+    def find_class(self, module, name):
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(_STORAGE_DTYPES[name])
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"it asks for {module}.{name}, which a tensor checkpoint never needs"
+            ) from None
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
+        _, storage_type, key, _location, _numel = pid
+        if not isinstance(storage_type, _StorageType):
+            raise pickle.UnpicklingError(f"unknown storage type {storage_type!r}")
+        if key not in self.storages:
+            raw = self.archive.read(f"{self.prefix}/data/{key}")
+            if storage_type.dtype == "bfloat16":
+                bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
+                self.storages[key] = bits.view(np.float32)
+            else:
+                self.storages[key] = np.frombuffer(
+                    raw, dtype=np.dtype(storage_type.dtype).newbyteorder("<")
+                )
+        return self.storages[key]
+
+
+def load_torch_checkpoint(path):
+    """A torch.save'd state dict -> {name: numpy array}; non-tensor entries are dropped.
+
+    bfloat16 tensors come back as float32. Raises CodecError for anything that is not
+    a plain tensor state dict, naming what the pickle asked for.
+    """
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise CodecError(
+            f"{path} is not a zip-format PyTorch checkpoint (torch.save from torch >= 1.6): {e}"
+        ) from e
+    with archive:
+        pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+        if len(pickles) != 1:
+            raise CodecError(f"{path} is not a PyTorch checkpoint: no single data.pkl inside")
+        prefix = pickles[0].rpartition("/")[0]
+        order = f"{prefix}/byteorder"
+        if order in archive.namelist() and archive.read(order).strip() != b"little":
+            raise CodecError(f"{path} was saved big-endian, which this reader does not support")
+        try:
+            state = _Unpickler(archive.read(pickles[0]), archive, prefix).load()
+        except (
+            pickle.UnpicklingError,
+            KeyError,
+            EOFError,
+            TypeError,
+            ValueError,
+            AttributeError,
+        ) as e:
+            raise CodecError(f"refusing to load {path}: {e}") from e
+    if not isinstance(state, dict):
+        raise CodecError(f"{path} does not hold a state dict (found {type(state).__name__})")
+    return {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, np.ndarray)}
