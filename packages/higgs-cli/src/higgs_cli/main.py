@@ -24,8 +24,15 @@ from higgs_cli.pipeline import DEFAULT_CODEC, DEFAULT_MODEL, Settings
 DEFAULTS = Settings()
 
 
+class Failure(click.ClickException):
+    """A user error: one line on stderr, exit status 1."""
+
+    def show(self, file=None):
+        click.echo(f"higgs: error: {self.format_message()}", err=True)
+
+
 def fail(message: str):
-    raise click.ClickException(message)
+    raise Failure(message)
 
 
 def friendly(fn):

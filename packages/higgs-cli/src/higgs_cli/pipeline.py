@@ -147,11 +147,14 @@ class Higgs:
         model = model or os.environ.get("HIGGS_MODEL") or DEFAULT_MODEL
         codec = codec or os.environ.get("HIGGS_CODEC") or DEFAULT_CODEC
         model_path = resolve_path(model)
+        loaded = load_model(model_path, dtype=dtype)
         tok_file = model_path / "tokenizer.json"
         if not tok_file.is_file():
             raise HiggsError(f"no tokenizer.json in {model_path}: the text tokenizer is missing")
-        tokenizer = Tokenizer.from_file(str(tok_file))
-        loaded = load_model(model_path, dtype=dtype)
+        try:
+            tokenizer = Tokenizer.from_file(str(tok_file))
+        except Exception as e:
+            raise HiggsError(f"cannot read the text tokenizer {tok_file}: {e}") from e
         voices = VoiceStore(voices_dir) if voices_dir else None
         return cls(
             loaded,

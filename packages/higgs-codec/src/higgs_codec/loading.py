@@ -59,6 +59,7 @@ def load_codec(path_or_repo, *, decode_only=False, semantic_model=None):
     codec = Codec(args, decode_only=decode_only)
     _load_weights(codec, weights, directory)
     codec.eval()
+    codec.path = directory  # where it came from: callers key caches of codes on it
     return codec
 
 

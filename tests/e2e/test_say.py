@@ -1,0 +1,194 @@
+"""`higgs say` end to end on the tiny offline checkpoints."""
+
+import io
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+import higgs_core
+from higgs_cli.main import cli
+from higgs_cli.output import pcm16
+
+TEXT = "Good morning. How are you today?"
+
+
+def say(*args, input=None):
+    result = CliRunner().invoke(cli, ["say", *args], input=input, catch_exceptions=False)
+    return result
+
+
+def read_wav(path):
+    data, sr = sf.read(path, dtype="int16")
+    info = sf.info(path)
+    return data, sr, info
+
+
+def snr_db(ref, test):
+    ref, test = np.asarray(ref, np.float64), np.asarray(test, np.float64)
+    return 10 * np.log10(np.sum(ref**2) / max(np.sum((ref - test) ** 2), 1e-30))
+
+
+def test_say_writes_a_wav_of_frames_times_hop(home, tmp_path, tts):
+    out = tmp_path / "out.wav"
+    r = say(TEXT, "-o", str(out), "--seed", "3", "--max-seconds", "3")
+    assert r.exit_code == 0, r.stderr
+    assert f"wrote {out}" in r.stderr
+    data, sr, info = read_wav(out)
+    assert sr == 24000 and info.channels == 1 and info.subtype == "PCM_16"
+    # The same request through the Python API: same codes, same samples.
+    speech = tts.say(TEXT, seed=3, max_seconds=3)
+    assert speech.codes.shape[0] == 8
+    assert len(data) == speech.codes.shape[1] * 960 == len(speech.samples)
+    assert data.tobytes() == pcm16(speech.samples)
+
+
+def test_seeded_runs_repeat_and_seeds_differ(tts):
+    a = tts.say(TEXT, seed=5, max_seconds=2)
+    b = tts.say(TEXT, seed=5, max_seconds=2)
+    c = tts.say(TEXT, seed=6, max_seconds=2)
+    assert np.array_equal(a.codes, b.codes) and np.array_equal(a.samples, b.samples)
+    assert not np.array_equal(a.codes, c.codes)
+
+
+def test_stream_matches_the_whole_decode(home, tmp_path):
+    whole, streamed = tmp_path / "whole.wav", tmp_path / "streamed.wav"
+    args = ["--seed", "7", "--max-seconds", "3"]
+    assert say(TEXT, "-o", str(whole), *args).exit_code == 0
+    assert say(TEXT, "-o", str(streamed), "--stream", *args).exit_code == 0
+    a, _, _ = read_wav(whole)
+    b, _, _ = read_wav(streamed)
+    assert len(a) == len(b) > 0
+    assert snr_db(a, b) > 40
+
+
+def test_stream_api_yields_pieces_that_add_up(tts):
+    result = []
+    pieces = list(tts.stream(TEXT, seed=4, max_seconds=3, result=result))
+    assert len(pieces) > 1  # audio left before the end
+    speech = result[0]
+    assert np.array_equal(np.concatenate(pieces), speech.samples)
+    whole = tts.say(TEXT, seed=4, max_seconds=3)
+    assert np.array_equal(whole.codes, speech.codes)
+    assert snr_db(whole.samples, speech.samples) > 40
+
+
+def test_text_from_file_and_stdin_and_stdout_output(home, tmp_path):
+    f = tmp_path / "in.txt"
+    f.write_text(TEXT, encoding="utf-8")
+    out = tmp_path / "f.wav"
+    assert say("-f", str(f), "-o", str(out), "--max-seconds", "1").exit_code == 0
+    r = say("-o", "-", "--format", "pcm", "--max-seconds", "1", input=TEXT)
+    assert r.exit_code == 0
+    from_file, _, _ = read_wav(out)
+    assert r.stdout_bytes == from_file.tobytes()  # same text, same seed, raw pcm
+    r = say(TEXT, "-o", "-", "--max-seconds", "1")
+    data, sr = sf.read(io.BytesIO(r.stdout_bytes), dtype="int16")
+    assert sr == 24000 and np.array_equal(data, from_file)
+
+
+def test_flac_and_default_file_name(home, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert say("Good morning!", "--format", "flac", "--max-seconds", "1").exit_code == 0
+    assert say("Good morning!", "--format", "flac", "--max-seconds", "1").exit_code == 0
+    assert sorted(p.name for p in tmp_path.glob("*.flac")) == [
+        "good-morning-2.flac",
+        "good-morning.flac",
+    ]
+    assert sf.info(tmp_path / "good-morning.flac").samplerate == 24000
+
+
+def test_long_text_is_chunked_with_context(tts, monkeypatch):
+    calls = []
+    real = higgs_core.generate_frames
+
+    def spy(model, input_ids, audio_ids=None, **kw):
+        calls.append((np.array(input_ids), None if audio_ids is None else np.array(audio_ids)))
+        return real(model, input_ids, audio_ids, **kw)
+
+    monkeypatch.setattr(higgs_core, "generate_frames", spy)
+    text = "First part is here. Second part follows now. Third part ends it."
+    speech = tts.say(text, seed=1, chunk_words=4, context_chunks=1, max_seconds=30)
+    assert speech.chunks == [
+        "First part is here.",
+        "Second part follows now.",
+        "Third part ends it.",
+    ]
+    assert len(calls) == 3
+    first_codes = speech.codes[:, : _chunk_len(calls, 0, tts)]
+    # Chunk 2's prompt replays chunk 1's text and its audio (delayed) as context.
+    ids2, audio2 = calls[1]
+    assert _contains(
+        ids2, tts.tokenizer.encode("First part is here.", add_special_tokens=False).ids
+    )
+    assert audio2 is not None and audio2.shape[0] == first_codes.shape[1] + 2 + 7
+    assert np.array_equal(audio2[1:-8, 0], first_codes[0])  # codebook 0: BOS, codes, 8 EOS
+    # With context_chunks=1, chunk 3 sees chunk 2 but no longer chunk 1.
+    ids3, _ = calls[2]
+    assert _contains(
+        ids3, tts.tokenizer.encode("Second part follows now.", add_special_tokens=False).ids
+    )
+    assert not _contains(
+        ids3, tts.tokenizer.encode("First part is here.", add_special_tokens=False).ids
+    )
+
+
+def _chunk_len(calls, i, tts):
+    # Each later prompt holds chunk i's codes wrapped and delayed: T + 2 + 7 positions.
+    _, audio = calls[i + 1]
+    return audio.shape[0] - 9
+
+
+def _contains(ids, sub):
+    ids, sub = list(ids), list(sub)
+    return any(ids[i : i + len(sub)] == sub for i in range(len(ids) - len(sub) + 1))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-f", "/no/such/file.txt"], "cannot read /no/such/file.txt"),
+        (["   "], "there is no text to speak"),
+        (["Hi.", "--voice", "nobody"], "unknown voice 'nobody'"),
+        (["Hi.", "--voice", "../etc"], "invalid voice name"),
+        (["Hi.", "--ref-audio", "/no/ref.wav", "--ref-text", "x"], "/no/ref.wav does not exist"),
+        (["Hi.", "--ref-audio", "REF"], "1 --ref-audio but 0 --ref-text"),
+        (["Hi.", "-o", "/no/such/dir/x.wav"], "folder /no/such/dir does not exist"),
+        (["Hi.", "--top-p", "0"], "top_p must be in (0, 1]"),
+        (["Hi.", "--model", "/no/such/model"], "/no/such/model"),
+        (["Hi.", "--stream", "-o", "-", "--format", "flac"], "cannot stream to stdout"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(home, tmp_path, args, message):
+    args = [str(tmp_path / "r.wav") if a == "REF" else a for a in args]
+    (tmp_path / "r.wav").write_bytes(b"")
+    r = CliRunner().invoke(cli, ["say", *args])
+    assert r.exit_code != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("higgs: error: ") and message in lines[0], lines[0]
+
+
+def test_unreadable_reference_audio(home, tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"this is not audio at all")
+    r = CliRunner().invoke(cli, ["say", "Hi.", "--ref-audio", str(bad), "--ref-text", "hello"])
+    assert r.exit_code == 1
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("higgs: error: ")
+    assert "bad.wav" in r.stderr
+
+
+def test_wrong_checkpoint_layout(home, tmp_path):
+    bad = tmp_path / "model"
+    bad.mkdir()
+    (bad / "config.json").write_text('{"model_type": "whisper"}')
+    (bad / "tokenizer.json").write_text("{}")
+    r = CliRunner().invoke(cli, ["say", "Hi.", "--model", str(bad)])
+    assert r.exit_code == 1 and r.stderr.startswith("higgs: error: ")
+    assert "whisper" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_debug_shows_the_traceback(home):
+    r = CliRunner().invoke(cli, ["say", "Hi.", "--voice", "nobody", "--debug"])
+    assert r.exit_code == 1 and "Traceback" in r.stderr

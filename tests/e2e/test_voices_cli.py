@@ -1,0 +1,133 @@
+"""`higgs voices` and voice use end to end on the tiny offline checkpoints."""
+
+import subprocess
+import sys
+
+import numpy as np
+import soundfile as sf
+from click.testing import CliRunner
+
+from higgs_cli.main import cli
+
+
+def run(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+def recording(tmp_path, seconds=1.5, rate=16000):
+    path = tmp_path / "me.wav"
+    t = np.arange(int(seconds * rate)) / rate
+    sf.write(path, 0.3 * np.sin(2 * np.pi * 220 * t), rate)
+    return path
+
+
+def hidden(folder):
+    return [p.name for p in folder.iterdir() if p.name.startswith(".")] if folder.exists() else []
+
+
+def test_builtin_voice_is_pinned_once_and_reused(home, tmp_path):
+    a, b = tmp_path / "a.wav", tmp_path / "b.wav"
+    r = run("say", "Hello there.", "--voice", "en_woman", "-o", str(a), "--max-seconds", "2")
+    assert r.exit_code == 0, r.stderr
+    pins = list((home / "voices" / "en_woman").glob("codes-pin-*.npy"))
+    assert len(pins) == 1
+    before = pins[0].stat().st_mtime_ns, pins[0].read_bytes()
+    r = run("say", "Hello there.", "--voice", "en_woman", "-o", str(b), "--max-seconds", "2")
+    assert r.exit_code == 0, r.stderr
+    assert (pins[0].stat().st_mtime_ns, pins[0].read_bytes()) == before  # not made again
+    assert sf.read(a)[0].tolist() == sf.read(b)[0].tolist()  # same pin, same seed, same audio
+    shown = run("voices", "show", "en_woman").stdout
+    assert "built-in" in shown and pins[0].stem.removeprefix("codes-") in shown
+
+
+def test_pin_is_the_same_from_run_to_run(home, tts, tmp_path):
+    from higgs_cli.voices import VoiceStore
+
+    tts.voices = VoiceStore(tmp_path / "v1")
+    first = tts.speaker("en_man").codes
+    tts.voices = VoiceStore(tmp_path / "v2")  # a fresh store pins again, identically
+    assert np.array_equal(first, tts.speaker("en_man").codes)
+
+
+def test_add_list_use_remove_and_restart(home, tmp_path):
+    wav = recording(tmp_path)
+    r = run("voices", "add", "me", "--audio", str(wav), "--text", "A test tone.")
+    assert r.exit_code == 0, r.stderr
+    folder = home / "voices" / "me"
+    assert sorted(p.name for p in folder.iterdir())[0] == "audio.wav"
+    assert len(list(folder.glob("codes-codec-*.npy"))) == 1
+    # A separate process (a restart) lists and uses it.
+    env_run = subprocess.run(
+        [sys.executable, "-m", "higgs_cli", "voices", "list"], capture_output=True, text=True
+    )
+    assert env_run.returncode == 0 and "me " in env_run.stdout and "A test tone." in env_run.stdout
+    out = tmp_path / "me-says.wav"
+    r = run("say", "Hello.", "--voice", "me", "-o", str(out), "--max-seconds", "1")
+    assert r.exit_code == 0, r.stderr
+    assert sf.info(out).samplerate == 24000
+    assert run("voices", "remove", "me").exit_code == 0
+    assert not folder.exists() and hidden(home / "voices") == []
+    r = run("say", "Hello.", "--voice", "me")
+    assert r.exit_code == 1 and "unknown voice 'me'" in r.stderr
+
+
+def test_ref_audio_clones_without_storing(home, tmp_path):
+    wav = recording(tmp_path)
+    out = tmp_path / "clone.wav"
+    r = run(
+        "say",
+        "Hi.",
+        "--ref-audio",
+        str(wav),
+        "--ref-text",
+        "A tone.",
+        "-o",
+        str(out),
+        "--max-seconds",
+        "1",
+    )
+    assert r.exit_code == 0, r.stderr
+    assert not (home / "voices").exists() or not any((home / "voices").iterdir())
+
+
+def test_failed_add_keeps_what_was_there(home, tmp_path):
+    wav = recording(tmp_path)
+    assert run("voices", "add", "me", "--audio", str(wav), "--text", "Original.").exit_code == 0
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF but not really a wave file")
+    r = run("voices", "add", "me", "--audio", str(bad), "--text", "Replacement.", "--force")
+    assert r.exit_code == 1 and r.stderr.startswith("higgs: error: ") and r.stderr.count("\n") == 1
+    assert "Original." in run("voices", "show", "me").stdout
+    r = run("voices", "add", "you", "--audio", str(bad), "--text", "x")
+    assert r.exit_code == 1
+    assert not (home / "voices" / "you").exists() and hidden(home / "voices") == []
+    r = run("voices", "add", "../up", "--audio", str(wav), "--text", "x")
+    assert r.exit_code == 1 and "invalid voice name" in r.stderr
+    r = run("voices", "add", "me", "--audio", str(wav), "--text", "Again.")
+    assert r.exit_code == 1 and "exists" in r.stderr
+
+
+def test_damaged_entries_are_reported(home, tmp_path):
+    wav = recording(tmp_path)
+    assert run("voices", "add", "me", "--audio", str(wav), "--text", "Tone.").exit_code == 0
+    (home / "voices" / "me" / "voice.json").write_text("{garbage")
+    r = run("say", "Hello.", "--voice", "me")
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1
+    assert "damaged" in r.stderr and "higgs voices remove me" in r.stderr
+    listed = run("voices", "list")
+    assert listed.exit_code == 0 and "me" in listed.stdout and "damaged" in listed.stdout
+    assert run("voices", "remove", "me").exit_code == 0
+
+
+def test_damaged_pin_is_made_again_with_a_warning(home, tmp_path):
+    out = tmp_path / "x.wav"
+    assert (
+        run("say", "Hi.", "--voice", "en_man", "-o", str(out), "--max-seconds", "1").exit_code == 0
+    )
+    pin = next((home / "voices" / "en_man").glob("codes-pin-*.npy"))
+    good = pin.read_bytes()
+    pin.write_bytes(good[:30])
+    r = run("say", "Hi.", "--voice", "en_man", "-o", str(out), "--max-seconds", "1")
+    assert r.exit_code == 0
+    assert "warning" in r.stderr and "damaged" in r.stderr
+    assert pin.read_bytes() == good  # the same seed pins the same codes
