@@ -120,6 +120,8 @@ class Worker:
     def _run(self):
         import mlx.core as mx
 
+        # MLX streams belong to the thread that made them: this thread needs its own.
+        mx.set_default_stream(mx.new_stream(mx.default_device()))
         while (job := self._jobs.get()) is not None:
             try:
                 job.started = time.monotonic()

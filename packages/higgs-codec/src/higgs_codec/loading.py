@@ -381,3 +381,6 @@ def _load_weights(codec, weights, source):
         )
     codec.load_weights(list(keep.items()))
     mx.eval(codec.parameters())
+    # Arrays kept beside the parameters too: a lazy array belongs to the thread that
+    # made it, and a codec loaded on one thread may serve on another.
+    mx.eval([v for m in codec.modules() for v in m.values() if isinstance(v, mx.array)])

@@ -127,7 +127,15 @@ def load_model(path_or_repo: str | Path, *, dtype: mx.Dtype | None = None) -> Hi
     # One tensor at a time: a cast frees each source as soon as its copy exists.
     for _, value in tree_flatten(model.parameters()):
         mx.eval(value)
+    materialize_buffers(model)
     return model
+
+
+def materialize_buffers(module: nn.Module):
+    """Evaluate the arrays modules keep beside their parameters (RoPE frequencies,
+    codebook offsets). A lazy array belongs to the thread that made it, and a model
+    loaded on one thread may serve on another (a server's worker)."""
+    mx.eval([v for m in module.modules() for v in m.values() if isinstance(v, mx.array)])
 
 
 def _quantize_as_stored(model: nn.Module, quantization: dict, weights: dict):

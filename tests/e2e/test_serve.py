@@ -1,0 +1,300 @@
+"""`higgs serve`: the app through an HTTP client, and a real server process on loopback."""
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+from starlette.testclient import TestClient
+
+from higgs_cli.serve import Limits, create_app
+from higgs_cli.voices import VoiceStore
+
+SPEECH = "/v1/audio/speech"
+
+
+@pytest.fixture
+def app_tts(tts, tmp_path, monkeypatch):
+    monkeypatch.setattr(tts, "voices", VoiceStore(tmp_path / "voices"))
+    return tts
+
+
+def client(tts, **limits):
+    return TestClient(create_app(tts, limits=Limits(**limits)))
+
+
+def error_of(r):
+    body = r.json()
+    assert set(body["error"]) == {"message", "type", "code"}
+    return body["error"]
+
+
+def tone(seconds=1.0, rate=22050):
+    buf = io.BytesIO()
+    t = np.arange(int(seconds * rate)) / rate
+    sf.write(buf, 0.3 * np.sin(2 * np.pi * 300 * t), rate, format="WAV")
+    return buf.getvalue()
+
+
+def test_health_models_and_voices(app_tts):
+    with client(app_tts) as c:
+        assert c.get("/health").json()["status"] == "ok"
+        models = c.get("/v1/models").json()
+        assert models["object"] == "list" and models["data"][0]["object"] == "model"
+        names = {v["name"] for v in c.get("/v1/audio/voices").json()["voices"]}
+        assert {"en_woman", "en_man", "en_man_deep"} <= names
+
+
+@pytest.mark.parametrize(
+    "fmt, check",
+    [
+        ("wav", lambda b: sf.info(io.BytesIO(b)).format == "WAV"),
+        ("flac", lambda b: sf.info(io.BytesIO(b)).format == "FLAC"),
+        ("mp3", lambda b: sf.info(io.BytesIO(b)).format == "MP3"),
+        ("opus", lambda b: sf.info(io.BytesIO(b)).format == "OGG"),
+        ("pcm", lambda b: len(b) % 1920 == 0),  # 16-bit samples, whole 40 ms frames
+    ],
+)
+def test_every_format(app_tts, fmt, check):
+    body = {"model": "tts-1", "input": "Good morning.", "response_format": fmt, "seed": 2}
+    with client(app_tts) as c:
+        r = c.post(SPEECH, json=body)
+    assert r.status_code == 200, r.text
+    assert check(r.content)
+    if fmt != "pcm":
+        assert sf.info(io.BytesIO(r.content)).samplerate == 24000
+
+
+def test_same_audio_as_the_pipeline(app_tts):
+    with client(app_tts) as c:
+        r = c.post(SPEECH, json={"input": "Good morning.", "response_format": "pcm", "seed": 9})
+    speech = app_tts.say("Good morning.", seed=9)
+    from higgs_cli.output import pcm16
+
+    assert r.content == pcm16(speech.samples)
+
+
+def test_openai_voice_names_and_voice_objects(app_tts):
+    with client(app_tts) as c:
+        a = c.post(SPEECH, json={"input": "Hi.", "voice": "alloy", "response_format": "pcm"})
+        b = c.post(
+            SPEECH, json={"input": "Hi.", "voice": {"id": "en_woman"}, "response_format": "pcm"}
+        )
+    assert a.status_code == b.status_code == 200
+    assert a.content == b.content  # alloy is en_woman
+
+
+def test_streaming_sends_audio_before_generation_ends(app_tts, monkeypatch):
+    events, gate = [], threading.Event()
+    real = app_tts.stream
+
+    def paced(*args, **kwargs):
+        for i, pcm in enumerate(real(*args, **kwargs)):
+            if i == 0:
+                events.append("first audio generated")
+            yield pcm
+            if i == 0:
+                gate.wait(10)  # generation holds here until the client has heard something
+        events.append("generation done")
+
+    monkeypatch.setattr(app_tts, "stream", paced)
+    body = {"input": "Good morning. How are you?", "response_format": "wav", "stream": True}
+    with client(app_tts) as c, c.stream("POST", SPEECH, json=body) as r:
+        assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
+        data = b""
+        for part in r.iter_bytes():
+            if part and not gate.is_set() and len(data + part) > 44:
+                events.append("client got audio")
+                gate.set()
+            data += part
+    assert events == ["first audio generated", "client got audio", "generation done"]
+    samples, sr = sf.read(io.BytesIO(data), dtype="int16")
+    assert sr == 24000 and len(samples) > 0
+
+
+def test_streamed_pcm_equals_the_stream_api(app_tts):
+    body = {"input": "Good morning.", "response_format": "pcm", "stream": True, "seed": 4}
+    with client(app_tts) as c:
+        r = c.post(SPEECH, json=body)
+    result = []
+    pieces = list(app_tts.stream("Good morning.", seed=4, result=result))
+    from higgs_cli.output import pcm16
+
+    assert r.content == pcm16(np.concatenate(pieces))
+
+
+def test_full_queue_answers_429(app_tts, monkeypatch):
+    gate, started = threading.Event(), threading.Event()
+    real = app_tts.say
+
+    def held(*args, **kwargs):
+        started.set()
+        gate.wait(10)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(app_tts, "say", held)
+    with client(app_tts, max_queue=1) as c:
+        first = {}
+        t = threading.Thread(target=lambda: first.update(r=c.post(SPEECH, json={"input": "One."})))
+        t.start()
+        assert started.wait(10)
+        r = c.post(SPEECH, json={"input": "Two."})
+        assert r.status_code == 429 and r.headers["retry-after"]
+        assert error_of(r)["type"] == "rate_limit_error"
+        gate.set()
+        t.join(30)
+        assert first["r"].status_code == 200
+
+
+def test_too_many_streams_answers_429(app_tts):
+    app = create_app(app_tts, limits=Limits(max_streams=0))
+    with TestClient(app) as c:
+        r = c.post(SPEECH, json={"input": "Hi.", "stream": True, "response_format": "pcm"})
+    assert r.status_code == 429 and error_of(r)["code"] == "too_many_streams"
+
+
+def test_timeout_is_504(app_tts):
+    with client(app_tts, request_timeout=0.0) as c:
+        r = c.post(SPEECH, json={"input": "Good morning."})
+    assert r.status_code == 504 and error_of(r)["type"] == "timeout_error"
+
+
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        ({"input": ""}, "empty_input"),
+        ({"input": "x" * 50}, "input_too_long"),
+        ({"input": "Hi.", "voice": "nobody"}, "unknown_voice"),
+        ({"input": "Hi.", "voice": "../x"}, "unknown_voice"),
+        ({"input": "Hi.", "response_format": "aac"}, "unsupported_format"),
+        ({"input": "Hi.", "speed": 1.5}, "unsupported_speed"),
+        ({"input": "Hi.", "stream": True, "response_format": "mp3"}, "unsupported_stream"),
+        ({"input": "Hi.", "stream_format": "sse"}, "unsupported_stream"),
+        ({"input": "Hi.", "top_p": 0}, "invalid_value"),
+        ({"input": "Hi.", "temperature": "hot"}, "invalid_type"),
+        ({"input": 5}, "invalid_type"),
+        ([1, 2], "invalid_json"),
+    ],
+)
+def test_bad_speech_requests(app_tts, body, code):
+    with client(app_tts, max_input_chars=40) as c:
+        r = c.post(SPEECH, json=body)
+    assert r.status_code == 400, r.text
+    assert error_of(r)["code"] == code
+
+
+def test_bad_json_and_big_bodies(app_tts):
+    with client(app_tts, max_body_bytes=1000) as c:
+        r = c.post(SPEECH, content=b"{not json", headers={"content-type": "application/json"})
+        assert r.status_code == 400 and error_of(r)["code"] == "invalid_json"
+        r = c.post(SPEECH, json={"input": "x" * 2000})
+        assert r.status_code == 413 and error_of(r)["code"] == "body_too_large"
+        files = {"file": ("me.wav", tone(), "audio/wav")}
+        r = c.post("/v1/audio/voices", data={"name": "me", "text": "A tone."}, files=files)
+        assert r.status_code == 413
+
+
+def test_voice_upload_use_and_delete(app_tts):
+    files = {"file": ("me.wav", tone(), "audio/wav")}
+    with client(app_tts) as c:
+        r = c.post("/v1/audio/voices", data={"name": "me", "text": "A tone."}, files=files)
+        assert r.status_code == 201, r.text
+        voices = {v["name"]: v for v in c.get("/v1/audio/voices").json()["voices"]}
+        assert voices["me"]["transcript"] == "A tone."
+        r = c.post(SPEECH, json={"input": "Hi.", "voice": "me", "response_format": "wav"})
+        assert r.status_code == 200
+        r = c.post("/v1/audio/voices", data={"name": "me", "text": "Again."}, files=files)
+        assert r.status_code == 409
+        assert c.delete("/v1/audio/voices/me").status_code == 200
+        assert c.delete("/v1/audio/voices/me").status_code == 404
+        r = c.post(SPEECH, json={"input": "Hi.", "voice": "me"})
+        assert r.status_code == 400
+
+
+@pytest.mark.parametrize(
+    "data, files, status",
+    [
+        ({"name": "../x", "text": "t"}, {"file": ("a.wav", b"x", "audio/wav")}, 400),
+        ({"name": "ok", "text": "t"}, {"file": ("a.wav", b"not audio", "audio/wav")}, 400),
+        ({"name": "ok", "text": "  "}, {"file": ("a.wav", tone(), "audio/wav")}, 400),
+        ({"name": "ok"}, {"file": ("a.wav", tone(), "audio/wav")}, 400),
+        ({"name": "en_man", "text": "t"}, {"file": ("a.wav", tone(), "audio/wav")}, 400),
+    ],
+)
+def test_bad_voice_uploads(app_tts, data, files, status):
+    with client(app_tts) as c:
+        r = c.post("/v1/audio/voices", data=data, files=files)
+        assert r.status_code == status, r.text
+        error_of(r)
+        assert "ok" not in {v["name"] for v in c.get("/v1/audio/voices").json()["voices"]}
+
+
+# a real server process --------------------------------------------------------------
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(home, tmp_path):
+    port = free_port()
+    log = open(tmp_path / "server.log", "w+")  # noqa: SIM115 - read back by the tests
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "higgs_cli", "serve", "--port", str(port), "--max-queue", "4"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=os.environ.copy(),
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+        assert proc.poll() is None, (tmp_path / "server.log").read_text()
+    yield url, tmp_path / "server.log"
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+    log.close()
+
+
+def test_real_server_speaks_streams_and_cancels(server):
+    url, log_path = server
+    with httpx.Client(base_url=url, timeout=60) as c:
+        assert c.get("/health").json()["status"] == "ok"
+        r = c.post(SPEECH, json={"input": "Good morning.", "response_format": "flac"})
+        assert r.status_code == 200 and sf.info(io.BytesIO(r.content)).samplerate == 24000
+        r = c.post(SPEECH, json={"input": "", "response_format": "wav"})
+        assert r.status_code == 400 and error_of(r)["code"] == "empty_input"
+
+        # Stream a long text, hang up after the first audio: the server stops generating.
+        long_text = " ".join(f"Sentence number {i} is here." for i in range(60))
+        body = {"input": long_text, "response_format": "pcm", "stream": True}
+        with c.stream("POST", SPEECH, json=body) as r:
+            assert r.status_code == 200
+            first = next(r.iter_bytes())
+            assert first
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if "status=499" in log_path.read_text() and c.get("/health").json()["queued"] == 0:
+                break
+            time.sleep(0.2)
+        lines = [json.dumps(line) for line in log_path.read_text().splitlines()]
+        assert any("status=499" in line for line in lines), lines
+        assert c.get("/health").json()["queued"] == 0
+        # It still serves after the hang-up.
+        assert c.post(SPEECH, json={"input": "Again.", "response_format": "wav"}).status_code == 200
