@@ -1,7 +1,6 @@
 """Offline end-to-end fixtures: the tiny random model (original layout, sharded)
 with the tiny tokenizer, and the tiny codec. Random weights: the audio is noise."""
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -10,12 +9,10 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-model")
-    for src in ("core/tiny-original-sharded", "tokenizer"):
-        for f in (FIXTURES / src).iterdir():
-            shutil.copyfile(f, folder / f.name)
-    return folder
+def tiny_model() -> Path:
+    """tests/fixtures/tiny-model links core's sharded original-layout checkpoint and the
+    tiny tokenizer into one folder, as a hub snapshot holds them."""
+    return FIXTURES / "tiny-model"
 
 
 @pytest.fixture(scope="session")
