@@ -235,6 +235,8 @@ def say(
         scene=scene or None,
     )
     Settings(**settings).params()  # validate before loading anything
+    if play:
+        Player.check()
 
     import mlx.core as mx
 
@@ -247,13 +249,11 @@ def say(
     status = StatusLine(not quiet and sys.stderr.isatty())
     warn = lambda m: (status.clear(), say_(f"higgs: warning: {m}"))  # noqa: E731
     refs = list(zip(ref_audio, ref_text, strict=True))
-    sinks = []
+    player = Player(tts.sample_rate) if play else None  # fail before generating, not after
+    writer = None
     try:
         if stream:
-            if output:
-                sinks.append(Writer(output, fmt, tts.sample_rate))
-            if play:
-                sinks.append(Player(tts.sample_rate))
+            writer = Writer(output, fmt, tts.sample_rate) if output else None
             result = []
             for pcm in tts.stream(
                 text,
@@ -264,21 +264,22 @@ def say(
                 result=result,
                 **settings,
             ):
-                for sink in sinks:
-                    sink.write(pcm)
+                for sink in (writer, player):
+                    if sink:
+                        sink.write(pcm)
             speech = result[0]
         else:
             speech = tts.say(text, voices=voices, refs=refs, progress=status, warn=warn, **settings)
             status.clear()
             if output:
                 write_clip(output, speech.samples, tts.sample_rate, fmt)
-            if play:
-                sinks.append(Player(tts.sample_rate))
-                sinks[-1].write(speech.samples)
+            if player:
+                player.write(speech.samples)
     finally:
         status.clear()
-        for sink in sinks:
-            sink.close()
+        for sink in (writer, player):
+            if sink:
+                sink.close()
     where = "stdout" if output == "-" else output
     if where:
         say_(

@@ -148,6 +148,16 @@ class Player:
     """Plays chunks on the default output device (needs the `play` extra)."""
 
     def __init__(self, sample_rate: int):
+        sd = self.check()
+        try:
+            self._stream = sd.OutputStream(samplerate=sample_rate, channels=1, dtype="float32")
+            self._stream.start()
+        except Exception as e:
+            raise OutputError(f"--play cannot open an audio output device: {e}") from e
+
+    @staticmethod
+    def check():
+        """The sounddevice module, or a clear error saying how to get it."""
         try:
             import sounddevice as sd
         except ImportError as e:
@@ -157,11 +167,7 @@ class Player:
             ) from e
         except OSError as e:  # the PortAudio library is missing
             raise OutputError(f"--play cannot reach an audio device: {e}") from e
-        try:
-            self._stream = sd.OutputStream(samplerate=sample_rate, channels=1, dtype="float32")
-            self._stream.start()
-        except Exception as e:
-            raise OutputError(f"--play cannot open an audio output device: {e}") from e
+        return sd
 
     def write(self, samples: np.ndarray):
         self._stream.write(np.ascontiguousarray(samples, dtype=np.float32).reshape(-1, 1))
