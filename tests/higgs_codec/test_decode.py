@@ -11,6 +11,8 @@ WAVES = ["mono24k_25f", "mono24k_20f", "mono24k_short", "mono24k_pad", "stereo16
 
 DECODED = [*WAVES, "random1", "random37"]
 
+pytestmark = pytest.mark.usefixtures("gemm_backend")
+
 
 @pytest.mark.parametrize("name", DECODED)
 def test_decode_matches_reference(codec, ref, name, rel_err):
@@ -78,4 +80,4 @@ def test_long_decode_is_chunked_and_identical(codec, monkeypatch, rel_err):
     monkeypatch.setattr(model, "DECODE_CHUNK_FRAMES", 16)
     chunked = np.array(codec.decode(codes))
     assert chunked.shape == whole.shape == (60 * 960,)
-    assert rel_err(chunked, whole) <= 1e-5
+    assert rel_err(chunked, whole) <= 1e-4

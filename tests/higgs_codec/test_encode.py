@@ -13,6 +13,8 @@ WAVES = ["mono24k_25f", "mono24k_20f", "mono24k_short", "mono24k_pad", "stereo16
 RESAMPLE_PAIRS = ["44100_24000", "16000_24000", "24000_16000", "8000_24000", "48000_24000"]
 RESAMPLE_PAIRS += ["22050_24000"]
 
+pytestmark = pytest.mark.usefixtures("gemm_backend")
+
 
 @pytest.mark.parametrize("pair", RESAMPLE_PAIRS)
 def test_resample_matches_torchaudio(ref, pair, rel_err):

@@ -12,6 +12,8 @@ from functools import partial
 import mlx.core as mx
 import mlx.nn as nn
 
+from .layers import Conv1d, ConvTranspose1d
+
 
 @partial(mx.compile, shapeless=True)
 def snake(x, alpha):
@@ -32,9 +34,9 @@ class ResidualUnit(nn.Module):
     def __init__(self, dim, dilation):
         super().__init__()
         self.snake1 = Snake(dim)
-        self.conv1 = nn.Conv1d(dim, dim, 7, dilation=dilation, padding=3 * dilation)
+        self.conv1 = Conv1d(dim, dim, 7, dilation=dilation, padding=3 * dilation)
         self.snake2 = Snake(dim)
-        self.conv2 = nn.Conv1d(dim, dim, 1)
+        self.conv2 = Conv1d(dim, dim, 1)
 
     def __call__(self, x):
         y = self.conv2(self.snake2(self.conv1(self.snake1(x))))
@@ -48,9 +50,7 @@ class EncoderBlock(nn.Module):
         self.res_unit2 = ResidualUnit(dim // 2, 3)
         self.res_unit3 = ResidualUnit(dim // 2, 9)
         self.snake1 = Snake(dim // 2)
-        self.conv1 = nn.Conv1d(
-            dim // 2, dim, 2 * stride, stride=stride, padding=math.ceil(stride / 2)
-        )
+        self.conv1 = Conv1d(dim // 2, dim, 2 * stride, stride=stride, padding=math.ceil(stride / 2))
 
     def __call__(self, x):
         x = self.res_unit3(self.res_unit2(self.res_unit1(x)))
@@ -60,11 +60,11 @@ class EncoderBlock(nn.Module):
 class AcousticEncoder(nn.Module):
     def __init__(self, hidden, ratios, out_dim):
         super().__init__()
-        self.conv1 = nn.Conv1d(1, hidden, 7, padding=3)
+        self.conv1 = Conv1d(1, hidden, 7, padding=3)
         self.block = [EncoderBlock(hidden * 2 ** (i + 1), s) for i, s in enumerate(ratios)]
         width = hidden * 2 ** len(ratios)
         self.snake1 = Snake(width)
-        self.conv2 = nn.Conv1d(width, out_dim, 3, padding=1)
+        self.conv2 = Conv1d(width, out_dim, 3, padding=1)
         self.ratios = tuple(ratios)
 
     def __call__(self, x):
@@ -85,7 +85,7 @@ class DecoderBlock(nn.Module):
     def __init__(self, in_dim, out_dim, stride):
         super().__init__()
         self.snake1 = Snake(in_dim)
-        self.conv_t1 = nn.ConvTranspose1d(
+        self.conv_t1 = ConvTranspose1d(
             in_dim,
             out_dim,
             2 * stride,
@@ -106,14 +106,14 @@ class DecoderBlock(nn.Module):
 class AcousticDecoder(nn.Module):
     def __init__(self, in_dim, channels, ratios):
         super().__init__()
-        self.conv1 = nn.Conv1d(in_dim, channels, 7, padding=3)
+        self.conv1 = Conv1d(in_dim, channels, 7, padding=3)
         self.block = [
             DecoderBlock(channels // 2**i, channels // 2 ** (i + 1), s)
             for i, s in enumerate(ratios)
         ]
         out = channels // 2 ** len(ratios)
         self.snake1 = Snake(out)
-        self.conv2 = nn.Conv1d(out, 1, 7, padding=3)
+        self.conv2 = Conv1d(out, 1, 7, padding=3)
 
     def __call__(self, x):
         x = self.conv1(x)

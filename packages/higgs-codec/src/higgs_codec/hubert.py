@@ -8,6 +8,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .config import HubertArgs
+from .layers import Conv1d, Linear, attention
 
 # query rows per attention block: bounds the score matrix on long inputs
 ATTENTION_BLOCK_ELEMENTS = 1 << 26
@@ -33,7 +34,7 @@ class ConvLayer(nn.Module):
         super().__init__()
         in_dim = args.conv_dim[i - 1] if i > 0 else 1
         out_dim = args.conv_dim[i]
-        self.conv = nn.Conv1d(
+        self.conv = Conv1d(
             in_dim, out_dim, args.conv_kernel[i], stride=args.conv_stride[i], bias=args.conv_bias
         )
         if i == 0:
@@ -62,7 +63,7 @@ class FeatureProjection(nn.Module):
         super().__init__()
         if args.feat_proj_layer_norm:
             self.layer_norm = nn.LayerNorm(args.conv_dim[-1], eps=args.layer_norm_eps)
-        self.projection = nn.Linear(args.conv_dim[-1], args.hidden_size)
+        self.projection = Linear(args.conv_dim[-1], args.hidden_size)
 
     def __call__(self, x):
         if "layer_norm" in self:
@@ -74,7 +75,7 @@ class PositionalConv(nn.Module):
     def __init__(self, args: HubertArgs):
         super().__init__()
         k = args.num_conv_pos_embeddings
-        self.conv = nn.Conv1d(
+        self.conv = Conv1d(
             args.hidden_size,
             args.hidden_size,
             k,
@@ -95,10 +96,10 @@ class Attention(nn.Module):
         super().__init__()
         self.heads = heads
         self.scale = (dim // heads) ** -0.5
-        self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim)
-        self.v_proj = nn.Linear(dim, dim)
-        self.out_proj = nn.Linear(dim, dim)
+        self.q_proj = Linear(dim, dim)
+        self.k_proj = Linear(dim, dim)
+        self.v_proj = Linear(dim, dim)
+        self.out_proj = Linear(dim, dim)
 
     def __call__(self, x):
         b, n, d = x.shape
@@ -109,19 +110,15 @@ class Attention(nn.Module):
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
         # full (bidirectional) attention; long inputs go in query blocks to bound memory
         block = max(1, ATTENTION_BLOCK_ELEMENTS // (self.heads * n))
-        outs = [
-            mx.fast.scaled_dot_product_attention(q[:, :, i : i + block], k, v, scale=self.scale)
-            for i in range(0, n, block)
-        ]
-        o = outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=2)
+        o = attention(q, k, v, self.scale, block)
         return self.out_proj(o.transpose(0, 2, 1, 3).reshape(b, n, d))
 
 
 class FeedForward(nn.Module):
     def __init__(self, args: HubertArgs):
         super().__init__()
-        self.intermediate_dense = nn.Linear(args.hidden_size, args.intermediate_size)
-        self.output_dense = nn.Linear(args.intermediate_size, args.hidden_size)
+        self.intermediate_dense = Linear(args.hidden_size, args.intermediate_size)
+        self.output_dense = Linear(args.intermediate_size, args.hidden_size)
 
     def __call__(self, x):
         return self.output_dense(nn.gelu(self.intermediate_dense(x)))

@@ -16,12 +16,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
 from . import config as cfg
 from .errors import CodecError, CodecFileNotFoundError
+from .layers import Conv1d, ConvTranspose1d
 from .model import Codec
 from .torch_pickle import load_torch_checkpoint
 
@@ -310,7 +310,7 @@ def _fold_weight_norm(weights):
 def _torch_conv_shape(expected, module):
     """The torch layout of an MLX conv weight shape [out, k, in]."""
     out, k, inp = expected
-    return (inp, out, k) if isinstance(module, nn.ConvTranspose1d) else (out, inp, k)
+    return (inp, out, k) if isinstance(module, ConvTranspose1d) else (out, inp, k)
 
 
 def _channels_last(weights, expected, modules):
@@ -319,7 +319,7 @@ def _channels_last(weights, expected, modules):
     votes = set()
     for key, value in weights.items():
         module = modules.get(key.rpartition(".")[0])
-        conv = isinstance(module, (nn.Conv1d, nn.ConvTranspose1d))
+        conv = isinstance(module, (Conv1d, ConvTranspose1d))
         if conv and key.endswith(".weight") and key in expected and len(value.shape) == 3:
             mlx_shape = tuple(expected[key].shape)
             torch_shape = _torch_conv_shape(mlx_shape, module)
@@ -334,11 +334,11 @@ def _to_mlx(value, expected, module, channels_last):
     """A checkpoint tensor -> float32 mx.array in MLX layout, or None if it cannot fit."""
     x = value if isinstance(value, mx.array) else mx.array(np.asarray(value))
     x = x.astype(mx.float32)
-    if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)) and x.ndim == 3 and not channels_last:
+    if isinstance(module, (Conv1d, ConvTranspose1d)) and x.ndim == 3 and not channels_last:
         if tuple(x.shape) != _torch_conv_shape(expected, module):
             return None
         # torch conv [out, in, k] and transposed conv [in, out, k] -> [out, k, in]
-        return x.transpose(1, 2, 0) if isinstance(module, nn.ConvTranspose1d) else x.swapaxes(1, 2)
+        return x.transpose(1, 2, 0) if isinstance(module, ConvTranspose1d) else x.swapaxes(1, 2)
     if tuple(x.shape) == expected:
         return x
     if x.size == int(np.prod(expected)) and x.ndim == 3 and len(expected) == 1:
