@@ -137,3 +137,22 @@ def test_silent_and_clipped_audio_encode(codec):
 def test_bad_audio_is_refused(codec, wave, sr, message):
     with pytest.raises(CodecError, match=message):
         codec.encode(wave, sr)
+
+
+def test_long_inputs_are_encoded_in_exact_windows(codec, monkeypatch, rel_err):
+    """Long waves go through the acoustic encoder and HuBERT's conv feature extractor in
+    windows (bounded memory); the result equals one pass."""
+    import higgs_codec.dac as dac
+    import higgs_codec.hubert as hubert
+
+    rng = np.random.default_rng(0)
+    wave = mx.array((0.3 * rng.standard_normal(24000 * 6 + 517)).astype(np.float32))
+    wave16 = mx.array((0.3 * rng.standard_normal(16000 * 5 + 333)).astype(np.float32))
+    acoustic = np.array(codec.acoustic_encoder(wave[None, :, None]))
+    features = np.array(codec.semantic_model.feature_extractor(wave16[None, :, None]))
+    codes = np.array(codec.encode(wave, 24000))
+    monkeypatch.setattr(dac, "ENCODER_CHUNK_FRAMES", 7)
+    monkeypatch.setattr(hubert, "FEATURE_CHUNK_FRAMES", 9)
+    assert rel_err(codec.acoustic_encoder(wave[None, :, None]), acoustic) <= 1e-5
+    assert rel_err(codec.semantic_model.feature_extractor(wave16[None, :, None]), features) <= 1e-5
+    assert np.array_equal(np.array(codec.encode(wave, 24000)), codes)

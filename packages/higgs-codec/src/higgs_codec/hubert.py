@@ -4,14 +4,19 @@ Only what the codec uses: the average of all hidden states (the encoder's input
 and every layer's output). Parameter names follow transformers' HubertModel.
 """
 
+import math
+
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 from .config import HubertArgs
 from .layers import Conv1d, Linear, attention
 
 # query rows per attention block: bounds the score matrix on long inputs
 ATTENTION_BLOCK_ELEMENTS = 1 << 26
+# long inputs run the conv feature extractor in windows of this many frames (50 per s)
+FEATURE_CHUNK_FRAMES = 1500
 
 
 class ChannelNorm(nn.Module):
@@ -26,6 +31,9 @@ class ChannelNorm(nn.Module):
     def __call__(self, x):
         mean = x.mean(axis=1, keepdims=True)
         var = mx.square(x - mean).mean(axis=1, keepdims=True)
+        return self.normalize(x, mean, var)
+
+    def normalize(self, x, mean, var):
         return (x - mean) * mx.rsqrt(var + self.eps) * self.weight + self.bias
 
 
@@ -51,11 +59,57 @@ class FeatureEncoder(nn.Module):
     def __init__(self, args: HubertArgs):
         super().__init__()
         self.conv_layers = [ConvLayer(args, i) for i in range(len(args.conv_dim))]
+        self.kernels, self.strides = args.conv_kernel, args.conv_stride
+
+    def output_length(self, n):
+        for k, s in zip(self.kernels, self.strides, strict=True):
+            n = (n - k) // s + 1
+        return max(n, 0)
 
     def __call__(self, x):
-        for layer in self.conv_layers:
-            x = layer(x)
-        return x
+        """x [B, N, 1] -> [B, frames, C]. The first layer normalises each channel over the
+        whole input, so long inputs take two passes: the first conv's channel statistics
+        over all of it, then windows of FEATURE_CHUNK_FRAMES frames (the convs are
+        unpadded and windows start on a frame boundary, so the frames are exact)."""
+        frames = self.output_length(x.shape[1])
+        if frames <= FEATURE_CHUNK_FRAMES:
+            for layer in self.conv_layers:
+                x = layer(x)
+            return x
+        first = self.conv_layers[0]
+        mean, var = self._first_layer_stats(x)
+        hop = math.prod(self.strides)
+        span = self.kernels[-1]
+        for k, s in zip(self.kernels[-2::-1], self.strides[-2::-1], strict=True):
+            span = (span - 1) * s + k  # input samples one output frame sees
+        outs = []
+        for f0 in range(0, frames, FEATURE_CHUNK_FRAMES):
+            f1 = min(f0 + FEATURE_CHUNK_FRAMES, frames)
+            y = first.conv(x[:, f0 * hop : (f1 - 1) * hop + span])
+            y = nn.gelu(first.layer_norm.normalize(y, mean, var))
+            for layer in self.conv_layers[1:]:
+                y = layer(y)
+            outs.append(y)
+            mx.eval(y)
+        return mx.concatenate(outs, axis=1)
+
+    def _first_layer_stats(self, x):
+        """Per (batch, channel) mean and biased variance of the first conv's output,
+        merged over windows in float64 (Chan et al.)."""
+        conv, k, s = self.conv_layers[0].conv, self.kernels[0], self.strides[0]
+        total = (x.shape[1] - k) // s + 1
+        step = FEATURE_CHUNK_FRAMES * math.prod(self.strides) // s
+        count, mean, m2 = 0, 0.0, 0.0
+        for a in range(0, total, step):
+            b = min(a + step, total)
+            y = np.asarray(conv(x[:, a * s : (b - 1) * s + k]), dtype=np.float64)
+            n_b, mean_b = b - a, y.mean(axis=1, keepdims=True)
+            m2_b = np.square(y - mean_b).sum(axis=1, keepdims=True)
+            delta = mean_b - mean
+            mean = mean + delta * n_b / (count + n_b)
+            m2 = m2 + m2_b + np.square(delta) * count * n_b / (count + n_b)
+            count += n_b
+        return mx.array(mean.astype(np.float32)), mx.array((m2 / count).astype(np.float32))
 
 
 class FeatureProjection(nn.Module):

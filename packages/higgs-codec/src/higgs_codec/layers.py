@@ -16,6 +16,9 @@ import numpy as np
 
 _NUMPY_GEMM = {"1": True, "0": False}.get(os.environ.get("HIGGS_CODEC_NUMPY_GEMM", ""))
 
+# elements of GEMM output a stride-1 conv may hold at once before it goes tap by tap
+GEMM_SCRATCH = 1 << 24
+
 
 def use_numpy_gemm(flag):
     """True/False forces the numpy (CPU BLAS) path on or off; None restores the default."""
@@ -90,12 +93,18 @@ class Conv1d(nn.Module):
         if n_out <= 0:
             return np.zeros((b, 0, out_dim), np.float32)
         if s == 1 and g == 1:
-            # one GEMM for all taps, then add the taps' outputs shifted by the dilation
             taps = self._taps.get(self.weight, lambda w: w.transpose(2, 1, 0).reshape(in_dim, -1))
-            z = (x @ taps).reshape(b, n, k, out_dim)
-            y = z[:, :n_out, 0].copy()
+            if n * k * out_dim <= GEMM_SCRATCH:
+                # one GEMM for all taps, then add the taps' outputs shifted by the dilation
+                z = (x @ taps).reshape(b, n, k, out_dim)
+                y = z[:, :n_out, 0].copy()
+                for j in range(1, k):
+                    y += z[:, j * d : j * d + n_out, j]
+                return y
+            # long inputs: one GEMM per tap, so no k-times-larger scratch
+            y = x[:, :n_out] @ taps[:, :out_dim]
             for j in range(1, k):
-                y += z[:, j * d : j * d + n_out, j]
+                y += x[:, j * d : j * d + n_out] @ taps[:, j * out_dim : (j + 1) * out_dim]
             return y
         if g == 1:
             # strided: gather the k taps of every output (im2col), one GEMM

@@ -1,0 +1,127 @@
+"""Codec speed and memory at the real architecture size, with random weights.
+
+    uv run python benchmarks/bench_codec.py [--seconds 10] [--repeats 3]
+
+Builds the released tokenizer's shapes (HuBERT-base, DAC 64 -> 2048 encoder, 1024-wide
+decoder with ratios [8, 5, 4, 2, 3], 8 x 1024 codes of dim 64) with random weights and
+prints, for the device MLX runs on:
+- decode and encode speed as multiples of real time (audio seconds per wall second);
+- the stream decoder: frames pushed before the first audio leaves, its steady-state
+  look-ahead, the time to the first audio and per pushed frame, and its SNR against a
+  whole-utterance decode;
+- peak memory (MLX's allocator peak) for each.
+"""
+
+import argparse
+import time
+
+import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_flatten, tree_map
+
+from higgs_codec.config import CodecArgs, HubertArgs
+from higgs_codec.layers import numpy_gemm
+from higgs_codec.model import Codec
+
+
+def real_size_codec(decode_only=False):
+    args = CodecArgs(hubert=HubertArgs())
+    codec = Codec(args, decode_only=decode_only)
+    # MLX's default init keeps activations in range; the codebooks start at zero
+    codebooks = {
+        f"quantizer.quantizers.{i}.codebook.embed": 0.5 * mx.random.normal((1024, 64))
+        for i in range(args.num_quantizers)
+    }
+    codec.load_weights(list(codebooks.items()), strict=False)
+    codec.update(tree_map(lambda p: p.astype(mx.float32), codec.parameters()))
+    mx.eval(codec.parameters())
+    return codec
+
+
+def timed(fn, repeats):
+    out = fn()
+    mx.eval(out)  # warm-up (compiles, allocates)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        mx.eval(out)
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def peak(fn):
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    mx.eval(fn())
+    return mx.get_peak_memory() / 2**20
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="audio length")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--chunk", type=int, default=5, help="frames per streamed push")
+    opts = parser.parse_args()
+
+    codec = real_size_codec()
+    n_params = sum(v.size for _, v in tree_flatten(codec.parameters()))
+    frames = int(opts.seconds * codec.frame_rate)
+    seconds = frames / codec.frame_rate
+    rng = np.random.default_rng(0)
+    codes = mx.array(rng.integers(0, 1024, (8, frames)).astype(np.int32))
+    t = np.arange(int(seconds * 24000)) / 24000
+    wave = (0.3 * np.sin(2 * np.pi * 180 * t * (1 + 0.2 * np.sin(3 * t)))).astype(np.float32)
+
+    gemm = "numpy (OpenBLAS)" if numpy_gemm() else "MLX"
+    print(
+        f"device: {mx.default_device()}, GEMMs: {gemm}, parameters: {n_params / 1e6:.1f}M, "
+        f"audio: {seconds:g} s"
+    )
+
+    t_dec, audio = timed(lambda: codec.decode(codes), opts.repeats)
+    t_enc, _ = timed(lambda: codec.encode(wave, 24000), opts.repeats)
+    print(f"decode: {seconds / t_dec:7.1f}x real time ({t_dec * 1000:.0f} ms)")
+    print(f"encode: {seconds / t_enc:7.1f}x real time ({t_enc * 1000:.0f} ms)")
+
+    def run_stream():
+        dec = codec.stream_decoder()
+        parts, first_at, start = [], None, time.perf_counter()
+        for i in range(0, frames, opts.chunk):
+            out = dec.push(codes[:, i : i + opts.chunk])
+            mx.eval(out)
+            if first_at is None and out.size:
+                first_at = time.perf_counter() - start
+            parts.append(out)
+        parts.append(dec.flush())
+        mx.eval(parts[-1])
+        return dec, mx.concatenate(parts), first_at, time.perf_counter() - start
+
+    run_stream()  # warm-up
+    dec, streamed, first_at, total = run_stream()
+    ref, got = np.array(audio, np.float64), np.array(streamed, np.float64)
+    noise = np.sum((got - ref) ** 2)
+    snr = float("inf") if noise == 0 else 10 * np.log10(np.sum(ref**2) / noise)
+    print(
+        f"stream: first audio after {dec.first_audio_frames} frames pushed "
+        f"(look-ahead {dec.lookahead_frames} frames = {dec.lookahead_frames * 40} ms of audio); "
+        f"pushing {opts.chunk} frames at a time: first audio {first_at * 1000:.0f} ms, "
+        f"{seconds / total:.1f}x real time overall, SNR vs whole decode {snr:.1f} dB"
+    )
+
+    print(f"peak memory, decode {seconds:g} s: {peak(lambda: codec.decode(codes)):.0f} MiB")
+    print(f"peak memory, encode {seconds:g} s: {peak(lambda: codec.encode(wave, 24000)):.0f} MiB")
+    report_decode_only(codes, seconds)
+
+
+def report_decode_only(codes, seconds):
+    codec = real_size_codec(decode_only=True)
+    n_params = sum(v.size for _, v in tree_flatten(codec.parameters()))
+    print(
+        f"decode_only codec: {n_params / 1e6:.1f}M parameters, peak memory decoding "
+        f"{seconds:g} s: {peak(lambda: codec.decode(codes)):.0f} MiB"
+    )
+
+
+if __name__ == "__main__":
+    main()
