@@ -9,16 +9,21 @@ prints, for the device MLX runs on:
 - the stream decoder: frames pushed before the first audio leaves, its steady-state
   look-ahead, the time to the first audio and per pushed frame, and its SNR against a
   whole-utterance decode;
-- peak memory (MLX's allocator peak) for each.
+- peak memory (MLX's allocator peak) for each, and for loading a real-size checkpoint
+  (written to a temporary directory in the transformers layout) whole and decode_only.
 """
 
 import argparse
+import json
+import tempfile
 import time
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten, tree_map
 
+import higgs_codec
 from higgs_codec.config import CodecArgs, HubertArgs
 from higgs_codec.layers import numpy_gemm
 from higgs_codec.model import Codec
@@ -112,6 +117,47 @@ def main():
     print(f"peak memory, decode {seconds:g} s: {peak(lambda: codec.decode(codes)):.0f} MiB")
     print(f"peak memory, encode {seconds:g} s: {peak(lambda: codec.encode(wave, 24000)):.0f} MiB")
     report_decode_only(codes, seconds)
+    report_loading(codec)
+
+
+def real_size_config():
+    return {
+        "model_type": "higgs_audio_v2_tokenizer",
+        "sample_rate": 24000,
+        "target_bandwidths": [0.5, 1, 1.5, 2],
+        "codebook_size": 1024,
+        "codebook_dim": 64,
+        "acoustic_model_config": {
+            "encoder_hidden_size": 64,
+            "downsampling_ratios": [8, 5, 4, 2, 3],
+            "decoder_hidden_size": 1024,
+            "upsampling_ratios": [8, 5, 4, 2, 3],
+            "hidden_size": 256,
+        },
+        "semantic_model_config": {"model_type": "hubert"},
+    }
+
+
+def report_loading(codec):
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "config.json").write_text(json.dumps(real_size_config()))
+        mx.save_safetensors(
+            str(Path(tmp) / "model.safetensors"), dict(tree_flatten(codec.parameters()))
+        )
+        size = (Path(tmp) / "model.safetensors").stat().st_size / 2**20
+        for decode_only in (False, True):
+            mx.clear_cache()
+            mx.reset_peak_memory()
+            start = time.perf_counter()
+            loaded = higgs_codec.load_codec(tmp, decode_only=decode_only)
+            elapsed = time.perf_counter() - start
+            held = sum(v.nbytes for _, v in tree_flatten(loaded.parameters())) / 2**20
+            print(
+                f"load {size:.0f} MiB checkpoint{' decode_only' if decode_only else ''}: "
+                f"{elapsed:.2f} s, weights held {held:.0f} MiB, "
+                f"peak {mx.get_peak_memory() / 2**20:.0f} MiB"
+            )
+            del loaded
 
 
 def report_decode_only(codes, seconds):

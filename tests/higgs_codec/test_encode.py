@@ -132,6 +132,7 @@ def test_silent_and_clipped_audio_encode(codec):
         (np.zeros(959, np.float32), 24000, "shorter than one codec frame"),
         (np.zeros(639, np.float32), 16000, "shorter than one codec frame"),
         (np.zeros((1, 2, 3000), np.float32), 24000, r"\[C, N\]"),
+        (np.zeros(24000, np.int16), 24000, "float samples"),
     ],
 )
 def test_bad_audio_is_refused(codec, wave, sr, message):

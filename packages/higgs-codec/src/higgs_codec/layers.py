@@ -7,6 +7,8 @@ layers hand the GEMMs to numpy and keep the rest in MLX. `use_numpy_gemm` overri
 choice (the tests run both ways). Weights keep MLX's layout: conv [out, k, in].
 """
 
+import ctypes
+import glob
 import os
 import sys
 
@@ -18,6 +20,40 @@ _NUMPY_GEMM = {"1": True, "0": False}.get(os.environ.get("HIGGS_CODEC_NUMPY_GEMM
 
 # elements of GEMM output a stride-1 conv may hold at once before it goes tap by tap
 GEMM_SCRATCH = 1 << 24
+
+
+# BLAS threads per codec GEMM. One: MLX's CPU ops around the GEMMs run on one thread
+# anyway, the language model wants the other cores while a stream decodes, and waking
+# OpenBLAS's threads for the many mid-sized GEMMs here cost more than they saved when
+# measured (2x slower whole decodes, 4-8x slower streamed ones, on a loaded 2-core box).
+BLAS_THREADS = 1
+
+
+def _find_thread_setter():
+    """OpenBLAS's per-calling-thread thread count (>= 0.3.27), from numpy's bundled copy."""
+    folder = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
+    for path in glob.glob(os.path.join(folder, "*openblas*")):
+        try:
+            setter = ctypes.CDLL(path).openblas_set_num_threads_local
+        except (OSError, AttributeError):
+            continue
+        setter.argtypes, setter.restype = [ctypes.c_int], ctypes.c_int
+        return setter
+    return None
+
+
+_THREADS = _find_thread_setter() if sys.platform.startswith("linux") else None
+
+
+def gemm(a, b):
+    """numpy a @ b on BLAS_THREADS threads (only the calling thread's setting changes)."""
+    if _THREADS is None or not BLAS_THREADS:
+        return a @ b
+    previous = _THREADS(BLAS_THREADS)
+    try:
+        return a @ b
+    finally:
+        _THREADS(previous)
 
 
 def use_numpy_gemm(flag):
@@ -61,7 +97,7 @@ class Linear(nn.Module):
         if not numpy_gemm():
             y = x @ self.weight.T
             return y + self.bias if "bias" in self else y
-        return mx.array(_bias(np.asarray(x) @ np.asarray(self.weight).T, self.get("bias")))
+        return mx.array(_bias(gemm(np.asarray(x), np.asarray(self.weight).T), self.get("bias")))
 
 
 class Conv1d(nn.Module):
@@ -94,17 +130,18 @@ class Conv1d(nn.Module):
             return np.zeros((b, 0, out_dim), np.float32)
         if s == 1 and g == 1:
             taps = self._taps.get(self.weight, lambda w: w.transpose(2, 1, 0).reshape(in_dim, -1))
-            if n * k * out_dim <= GEMM_SCRATCH:
+            if n * k * out_dim <= GEMM_SCRATCH and 4 * n <= 5 * n_out:
                 # one GEMM for all taps, then add the taps' outputs shifted by the dilation
-                z = (x @ taps).reshape(b, n, k, out_dim)
+                z = gemm(x, taps).reshape(b, n, k, out_dim)
                 y = z[:, :n_out, 0].copy()
                 for j in range(1, k):
                     y += z[:, j * d : j * d + n_out, j]
                 return y
-            # long inputs: one GEMM per tap, so no k-times-larger scratch
-            y = x[:, :n_out] @ taps[:, :out_dim]
+            # long inputs (no k-times-larger scratch) or short ones with much context (as
+            # streamed): one GEMM per tap over just the rows it contributes to
+            y = gemm(x[:, :n_out], taps[:, :out_dim])
             for j in range(1, k):
-                y += x[:, j * d : j * d + n_out] @ taps[:, j * out_dim : (j + 1) * out_dim]
+                y += gemm(x[:, j * d : j * d + n_out], taps[:, j * out_dim : (j + 1) * out_dim])
             return y
         if g == 1:
             # strided: gather the k taps of every output (im2col), one GEMM
@@ -113,7 +150,7 @@ class Conv1d(nn.Module):
                 (b, n_out, k, in_dim),
                 (x.strides[0], s * x.strides[1], d * x.strides[1], x.strides[2]),
             ).reshape(b, n_out, k * in_dim)
-            return cols @ self._taps.get(self.weight, lambda w: w.reshape(out_dim, -1).T)
+            return gemm(cols, self._taps.get(self.weight, lambda w: w.reshape(out_dim, -1).T))
         # grouped, stride 1: one batched GEMM over groups, then the shifted sum
         group_out = out_dim // g
         taps = self._taps.get(
@@ -123,7 +160,7 @@ class Conv1d(nn.Module):
             ),
         )
         xg = x.reshape(b, n, g, in_dim).transpose(0, 2, 1, 3)
-        z = (xg @ taps).reshape(b, g, n, k, group_out)
+        z = gemm(xg, taps).reshape(b, g, n, k, group_out)
         y = z[:, :, :n_out, 0].copy()
         for j in range(1, k):
             y += z[:, :, j * d : j * d + n_out, j]
@@ -152,7 +189,7 @@ class ConvTranspose1d(nn.Module):
         x = np.asarray(x)
         b, n = x.shape[:2]
         taps = self._taps.get(self.weight, lambda w: w.transpose(2, 1, 0).reshape(in_dim, -1))
-        z = (x @ taps).reshape(b, n, k, out_dim)
+        z = gemm(x, taps).reshape(b, n, k, out_dim)
         full = np.zeros((b, (n - 1) * s + k + op, out_dim), np.float32)
         for t in range(k):
             full[:, t : t + (n - 1) * s + 1 : s] += z[:, :, t]
@@ -172,7 +209,7 @@ def attention(q, k, v, scale, block):
     kt = np.swapaxes(k, -1, -2)
     out = np.empty(q.shape, np.float32)
     for i in range(0, q.shape[2], block):
-        s = (q[:, :, i : i + block] * np.float32(scale)) @ kt
+        s = gemm(q[:, :, i : i + block] * np.float32(scale), kt)
         s = np.exp(s - s.max(axis=-1, keepdims=True))
-        out[:, :, i : i + block] = (s / s.sum(axis=-1, keepdims=True)) @ v
+        out[:, :, i : i + block] = gemm(s / s.sum(axis=-1, keepdims=True), v)
     return mx.array(out)
