@@ -56,10 +56,12 @@ def timed(fn, repeats):
 
 
 def peak(fn):
+    """Peak memory above what was allocated before (weights excluded), in MiB."""
     mx.clear_cache()
     mx.reset_peak_memory()
+    before = mx.get_active_memory()
     mx.eval(fn())
-    return mx.get_peak_memory() / 2**20
+    return (mx.get_peak_memory() - before) / 2**20
 
 
 def main():
@@ -114,8 +116,10 @@ def main():
         f"{seconds / total:.1f}x real time overall, SNR vs whole decode {snr:.1f} dB"
     )
 
-    print(f"peak memory, decode {seconds:g} s: {peak(lambda: codec.decode(codes)):.0f} MiB")
-    print(f"peak memory, encode {seconds:g} s: {peak(lambda: codec.encode(wave, 24000)):.0f} MiB")
+    weights = sum(v.nbytes for _, v in tree_flatten(codec.parameters())) / 2**20
+    print(f"weights: {weights:.0f} MiB (float32); working memory above them:")
+    print(f"  decode {seconds:g} s: {peak(lambda: codec.decode(codes)):.0f} MiB")
+    print(f"  encode {seconds:g} s: {peak(lambda: codec.encode(wave, 24000)):.0f} MiB")
     report_decode_only(codes, seconds)
     report_loading(codec)
 
@@ -148,14 +152,16 @@ def report_loading(codec):
         for decode_only in (False, True):
             mx.clear_cache()
             mx.reset_peak_memory()
+            before = mx.get_active_memory()
             start = time.perf_counter()
             loaded = higgs_codec.load_codec(tmp, decode_only=decode_only)
             elapsed = time.perf_counter() - start
+            load_peak = (mx.get_peak_memory() - before) / 2**20
             held = sum(v.nbytes for _, v in tree_flatten(loaded.parameters())) / 2**20
             print(
                 f"load {size:.0f} MiB checkpoint{' decode_only' if decode_only else ''}: "
                 f"{elapsed:.2f} s, weights held {held:.0f} MiB, "
-                f"peak {mx.get_peak_memory() / 2**20:.0f} MiB"
+                f"peak while loading {load_peak:.0f} MiB"
             )
             del loaded
 
@@ -164,7 +170,7 @@ def report_decode_only(codes, seconds):
     codec = real_size_codec(decode_only=True)
     n_params = sum(v.size for _, v in tree_flatten(codec.parameters()))
     print(
-        f"decode_only codec: {n_params / 1e6:.1f}M parameters, peak memory decoding "
+        f"decode_only codec: {n_params / 1e6:.1f}M parameters; working memory decoding "
         f"{seconds:g} s: {peak(lambda: codec.decode(codes)):.0f} MiB"
     )
 

@@ -12,6 +12,7 @@
 
 import json
 import re
+import struct
 from dataclasses import replace
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def load_codec(path_or_repo, *, decode_only=False, semantic_model=None):
     directory = _locate(path_or_repo)
     directory, layout = _find_layout(directory)
     if layout == "transformers":
-        args, weights = _read_transformers(directory)
+        args, weights = _read_transformers(directory, decode_only)
     else:
         args, weights = _read_original(directory, decode_only, semantic_model)
     codec = Codec(args, decode_only=decode_only)
@@ -153,23 +154,51 @@ def _find_layout(directory):
 # -- reading each layout ----------------------------------------------------------------
 
 
-def _read_safetensors(directory):
+_SAFETENSORS_DTYPES = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "I64": "<i8", "I32": "<i4"}
+
+
+def _read_safetensors_file(path, keep):
+    """The tensors of one .safetensors file whose names pass `keep`, memory-mapped, so
+    that skipped tensors are never read (decode_only skips most of the file)."""
+    try:
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size))
+        data = np.memmap(path, dtype=np.uint8, mode="r")
+        out = {}
+        for key, info in header.items():
+            if key == "__metadata__" or not keep(key):
+                continue
+            start, end = (8 + size + o for o in info["data_offsets"])
+            raw = data[start:end]
+            if info["dtype"] == "BF16":
+                value = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+            else:
+                value = raw.view(_SAFETENSORS_DTYPES[info["dtype"]])
+            out[key] = value.reshape(info["shape"])
+        return out
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as e:
+        raise CodecError(f"could not read weights from {path}: {e!r}") from e
+
+
+def _read_safetensors(directory, keep=lambda key: True):
     index = directory / SAFETENSORS_INDEX
     files = [directory / SAFETENSORS]
     if index.is_file():
         files = sorted({directory / f for f in _read_json(index)["weight_map"].values()})
     weights = {}
     for f in files:
-        try:
-            weights.update(mx.load(str(f)))
-        except Exception as e:
-            raise CodecError(f"could not read weights from {f}: {e}") from e
+        weights.update(_read_safetensors_file(f, keep))
     return weights
 
 
-def _read_transformers(directory):
+def _read_transformers(directory, decode_only):
     args = cfg.from_transformers(_read_json(directory / "config.json"))
-    return args, _read_safetensors(directory)
+    return args, _read_safetensors(directory, lambda key: _wanted(key, decode_only))
+
+
+def _wanted(key, decode_only):
+    return not IGNORED.match(key) and (not decode_only or DECODE.match(key))
 
 
 _INNER = ("snake1", "conv1", "snake2", "conv2")
@@ -354,7 +383,7 @@ def _load_weights(codec, weights, source):
     keep = {}
     unexpected = []
     for key, value in weights.items():
-        if IGNORED.match(key) or (codec.decode_only and not DECODE.match(key)):
+        if not _wanted(key, codec.decode_only):
             continue
         if key not in expected:
             unexpected.append(key)
