@@ -9,8 +9,9 @@ prints, for the device MLX runs on:
 - the stream decoder: frames pushed before the first audio leaves, its steady-state
   look-ahead, the time to the first audio and per pushed frame, and its SNR against a
   whole-utterance decode;
-- peak memory (MLX's allocator peak) for each, and for loading a real-size checkpoint
-  (written to a temporary directory in the transformers layout) whole and decode_only.
+- working memory for each (peak resident set above the start, on Linux), and for loading
+  a real-size checkpoint (written to a temporary directory in the transformers layout)
+  whole and decode_only.
 """
 
 import argparse
@@ -55,12 +56,29 @@ def timed(fn, repeats):
     return best, out
 
 
+def _proc_status_mib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
 def peak(fn):
-    """Peak memory above what was allocated before (weights excluded), in MiB."""
+    """Working memory of fn in MiB, above what was held before it (weights excluded): the
+    process's peak resident set on Linux (numpy's buffers included), else MLX's peak."""
     mx.clear_cache()
     mx.reset_peak_memory()
     before = mx.get_active_memory()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak resident set (VmHWM)
+        rss = _proc_status_mib("VmRSS")
+    except OSError:
+        rss = None
     mx.eval(fn())
+    if rss is not None:
+        return _proc_status_mib("VmHWM") - rss
     return (mx.get_peak_memory() - before) / 2**20
 
 
@@ -68,7 +86,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="audio length")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--chunk", type=int, default=5, help="frames per streamed push")
+    parser.add_argument(
+        "--chunks", type=int, nargs="+", default=[1, 5], help="frames per streamed push"
+    )
     opts = parser.parse_args()
 
     codec = real_size_codec()
@@ -91,11 +111,11 @@ def main():
     print(f"decode: {seconds / t_dec:7.1f}x real time ({t_dec * 1000:.0f} ms)")
     print(f"encode: {seconds / t_enc:7.1f}x real time ({t_enc * 1000:.0f} ms)")
 
-    def run_stream():
+    def run_stream(chunk):
         dec = codec.stream_decoder()
         parts, first_at, start = [], None, time.perf_counter()
-        for i in range(0, frames, opts.chunk):
-            out = dec.push(codes[:, i : i + opts.chunk])
+        for i in range(0, frames, chunk):
+            out = dec.push(codes[:, i : i + chunk])
             mx.eval(out)
             if first_at is None and out.size:
                 first_at = time.perf_counter() - start
@@ -104,16 +124,22 @@ def main():
         mx.eval(parts[-1])
         return dec, mx.concatenate(parts), first_at, time.perf_counter() - start
 
-    run_stream()  # warm-up
-    dec, streamed, first_at, total = run_stream()
-    ref, got = np.array(audio, np.float64), np.array(streamed, np.float64)
-    noise = np.sum((got - ref) ** 2)
-    snr = float("inf") if noise == 0 else 10 * np.log10(np.sum(ref**2) / noise)
+    ref = np.array(audio, np.float64)
+    for chunk in opts.chunks:
+        run_stream(chunk)  # warm-up
+        dec, streamed, first_at, total = run_stream(chunk)
+        got = np.array(streamed, np.float64)
+        noise = np.sum((got - ref) ** 2)
+        snr = float("inf") if noise == 0 else 10 * np.log10(np.sum(ref**2) / noise)
+        print(
+            f"stream, {chunk} frame(s) per push: first audio after {dec.first_audio_frames} "
+            f"frames pushed, {first_at * 1000:.0f} ms of decoding; {seconds / total:.1f}x real "
+            f"time overall ({total / frames * 1000:.1f} ms per frame); SNR vs whole "
+            f"decode {snr:.1f} dB"
+        )
     print(
-        f"stream: first audio after {dec.first_audio_frames} frames pushed "
-        f"(look-ahead {dec.lookahead_frames} frames = {dec.lookahead_frames * 40} ms of audio); "
-        f"pushing {opts.chunk} frames at a time: first audio {first_at * 1000:.0f} ms, "
-        f"{seconds / total:.1f}x real time overall, SNR vs whole decode {snr:.1f} dB"
+        f"stream look-ahead: {dec.lookahead_frames} frames "
+        f"({dec.lookahead_frames * 1000 // codec.frame_rate} ms of audio)"
     )
 
     weights = sum(v.nbytes for _, v in tree_flatten(codec.parameters())) / 2**20
@@ -150,13 +176,16 @@ def report_loading(codec):
         )
         size = (Path(tmp) / "model.safetensors").stat().st_size / 2**20
         for decode_only in (False, True):
-            mx.clear_cache()
-            mx.reset_peak_memory()
-            before = mx.get_active_memory()
             start = time.perf_counter()
-            loaded = higgs_codec.load_codec(tmp, decode_only=decode_only)
+            loaded = None
+
+            def load(decode_only=decode_only):
+                nonlocal loaded
+                loaded = higgs_codec.load_codec(tmp, decode_only=decode_only)
+                return mx.array(0)
+
+            load_peak = peak(load)
             elapsed = time.perf_counter() - start
-            load_peak = (mx.get_peak_memory() - before) / 2**20
             held = sum(v.nbytes for _, v in tree_flatten(loaded.parameters())) / 2**20
             print(
                 f"load {size:.0f} MiB checkpoint{' decode_only' if decode_only else ''}: "
