@@ -89,8 +89,9 @@ def _snapshot(repo_id, patterns, hint=CODEC_HINT):
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as e:  # offline, not cached, no such repo, gated...
         raise CodecError(
-            f"could not get '{repo_id}' from the Hugging Face Hub, and it is not in the local "
-            f"cache ({type(e).__name__}: {e}). Download it while online, or {hint}."
+            f"'{repo_id}' is not a local directory, and could not be fetched from the Hugging "
+            f"Face Hub nor found in its local cache ({type(e).__name__}: {e}). Download it "
+            f"while online, or {hint}."
         ) from e
 
 
