@@ -83,8 +83,15 @@ def tiny_config():
     return config
 
 
+# Weight scale relative to 1/sqrt(fan_in). At 1 the decoder's 30-odd layers amplify
+# float32 rounding to ~1e-4 of the output (torch against itself in float64); at 0.5 the
+# output stays at audio scale (~0.3) and torch's own float32 error is ~1e-6, so the
+# 1e-4 parity bar measures the port, not the fixture's conditioning.
+GAIN = 0.5
+
+
 def randomize(model):
-    """Scale-preserving random weights everywhere, random Snake alphas and biases."""
+    """Random weights everywhere (GAIN / sqrt(fan_in)), random Snake alphas and biases."""
     g = torch.Generator().manual_seed(SEED)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -97,7 +104,7 @@ def randomize(model):
             elif p.dim() >= 2:
                 # a transposed conv [in, out, k = 2 * stride] feeds each output 2 taps per input
                 fan_in = 2 * p.shape[0] if "conv_t1" in name else p[0].numel()
-                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
+                p.copy_(GAIN * torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
     return g
 
 

@@ -17,6 +17,16 @@ def ref():
         return {k: data[k] for k in data.files}
 
 
+@pytest.fixture(params=["mlx", "numpy"])
+def gemm_backend(request):
+    """Run a test with MLX's own GEMMs and with numpy's (the Linux-CPU default)."""
+    from higgs_codec import layers
+
+    layers.use_numpy_gemm(request.param == "numpy")
+    yield request.param
+    layers.use_numpy_gemm(None)
+
+
 @pytest.fixture(scope="session")
 def codec():
     return higgs_codec.load_codec(TINY)

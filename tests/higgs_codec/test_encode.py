@@ -13,6 +13,8 @@ WAVES = ["mono24k_25f", "mono24k_20f", "mono24k_short", "mono24k_pad", "stereo16
 RESAMPLE_PAIRS = ["44100_24000", "16000_24000", "24000_16000", "8000_24000", "48000_24000"]
 RESAMPLE_PAIRS += ["22050_24000"]
 
+pytestmark = pytest.mark.usefixtures("gemm_backend")
+
 
 @pytest.mark.parametrize("pair", RESAMPLE_PAIRS)
 def test_resample_matches_torchaudio(ref, pair, rel_err):
@@ -130,8 +132,29 @@ def test_silent_and_clipped_audio_encode(codec):
         (np.zeros(959, np.float32), 24000, "shorter than one codec frame"),
         (np.zeros(639, np.float32), 16000, "shorter than one codec frame"),
         (np.zeros((1, 2, 3000), np.float32), 24000, r"\[C, N\]"),
+        (np.zeros(24000, np.int16), 24000, "float samples"),
     ],
 )
 def test_bad_audio_is_refused(codec, wave, sr, message):
     with pytest.raises(CodecError, match=message):
         codec.encode(wave, sr)
+
+
+def test_long_inputs_are_encoded_in_exact_windows(codec, monkeypatch, rel_err):
+    """Long waves go through the acoustic encoder and HuBERT's conv feature extractor in
+    windows (bounded memory); the result equals one pass."""
+    import higgs_codec.dac as dac
+    import higgs_codec.hubert as hubert
+
+    rng = np.random.default_rng(0)
+    wave = mx.array((0.3 * rng.standard_normal(24000 * 6 + 517)).astype(np.float32))
+    wave16 = mx.array((0.3 * rng.standard_normal(16000 * 5 + 333)).astype(np.float32))
+    acoustic = np.array(codec.acoustic_encoder(wave[None, :, None]))
+    features = np.array(codec.semantic_model.feature_extractor(wave16[None, :, None]))
+    embeddings = np.array(codec.embeddings(wave))
+    monkeypatch.setattr(dac, "ENCODER_CHUNK_FRAMES", 7)
+    monkeypatch.setattr(hubert, "FEATURE_CHUNK_FRAMES", 9)
+    assert rel_err(codec.acoustic_encoder(wave[None, :, None]), acoustic) <= 1e-5
+    assert rel_err(codec.semantic_model.feature_extractor(wave16[None, :, None]), features) <= 1e-5
+    # float rounding differs between the two ways, so compare what the RVQ reads
+    assert rel_err(codec.embeddings(wave), embeddings) <= 1e-5

@@ -268,3 +268,18 @@ def test_hub_repo_offline_and_not_cached_says_what_to_do(offline_hub):
 def test_original_layout_without_a_hubert_config_offline(offline_hub):
     with pytest.raises(CodecError, match=r"bosonai/hubert_base.*semantic_model="):
         higgs_codec.load_codec(ORIGINAL)
+
+
+def test_bfloat16_checkpoints_load_as_float32(codec, tmp_path):
+    out = copy_tiny(tmp_path)
+    weights = mx.load(str(out / "model.safetensors"))
+    mx.save_safetensors(
+        str(out / "model.safetensors"), {k: v.astype(mx.bfloat16) for k, v in weights.items()}
+    )
+    loaded = params(higgs_codec.load_codec(out))
+    for k, v in params(codec).items():
+        assert loaded[k].dtype == mx.float32
+        if k == "semantic_model.encoder.pos_conv_embed.conv.weight":  # folded from bf16 g, v
+            assert mx.allclose(loaded[k], v, rtol=2e-2, atol=1e-4), k
+        else:
+            assert mx.array_equal(loaded[k], v.astype(mx.bfloat16).astype(mx.float32)), k

@@ -7,6 +7,8 @@ import pytest
 # on the CPU), the bound leaves room for other backends' accumulation order
 MIN_SNR_DB = 80.0
 
+pytestmark = pytest.mark.usefixtures("gemm_backend")
+
 
 def stream(codec, codes, sizes):
     dec = codec.stream_decoder()

@@ -65,7 +65,14 @@ def write_audio(file, samples, sample_rate, format=None):
 
 def to_mono(wave):
     """[N] or [C, N] (numpy or mlx, channels first) -> float32 mx.array [N], channel mean."""
-    x = wave if isinstance(wave, mx.array) else mx.array(np.asarray(wave, dtype=np.float32))
+    if isinstance(wave, mx.array):
+        floating = mx.issubdtype(wave.dtype, mx.floating)
+    else:
+        wave = np.asarray(wave)
+        floating = wave.dtype.kind == "f"
+    if not floating:
+        raise CodecError(f"expected float samples in [-1, 1], got {wave.dtype}")
+    x = wave if isinstance(wave, mx.array) else mx.array(wave.astype(np.float32))
     if x.ndim == 2:
         x = x.astype(mx.float32).mean(axis=0)
     elif x.ndim != 1:

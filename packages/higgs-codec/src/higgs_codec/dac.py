@@ -12,11 +12,45 @@ from functools import partial
 import mlx.core as mx
 import mlx.nn as nn
 
+from .layers import Conv1d, ConvTranspose1d
+
+# long waves are encoded in windows of this many frames, with this much context each side
+ENCODER_CHUNK_FRAMES = 750
+ENCODER_MARGIN_FRAMES = 32
+
+# pi in three parts (Cody-Waite): k * _PI1 is exact for |k| < 2**13
+_PI1, _PI2, _PI3 = 3.140625, 9.67502593994140625e-4, 1.509957990978376e-7
+_SIN_TAYLOR = (-1 / 6, 1 / 120, -1 / 5040, 1 / 362880, -1 / 39916800, 1 / 6227020800)
+
+
+def _sin_squared_poly(z):
+    """sin(z)^2 from elementwise arithmetic: sin^2 has period pi, so reduce z to
+    [-pi/2, pi/2] and sum the Taylor series to r^13 (error < 1e-9 there). MLX's CPU sin
+    is scalar; fused by mx.compile this runs about 1.7x faster at the same accuracy."""
+    k = mx.round(z * (1 / math.pi))
+    r = ((z - k * _PI1) - k * _PI2) - k * _PI3
+    r2 = r * r
+    p = _SIN_TAYLOR[-1]
+    for c in reversed(_SIN_TAYLOR[:-1]):
+        p = p * r2 + c
+    s = r + r * r2 * p
+    return s * s
+
 
 @partial(mx.compile, shapeless=True)
-def snake(x, alpha):
+def _snake_gpu(x, alpha):
     # x + sin^2(alpha x) / (alpha + 1e-9), in the order the reference evaluates it
     return x + mx.reciprocal(alpha + 1e-9) * mx.square(mx.sin(alpha * x))
+
+
+@partial(mx.compile, shapeless=True)
+def _snake_cpu(x, alpha):
+    return x + mx.reciprocal(alpha + 1e-9) * _sin_squared_poly(alpha * x)
+
+
+def snake(x, alpha):
+    """Snake activation in float32."""
+    return (_snake_cpu if mx.default_device() == mx.cpu else _snake_gpu)(x, alpha)
 
 
 class Snake(nn.Module):
@@ -32,9 +66,9 @@ class ResidualUnit(nn.Module):
     def __init__(self, dim, dilation):
         super().__init__()
         self.snake1 = Snake(dim)
-        self.conv1 = nn.Conv1d(dim, dim, 7, dilation=dilation, padding=3 * dilation)
+        self.conv1 = Conv1d(dim, dim, 7, dilation=dilation, padding=3 * dilation)
         self.snake2 = Snake(dim)
-        self.conv2 = nn.Conv1d(dim, dim, 1)
+        self.conv2 = Conv1d(dim, dim, 1)
 
     def __call__(self, x):
         y = self.conv2(self.snake2(self.conv1(self.snake1(x))))
@@ -48,9 +82,7 @@ class EncoderBlock(nn.Module):
         self.res_unit2 = ResidualUnit(dim // 2, 3)
         self.res_unit3 = ResidualUnit(dim // 2, 9)
         self.snake1 = Snake(dim // 2)
-        self.conv1 = nn.Conv1d(
-            dim // 2, dim, 2 * stride, stride=stride, padding=math.ceil(stride / 2)
-        )
+        self.conv1 = Conv1d(dim // 2, dim, 2 * stride, stride=stride, padding=math.ceil(stride / 2))
 
     def __call__(self, x):
         x = self.res_unit3(self.res_unit2(self.res_unit1(x)))
@@ -60,18 +92,38 @@ class EncoderBlock(nn.Module):
 class AcousticEncoder(nn.Module):
     def __init__(self, hidden, ratios, out_dim):
         super().__init__()
-        self.conv1 = nn.Conv1d(1, hidden, 7, padding=3)
+        self.conv1 = Conv1d(1, hidden, 7, padding=3)
         self.block = [EncoderBlock(hidden * 2 ** (i + 1), s) for i, s in enumerate(ratios)]
         width = hidden * 2 ** len(ratios)
         self.snake1 = Snake(width)
-        self.conv2 = nn.Conv1d(width, out_dim, 3, padding=1)
+        self.conv2 = Conv1d(width, out_dim, 3, padding=1)
         self.ratios = tuple(ratios)
 
-    def __call__(self, x):
+    def _forward(self, x):
         x = self.conv1(x)
         for block in self.block:
             x = block(x)
         return self.conv2(self.snake1(x))
+
+    def __call__(self, x):
+        """x [B, N, 1] -> [B, frames, out_dim]. Long inputs go in windows of
+        ENCODER_CHUNK_FRAMES frames with ENCODER_MARGIN_FRAMES of context each side
+        (more than the encoder's receptive field, about 24 frames): every window starts on
+        a frame boundary, so each kept frame is computed exactly as in one pass."""
+        n = x.shape[1]
+        hop = math.prod(self.ratios)
+        chunk, margin = ENCODER_CHUNK_FRAMES, ENCODER_MARGIN_FRAMES * hop
+        if n <= chunk * hop + 2 * margin:
+            return self._forward(x)
+        frames = self.output_length(n)
+        outs = []
+        for f0 in range(0, frames, chunk):
+            f1 = min(f0 + chunk, frames)
+            start = max(f0 * hop - margin, 0)
+            y = self._forward(x[:, start : min(f1 * hop + margin, n)])
+            outs.append(y[:, f0 - start // hop : f1 - start // hop])
+            mx.eval(outs[-1])
+        return mx.concatenate(outs, axis=1)
 
     def output_length(self, n):
         """Frames out for n samples in (every conv here pads, strides and crops alike)."""
@@ -85,7 +137,7 @@ class DecoderBlock(nn.Module):
     def __init__(self, in_dim, out_dim, stride):
         super().__init__()
         self.snake1 = Snake(in_dim)
-        self.conv_t1 = nn.ConvTranspose1d(
+        self.conv_t1 = ConvTranspose1d(
             in_dim,
             out_dim,
             2 * stride,
@@ -106,14 +158,14 @@ class DecoderBlock(nn.Module):
 class AcousticDecoder(nn.Module):
     def __init__(self, in_dim, channels, ratios):
         super().__init__()
-        self.conv1 = nn.Conv1d(in_dim, channels, 7, padding=3)
+        self.conv1 = Conv1d(in_dim, channels, 7, padding=3)
         self.block = [
             DecoderBlock(channels // 2**i, channels // 2 ** (i + 1), s)
             for i, s in enumerate(ratios)
         ]
         out = channels // 2 ** len(ratios)
         self.snake1 = Snake(out)
-        self.conv2 = nn.Conv1d(out, 1, 7, padding=3)
+        self.conv2 = Conv1d(out, 1, 7, padding=3)
 
     def __call__(self, x):
         x = self.conv1(x)

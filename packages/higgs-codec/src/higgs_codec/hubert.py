@@ -4,13 +4,19 @@ Only what the codec uses: the average of all hidden states (the encoder's input
 and every layer's output). Parameter names follow transformers' HubertModel.
 """
 
+import math
+
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 from .config import HubertArgs
+from .layers import Conv1d, Linear, attention
 
 # query rows per attention block: bounds the score matrix on long inputs
 ATTENTION_BLOCK_ELEMENTS = 1 << 26
+# long inputs run the conv feature extractor in windows of this many frames (50 per s)
+FEATURE_CHUNK_FRAMES = 1500
 
 
 class ChannelNorm(nn.Module):
@@ -25,6 +31,9 @@ class ChannelNorm(nn.Module):
     def __call__(self, x):
         mean = x.mean(axis=1, keepdims=True)
         var = mx.square(x - mean).mean(axis=1, keepdims=True)
+        return self.normalize(x, mean, var)
+
+    def normalize(self, x, mean, var):
         return (x - mean) * mx.rsqrt(var + self.eps) * self.weight + self.bias
 
 
@@ -33,7 +42,7 @@ class ConvLayer(nn.Module):
         super().__init__()
         in_dim = args.conv_dim[i - 1] if i > 0 else 1
         out_dim = args.conv_dim[i]
-        self.conv = nn.Conv1d(
+        self.conv = Conv1d(
             in_dim, out_dim, args.conv_kernel[i], stride=args.conv_stride[i], bias=args.conv_bias
         )
         if i == 0:
@@ -50,11 +59,57 @@ class FeatureEncoder(nn.Module):
     def __init__(self, args: HubertArgs):
         super().__init__()
         self.conv_layers = [ConvLayer(args, i) for i in range(len(args.conv_dim))]
+        self.kernels, self.strides = args.conv_kernel, args.conv_stride
+
+    def output_length(self, n):
+        for k, s in zip(self.kernels, self.strides, strict=True):
+            n = (n - k) // s + 1
+        return max(n, 0)
 
     def __call__(self, x):
-        for layer in self.conv_layers:
-            x = layer(x)
-        return x
+        """x [B, N, 1] -> [B, frames, C]. The first layer normalises each channel over the
+        whole input, so long inputs take two passes: the first conv's channel statistics
+        over all of it, then windows of FEATURE_CHUNK_FRAMES frames (the convs are
+        unpadded and windows start on a frame boundary, so the frames are exact)."""
+        frames = self.output_length(x.shape[1])
+        if frames <= FEATURE_CHUNK_FRAMES:
+            for layer in self.conv_layers:
+                x = layer(x)
+            return x
+        first = self.conv_layers[0]
+        mean, var = self._first_layer_stats(x)
+        hop = math.prod(self.strides)
+        span = self.kernels[-1]
+        for k, s in zip(self.kernels[-2::-1], self.strides[-2::-1], strict=True):
+            span = (span - 1) * s + k  # input samples one output frame sees
+        outs = []
+        for f0 in range(0, frames, FEATURE_CHUNK_FRAMES):
+            f1 = min(f0 + FEATURE_CHUNK_FRAMES, frames)
+            y = first.conv(x[:, f0 * hop : (f1 - 1) * hop + span])
+            y = nn.gelu(first.layer_norm.normalize(y, mean, var))
+            for layer in self.conv_layers[1:]:
+                y = layer(y)
+            outs.append(y)
+            mx.eval(y)
+        return mx.concatenate(outs, axis=1)
+
+    def _first_layer_stats(self, x):
+        """Per (batch, channel) mean and biased variance of the first conv's output,
+        merged over windows in float64 (Chan et al.)."""
+        conv, k, s = self.conv_layers[0].conv, self.kernels[0], self.strides[0]
+        total = (x.shape[1] - k) // s + 1
+        step = FEATURE_CHUNK_FRAMES * math.prod(self.strides) // s
+        count, mean, m2 = 0, 0.0, 0.0
+        for a in range(0, total, step):
+            b = min(a + step, total)
+            y = np.asarray(conv(x[:, a * s : (b - 1) * s + k]), dtype=np.float64)
+            n_b, mean_b = b - a, y.mean(axis=1, keepdims=True)
+            m2_b = np.square(y - mean_b).sum(axis=1, keepdims=True)
+            delta = mean_b - mean
+            mean = mean + delta * n_b / (count + n_b)
+            m2 = m2 + m2_b + np.square(delta) * count * n_b / (count + n_b)
+            count += n_b
+        return mx.array(mean.astype(np.float32)), mx.array((m2 / count).astype(np.float32))
 
 
 class FeatureProjection(nn.Module):
@@ -62,7 +117,7 @@ class FeatureProjection(nn.Module):
         super().__init__()
         if args.feat_proj_layer_norm:
             self.layer_norm = nn.LayerNorm(args.conv_dim[-1], eps=args.layer_norm_eps)
-        self.projection = nn.Linear(args.conv_dim[-1], args.hidden_size)
+        self.projection = Linear(args.conv_dim[-1], args.hidden_size)
 
     def __call__(self, x):
         if "layer_norm" in self:
@@ -74,7 +129,7 @@ class PositionalConv(nn.Module):
     def __init__(self, args: HubertArgs):
         super().__init__()
         k = args.num_conv_pos_embeddings
-        self.conv = nn.Conv1d(
+        self.conv = Conv1d(
             args.hidden_size,
             args.hidden_size,
             k,
@@ -95,10 +150,10 @@ class Attention(nn.Module):
         super().__init__()
         self.heads = heads
         self.scale = (dim // heads) ** -0.5
-        self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim)
-        self.v_proj = nn.Linear(dim, dim)
-        self.out_proj = nn.Linear(dim, dim)
+        self.q_proj = Linear(dim, dim)
+        self.k_proj = Linear(dim, dim)
+        self.v_proj = Linear(dim, dim)
+        self.out_proj = Linear(dim, dim)
 
     def __call__(self, x):
         b, n, d = x.shape
@@ -109,19 +164,15 @@ class Attention(nn.Module):
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
         # full (bidirectional) attention; long inputs go in query blocks to bound memory
         block = max(1, ATTENTION_BLOCK_ELEMENTS // (self.heads * n))
-        outs = [
-            mx.fast.scaled_dot_product_attention(q[:, :, i : i + block], k, v, scale=self.scale)
-            for i in range(0, n, block)
-        ]
-        o = outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=2)
+        o = attention(q, k, v, self.scale, block)
         return self.out_proj(o.transpose(0, 2, 1, 3).reshape(b, n, d))
 
 
 class FeedForward(nn.Module):
     def __init__(self, args: HubertArgs):
         super().__init__()
-        self.intermediate_dense = nn.Linear(args.hidden_size, args.intermediate_size)
-        self.output_dense = nn.Linear(args.intermediate_size, args.hidden_size)
+        self.intermediate_dense = Linear(args.hidden_size, args.intermediate_size)
+        self.output_dense = Linear(args.intermediate_size, args.hidden_size)
 
     def __call__(self, x):
         return self.output_dense(nn.gelu(self.intermediate_dense(x)))

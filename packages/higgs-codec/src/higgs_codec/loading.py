@@ -12,16 +12,17 @@
 
 import json
 import re
+import struct
 from dataclasses import replace
 from pathlib import Path
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
 from . import config as cfg
 from .errors import CodecError, CodecFileNotFoundError
+from .layers import Conv1d, ConvTranspose1d
 from .model import Codec
 from .torch_pickle import load_torch_checkpoint
 
@@ -53,7 +54,7 @@ def load_codec(path_or_repo, *, decode_only=False, semantic_model=None):
     directory = _locate(path_or_repo)
     directory, layout = _find_layout(directory)
     if layout == "transformers":
-        args, weights = _read_transformers(directory)
+        args, weights = _read_transformers(directory, decode_only)
     else:
         args, weights = _read_original(directory, decode_only, semantic_model)
     codec = Codec(args, decode_only=decode_only)
@@ -89,8 +90,9 @@ def _snapshot(repo_id, patterns, hint=CODEC_HINT):
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as e:  # offline, not cached, no such repo, gated...
         raise CodecError(
-            f"could not get '{repo_id}' from the Hugging Face Hub, and it is not in the local "
-            f"cache ({type(e).__name__}: {e}). Download it while online, or {hint}."
+            f"'{repo_id}' is not a local directory, and could not be fetched from the Hugging "
+            f"Face Hub nor found in its local cache ({type(e).__name__}: {e}). Download it "
+            f"while online, or {hint}."
         ) from e
 
 
@@ -154,23 +156,51 @@ def _find_layout(directory):
 # -- reading each layout ----------------------------------------------------------------
 
 
-def _read_safetensors(directory):
+_SAFETENSORS_DTYPES = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "I64": "<i8", "I32": "<i4"}
+
+
+def _read_safetensors_file(path, keep):
+    """The tensors of one .safetensors file whose names pass `keep`, memory-mapped, so
+    that skipped tensors are never read (decode_only skips most of the file)."""
+    try:
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size))
+        data = np.memmap(path, dtype=np.uint8, mode="r")
+        out = {}
+        for key, info in header.items():
+            if key == "__metadata__" or not keep(key):
+                continue
+            start, end = (8 + size + o for o in info["data_offsets"])
+            raw = data[start:end]
+            if info["dtype"] == "BF16":
+                value = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+            else:
+                value = raw.view(_SAFETENSORS_DTYPES[info["dtype"]])
+            out[key] = value.reshape(info["shape"])
+        return out
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as e:
+        raise CodecError(f"could not read weights from {path}: {e!r}") from e
+
+
+def _read_safetensors(directory, keep=lambda key: True):
     index = directory / SAFETENSORS_INDEX
     files = [directory / SAFETENSORS]
     if index.is_file():
         files = sorted({directory / f for f in _read_json(index)["weight_map"].values()})
     weights = {}
     for f in files:
-        try:
-            weights.update(mx.load(str(f)))
-        except Exception as e:
-            raise CodecError(f"could not read weights from {f}: {e}") from e
+        weights.update(_read_safetensors_file(f, keep))
     return weights
 
 
-def _read_transformers(directory):
+def _read_transformers(directory, decode_only):
     args = cfg.from_transformers(_read_json(directory / "config.json"))
-    return args, _read_safetensors(directory)
+    return args, _read_safetensors(directory, lambda key: _wanted(key, decode_only))
+
+
+def _wanted(key, decode_only):
+    return not IGNORED.match(key) and (not decode_only or DECODE.match(key))
 
 
 _INNER = ("snake1", "conv1", "snake2", "conv2")
@@ -311,7 +341,7 @@ def _fold_weight_norm(weights):
 def _torch_conv_shape(expected, module):
     """The torch layout of an MLX conv weight shape [out, k, in]."""
     out, k, inp = expected
-    return (inp, out, k) if isinstance(module, nn.ConvTranspose1d) else (out, inp, k)
+    return (inp, out, k) if isinstance(module, ConvTranspose1d) else (out, inp, k)
 
 
 def _channels_last(weights, expected, modules):
@@ -320,7 +350,7 @@ def _channels_last(weights, expected, modules):
     votes = set()
     for key, value in weights.items():
         module = modules.get(key.rpartition(".")[0])
-        conv = isinstance(module, (nn.Conv1d, nn.ConvTranspose1d))
+        conv = isinstance(module, (Conv1d, ConvTranspose1d))
         if conv and key.endswith(".weight") and key in expected and len(value.shape) == 3:
             mlx_shape = tuple(expected[key].shape)
             torch_shape = _torch_conv_shape(mlx_shape, module)
@@ -335,11 +365,11 @@ def _to_mlx(value, expected, module, channels_last):
     """A checkpoint tensor -> float32 mx.array in MLX layout, or None if it cannot fit."""
     x = value if isinstance(value, mx.array) else mx.array(np.asarray(value))
     x = x.astype(mx.float32)
-    if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)) and x.ndim == 3 and not channels_last:
+    if isinstance(module, (Conv1d, ConvTranspose1d)) and x.ndim == 3 and not channels_last:
         if tuple(x.shape) != _torch_conv_shape(expected, module):
             return None
         # torch conv [out, in, k] and transposed conv [in, out, k] -> [out, k, in]
-        return x.transpose(1, 2, 0) if isinstance(module, nn.ConvTranspose1d) else x.swapaxes(1, 2)
+        return x.transpose(1, 2, 0) if isinstance(module, ConvTranspose1d) else x.swapaxes(1, 2)
     if tuple(x.shape) == expected:
         return x
     if x.size == int(np.prod(expected)) and x.ndim == 3 and len(expected) == 1:
@@ -355,7 +385,7 @@ def _load_weights(codec, weights, source):
     keep = {}
     unexpected = []
     for key, value in weights.items():
-        if IGNORED.match(key) or (codec.decode_only and not DECODE.match(key)):
+        if not _wanted(key, codec.decode_only):
             continue
         if key not in expected:
             unexpected.append(key)

@@ -9,6 +9,7 @@ from .config import CodecArgs
 from .dac import AcousticDecoder, AcousticEncoder
 from .errors import CodecError
 from .hubert import Hubert
+from .layers import Linear
 from .quantizer import ResidualVectorQuantizer
 from .semantic import SemanticEncoder
 
@@ -29,7 +30,7 @@ class Codec(nn.Module):
             args.codebook_dim,
             not decode_only,
         )
-        self.fc2 = nn.Linear(args.quantizer_dim, args.acoustic_dim)
+        self.fc2 = Linear(args.quantizer_dim, args.acoustic_dim)
         self.acoustic_decoder = AcousticDecoder(
             args.acoustic_dim, args.decoder_hidden_size, args.upsampling_ratios
         )
@@ -41,7 +42,7 @@ class Codec(nn.Module):
             self.acoustic_encoder = AcousticEncoder(
                 args.encoder_hidden_size, args.downsampling_ratios, args.acoustic_dim
             )
-            self.fc = nn.Linear(args.acoustic_dim + args.semantic_dim, args.quantizer_dim)
+            self.fc = Linear(args.acoustic_dim + args.semantic_dim, args.quantizer_dim)
 
     sample_rate = property(lambda self: self.args.sample_rate)
     frame_rate = property(lambda self: self.args.frame_rate)

@@ -3,6 +3,8 @@
 import mlx.core as mx
 import mlx.nn as nn
 
+from .layers import Linear
+
 
 class Codebook(nn.Module):
     def __init__(self, size, dim):
@@ -15,8 +17,8 @@ class VectorQuantizer(nn.Module):
         super().__init__()
         if codebook_dim is not None:
             if encode:
-                self.project_in = nn.Linear(dim, codebook_dim)
-            self.project_out = nn.Linear(codebook_dim, dim)
+                self.project_in = Linear(dim, codebook_dim)
+            self.project_out = Linear(codebook_dim, dim)
         self.codebook = Codebook(codebook_size, codebook_dim or dim)
 
     def nearest(self, x):

@@ -4,6 +4,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .config import CodecArgs
+from .layers import Conv1d
 
 
 def elu(x):
@@ -14,8 +15,8 @@ class ResidualUnit(nn.Module):
     def __init__(self, dim, kernel, dilation):
         super().__init__()
         pad = (kernel - 1) // 2 * dilation
-        self.conv1 = nn.Conv1d(dim, dim, kernel, padding=pad, dilation=dilation, bias=False)
-        self.conv2 = nn.Conv1d(dim, dim, 1, bias=False)
+        self.conv1 = Conv1d(dim, dim, kernel, padding=pad, dilation=dilation, bias=False)
+        self.conv2 = Conv1d(dim, dim, 1, bias=False)
 
     def __call__(self, x):
         return x + self.conv2(elu(self.conv1(elu(x))))
@@ -28,7 +29,7 @@ class EncoderBlock(nn.Module):
             ResidualUnit(in_dim, args.unit_kernel_size, d) for d in args.block_dilations
         ]
         kernel = 3 if stride == 1 else 2 * stride
-        self.conv = nn.Conv1d(in_dim, out_dim, kernel, stride=stride, padding=(kernel - 1) // 2)
+        self.conv = Conv1d(in_dim, out_dim, kernel, stride=stride, padding=(kernel - 1) // 2)
 
     def __call__(self, x):
         for unit in self.res_units:
@@ -40,7 +41,7 @@ class SemanticEncoder(nn.Module):
     def __init__(self, args: CodecArgs):
         super().__init__()
         dim = args.semantic_dim
-        self.conv = nn.Conv1d(dim, dim, args.kernel_size, padding=args.kernel_size // 2, bias=False)
+        self.conv = Conv1d(dim, dim, args.kernel_size, padding=args.kernel_size // 2, bias=False)
         blocks = []
         in_dim = dim
         for ratio, stride in zip(args.channel_ratios, args.strides, strict=True):

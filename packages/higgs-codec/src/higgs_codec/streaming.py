@@ -21,18 +21,16 @@ class StreamConv:
     """Stride-1 conv with symmetric zero padding (k - 1) * dilation / 2."""
 
     def __init__(self, conv):
-        self.weight, self.bias = conv.weight, conv.get("bias")
-        out_dim, k, in_dim = self.weight.shape
-        self.dilation = conv.dilation if isinstance(conv.dilation, int) else conv.dilation[0]
-        self.span = (k - 1) * self.dilation
+        self.conv = conv
+        out_dim, k, in_dim = conv.weight.shape
+        self.span = (k - 1) * conv.dilation
         self.out_dim = out_dim
         self.buffer = mx.zeros((1, self.span // 2, in_dim))  # the left padding
 
     def _run(self, x):
         if x.shape[1] <= self.span:
             return _empty(self.out_dim)
-        y = mx.conv1d(x, self.weight, dilation=self.dilation)
-        return y + self.bias if self.bias is not None else y
+        return self.conv(x, padding=0)
 
     def push(self, x):
         x = mx.concatenate([self.buffer, x], axis=1)
@@ -64,19 +62,17 @@ class StreamSnake:
 class StreamConvTranspose:
     """Transposed conv with kernel 2 * stride: output block i mixes inputs i - 1 and i."""
 
-    def __init__(self, conv, stride):
-        self.weight, self.bias = conv.weight, conv.get("bias")
-        self.stride = stride
-        self.padding = -(-stride // 2)
+    def __init__(self, conv):
+        self.conv = conv
+        self.stride = conv.stride
+        self.padding = conv.padding
         self.prev = None  # last input sample (x[-1] = 0 before the stream starts)
         self.skip = self.padding  # the reference crops `padding` samples off the front
-        self.out_dim = self.weight.shape[0]
+        self.out_dim = conv.weight.shape[0]
 
     def _blocks(self, x):
         s = self.stride
-        y = mx.conv_transpose1d(x, self.weight, stride=s)[:, s : (x.shape[1]) * s]
-        if self.bias is not None:
-            y = y + self.bias
+        y = self.conv(x, padding=0, output_padding=0)[:, s : x.shape[1] * s]
         if self.skip:
             cut = min(self.skip, y.shape[1])
             y, self.skip = y[:, cut:], self.skip - cut
@@ -161,7 +157,7 @@ class StreamResidual:
 def _block_stages(block: DecoderBlock):
     return [
         StreamSnake(block.snake1),
-        StreamConvTranspose(block.conv_t1, block.stride),
+        StreamConvTranspose(block.conv_t1),
         StreamResidual(block.res_unit1),
         StreamResidual(block.res_unit2),
         StreamResidual(block.res_unit3),
