@@ -77,7 +77,10 @@ class Job:
         self.started = None
 
     def emit(self, item):
-        self.loop.call_soon_threadsafe(self.items.put_nowait, item)
+        try:
+            self.loop.call_soon_threadsafe(self.items.put_nowait, item)
+        except RuntimeError:  # the event loop is gone, and with it whoever was waiting
+            self.cancel.set()
 
     def check(self, *_):
         """The pipeline's progress callback: stop when cancelled or out of time."""
