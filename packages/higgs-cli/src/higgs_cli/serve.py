@@ -58,6 +58,11 @@ class ApiError(Exception):
         return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
+def busy(message: str, code: str) -> ApiError:
+    """429: come back later."""
+    return ApiError(429, message, type="rate_limit_error", code=code, headers={"Retry-After": "5"})
+
+
 class Cancelled(Exception):
     """The client went away."""
 
@@ -110,12 +115,9 @@ class Worker:
     def submit(self, job: Job):
         with self._lock:
             if self.pending >= self.max_queue:
-                raise ApiError(
-                    429,
+                raise busy(
                     f"the server is busy ({self.pending} requests queued); retry shortly",
-                    type="rate_limit_error",
-                    code="queue_full",
-                    headers={"Retry-After": "5"},
+                    "queue_full",
                 )
             self.pending += 1
         self._jobs.put(job)
@@ -283,12 +285,9 @@ async def speech(request: Request):
         return Response(data, media_type=MEDIA_TYPES[req.fmt])
 
     if app.state.streams >= app.state.limits.max_streams:
-        raise ApiError(
-            429,
+        raise busy(
             f"{app.state.streams} streams are open; the limit is {app.state.limits.max_streams}",
-            type="rate_limit_error",
-            code="too_many_streams",
-            headers={"Retry-After": "5"},
+            "too_many_streams",
         )
     result = []
 
