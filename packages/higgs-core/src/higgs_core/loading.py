@@ -96,13 +96,17 @@ def read_config(path: Path) -> dict:
         raise CheckpointError(f"unreadable {file}: {e}") from None
 
 
-def load_model(path_or_repo: str | Path, *, dtype: mx.Dtype | None = None) -> HiggsAudioModel:
+def load_model(path_or_repo: str | Path, *, dtype: mx.Dtype | str | None = None) -> HiggsAudioModel:
     """Load a Higgs Audio v2 model from a directory or a Hugging Face Hub repo id.
 
-    ``dtype`` casts the float weights (e.g. ``mx.float32`` for reference
-    checks); None keeps the checkpoint's. Weights are read lazily, so memory
-    peaks near the model's own size.
+    ``dtype`` (``mx.float32`` or "float32", ...) casts the float weights; None
+    keeps the checkpoint's. Weights are read lazily, so memory peaks near the
+    model's own size.
     """
+    if isinstance(dtype, str):
+        if not isinstance(getattr(mx, dtype, None), mx.Dtype):
+            raise ValueError(f"unknown dtype {dtype!r}; try 'bfloat16', 'float16' or 'float32'")
+        dtype = getattr(mx, dtype)
     path = resolve_path(path_or_repo)
     config = ModelConfig.from_dict(read_config(path))
     weights = {}
