@@ -103,5 +103,9 @@ def test_every_audio_position_needs_a_frame(model, prompt):
         generate_frames(model, ids, audio[:-1], params=SAMPLED, max_frames=4)
     with pytest.raises(ValueError, match=r"\[N, 8\]"):
         generate_frames(model, ids, audio[:, :4], params=SAMPLED, max_frames=4)
+    bad = audio.copy()
+    bad[3, 2] = 1026
+    with pytest.raises(ValueError, match=r"audio codes must lie in 0\.\.1025"):
+        generate_frames(model, ids, bad, params=SAMPLED, max_frames=4)
     with pytest.raises(ValueError, match="max_frames"):
         generate_frames(model, ids, audio, params=SAMPLED, max_frames=0)

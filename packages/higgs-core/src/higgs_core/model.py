@@ -234,6 +234,13 @@ class HiggsAudioModel(nn.Module):
             raise ValueError(
                 f"audio frames must be [N, {self.config.num_codebooks}], got {audio_ids.shape}"
             )
+        if n:  # a code out of range would silently read another codebook's rows
+            lo, hi = mx.min(audio_ids).item(), mx.max(audio_ids).item()
+            if lo < 0 or hi >= self.config.audio_vocab_size:
+                raise ValueError(
+                    f"audio codes must lie in 0..{self.config.audio_vocab_size - 1} "
+                    f"(codes, then stream BOS and EOS), got {lo}..{hi}"
+                )
         return Routing.from_mask(is_audio)
 
     # -- generation ---------------------------------------------------------------
