@@ -152,6 +152,8 @@ class FrameGenerator:
                 raise RuntimeError(f"frame loop passed its last frame {end} without stopping")
             frames.append(nxt)
             frame, state, t = nxt, nxt_state, t + 1
+            if t % 256 == 0:  # the KV cache grows in 256-step blocks; drop the old ones
+                mx.clear_cache()
 
         stacked = mx.stack(frames[: handed + 1], axis=1)  # [K, F]
         if stacked.shape[1] > D:

@@ -290,6 +290,7 @@ class HiggsAudioModel(nn.Module):
             h = self.backbone(self.embed(input_ids[start:end], chunk_audio, route), route, cache)
             if end < len(input_ids):
                 mx.eval([c.state for c in cache])
+                mx.clear_cache()
         return self.audio_logits(self.norm(h[0, -1]))
 
     def step(self, frame: mx.array, cache: list[KVCache]) -> mx.array:
