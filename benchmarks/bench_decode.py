@@ -144,7 +144,12 @@ def main():
         model = build(args.layers, dtype, bits, args.group_size)
         size = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
         label = f"q{bits}" if bits else args.dtype
-        print(f"\n[{label}] model {size / GB:.2f} GB, built in {time.perf_counter() - t0:.1f} s")
+        build_peak = mx.get_peak_memory()
+        print(
+            f"\n[{label}] model {size / GB:.2f} GB, built in {time.perf_counter() - t0:.1f} s "
+            f"(peak {build_peak / GB:.2f} GB while building)"
+        )
+        mx.reset_peak_memory()
 
         ids, audio = prompt(args.prompt, model.config, rng)
         generate(model, [1, 2, 3, ids[-1]], params=PARAMS, max_frames=2)  # warm up
@@ -162,7 +167,7 @@ def main():
         print(f"  real-time      {step * 25 / 1000:8.3f} x (ms/frame x 25 / 1000)")
         print(f"  floor          {floor:8.1f} ms (bare matmuls of the per-frame weights, median)")
         print(f"  step / floor   {step / floor:8.3f} (median of per-frame ratios {paired:.3f})")
-        print(f"  peak memory    {mx.get_peak_memory() / GB:8.2f} GB")
+        print(f"  peak memory    {mx.get_peak_memory() / GB:8.2f} GB (prefill and decode)")
         del model, res
     print()
 
