@@ -32,6 +32,9 @@ class GenerationResult:
     codes: ``[K, T]`` the audio codes (delay reverted, BOS/EOS columns dropped).
     stop_reason: "eos" or "max_frames".
     num_frames: sampled frames (``F - 1``).
+    prefill_seconds: the prompt's prefill and the first frame's sampling.
+    decode_seconds: wall time from there to the end, including the time the
+        caller spent between frames.
     """
 
     frames: mx.array
