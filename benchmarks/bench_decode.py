@@ -61,8 +61,8 @@ def build(layers: int, dtype: mx.Dtype, bits: int, group_size: int) -> HiggsAudi
         mx.eval(module.parameters())
     if bits:
         quantize(model, bits, group_size)
-        for module in modules:  # each float layer is freed once its quantized copy exists
-            mx.eval(module.parameters())
+        for _, value in tree_flatten(model.parameters()):  # frees each float source in turn
+            mx.eval(value)
     return model
 
 
