@@ -7,6 +7,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
+from mlx.utils import tree_flatten
 
 from higgs_core import load_model, quantize, save_model
 from higgs_core.model import project
@@ -124,3 +125,14 @@ def test_multi_row_projection_matches_the_quantized_matmul(fresh, bits):
     want = np.array(layer(x))
     got = np.array(project(layer, x))
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_quantize_leaves_no_float_copy_behind():
+    model = load_model(FIXTURES / "tiny-original")  # bf16
+    mx.clear_cache()
+    before = mx.get_active_memory()
+    float_size = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+    quantize(model, 8, group_size=32)
+    size = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+    assert size < float_size
+    assert mx.get_active_memory() - before <= size - float_size + 4096

@@ -199,6 +199,11 @@ def quantize(model: HiggsAudioModel, bits: int, group_size: int = 64) -> HiggsAu
         return module.weight.shape[-1] % group_size == 0
 
     nn.quantize(model, group_size=group_size, bits=bits, class_predicate=predicate)
+    # Quantize now, one tensor at a time: each float source is freed as its
+    # copy lands, and none stays alive in a lazy graph (the text head is never
+    # run while generating audio).
+    for _, value in tree_flatten(model.parameters()):
+        mx.eval(value)
     quantization = {"group_size": group_size, "bits": bits, "mode": "affine"}
     model.config = model.config.replace(quantization=quantization)
     return model
