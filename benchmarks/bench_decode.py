@@ -17,6 +17,10 @@ prints:
 
     uv run python benchmarks/bench_decode.py                     # full size, bf16, q8, q4
     uv run python benchmarks/bench_decode.py --layers 4 --frames 24 --bits 0
+
+On a Linux CPU stock MLX is slow (bf16 matrix-vector at ~2.5 GB/s; quantized
+matrix-vector ~8x slower still), so there use ``--layers`` and, for q8/q4, a
+short ``--prompt``: a full-size bf16 frame takes ~2.5 s, a q8 one ~20 s.
 """
 
 import argparse
@@ -57,8 +61,8 @@ def build(layers: int, dtype: mx.Dtype, bits: int, group_size: int) -> HiggsAudi
         mx.eval(module.parameters())
     if bits:
         quantize(model, bits, group_size)
-        for module in modules:  # each float layer is freed once its quantized copy exists
-            mx.eval(module.parameters())
+        for _, value in tree_flatten(model.parameters()):  # frees each float source in turn
+            mx.eval(value)
     return model
 
 
@@ -73,13 +77,14 @@ def prompt(length: int, cfg: ModelConfig, rng: np.random.Generator):
     return np.array(ids), mx.array(audio)
 
 
-def floor_ms(model: HiggsAudioModel, iters: int) -> float:
-    """Median ms of the bare matmuls a frame cannot avoid."""
+def floor_work(model: HiggsAudioModel) -> list:
+    """The bare matmuls a frame cannot avoid, as (layer, input) pairs."""
     cfg = model.config
     dtype = model.norm.weight.dtype
     x_model = mx.random.normal((1, cfg.hidden_size)).astype(dtype)
     x_heads = mx.random.normal((1, cfg.num_attention_heads * cfg.head_dim)).astype(dtype)
     x_ffn = mx.random.normal((1, cfg.intermediate_size)).astype(dtype)
+    mx.eval(x_model, x_heads, x_ffn)
     work = []
     for layer in model.layers:
         attn, mlp = layer.self_attn, layer.audio_mlp
@@ -87,17 +92,12 @@ def floor_ms(model: HiggsAudioModel, iters: int) -> float:
         work += [(attn.o_proj, x_heads), (mlp.gate_proj, x_model), (mlp.up_proj, x_model)]
         work += [(mlp.down_proj, x_ffn)]
     work.append((model.audio_decoder_proj.audio_lm_head, x_model))
-    mx.eval(x_model, x_heads, x_ffn)
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        mx.eval([linear(x) for linear, x in work])
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times[1:] if iters > 2 else times)
+    return work
 
 
-def step_ms(model: HiggsAudioModel, ids, audio, frames: int, warmup: int) -> float:
-    """Median ms of a synced decode step: model step, sampler step, eval."""
+def step_and_floor(model: HiggsAudioModel, ids, audio, frames: int, warmup: int):
+    """Synced decode steps (model step + sampler step) and floor runs, interleaved
+    so that any drift in the machine's speed hits both alike. Returns ms lists."""
     cfg = model.config
     sampler = FrameSampler(cfg.num_codebooks, 1024, 1025, PARAMS, max_frames=1 << 20)
     cache = model.make_cache()
@@ -107,13 +107,19 @@ def step_ms(model: HiggsAudioModel, ids, audio, frames: int, warmup: int) -> flo
     )
     frame, state = sampler.step(logits, state)
     mx.eval(frame, state.arrays())
-    times = []
-    for _ in range(warmup + frames):
+    work = floor_work(model)
+    steps, floors = [], []
+    for i in range(warmup + frames):
         t0 = time.perf_counter()
         frame, state = sampler.step(model.step(frame, cache), state)
         mx.eval(frame, state.arrays())
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times[warmup:])
+        t1 = time.perf_counter()
+        mx.eval([linear(x) for linear, x in work])
+        t2 = time.perf_counter()
+        if i >= warmup:
+            steps.append(1e3 * (t1 - t0))
+            floors.append(1e3 * (t2 - t1))
+    return steps, floors
 
 
 def main():
@@ -125,7 +131,6 @@ def main():
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--bits", type=int, nargs="+", default=[0, 8, 4], help="0: unquantized")
     parser.add_argument("--group-size", type=int, default=64)
-    parser.add_argument("--floor-iters", type=int, default=0, help="default: --frames")
     args = parser.parse_args()
     dtype = getattr(mx, args.dtype)
 
@@ -139,14 +144,20 @@ def main():
         model = build(args.layers, dtype, bits, args.group_size)
         size = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
         label = f"q{bits}" if bits else args.dtype
-        print(f"\n[{label}] model {size / GB:.2f} GB, built in {time.perf_counter() - t0:.1f} s")
+        build_peak = mx.get_peak_memory()
+        print(
+            f"\n[{label}] model {size / GB:.2f} GB, built in {time.perf_counter() - t0:.1f} s "
+            f"(peak {build_peak / GB:.2f} GB while building)"
+        )
+        mx.reset_peak_memory()
 
         ids, audio = prompt(args.prompt, model.config, rng)
-        generate(model, [*ids[:8].tolist(), ids[-1]], params=PARAMS, max_frames=2)  # warm up
+        generate(model, [1, 2, 3, ids[-1]], params=PARAMS, max_frames=2)  # warm up
         res = generate(model, ids, audio, params=PARAMS, max_frames=args.frames)
         loop_ms = 1e3 * res.decode_seconds / res.num_frames
-        step = step_ms(model, ids, audio, args.frames, args.warmup)
-        floor = floor_ms(model, args.floor_iters or args.frames)
+        steps, floors = step_and_floor(model, ids, audio, args.frames, args.warmup)
+        step, floor = statistics.median(steps), statistics.median(floors)
+        paired = statistics.median(a / b for a, b in zip(steps, floors, strict=True))
         print(
             f"  prefill        {len(ids) / res.prefill_seconds:8.1f} tokens/s "
             f"({len(ids)} positions in {res.prefill_seconds:.2f} s)"
@@ -154,9 +165,9 @@ def main():
         print(f"  decode step    {step:8.1f} ms/frame (median of {args.frames}, synced)")
         print(f"  generate loop  {loop_ms:8.1f} ms/frame (mean of {res.num_frames}, pipelined)")
         print(f"  real-time      {step * 25 / 1000:8.3f} x (ms/frame x 25 / 1000)")
-        print(f"  floor          {floor:8.1f} ms (bare matmuls of the per-frame weights)")
-        print(f"  step / floor   {step / floor:8.3f}")
-        print(f"  peak memory    {mx.get_peak_memory() / GB:8.2f} GB")
+        print(f"  floor          {floor:8.1f} ms (bare matmuls of the per-frame weights, median)")
+        print(f"  step / floor   {step / floor:8.3f} (median of per-frame ratios {paired:.3f})")
+        print(f"  peak memory    {mx.get_peak_memory() / GB:8.2f} GB (prefill and decode)")
         del model, res
     print()
 

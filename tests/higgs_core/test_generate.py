@@ -1,12 +1,15 @@
 """The frame loop's contract: streaming, stopping, seeding, RAS history, input checks."""
 
+from pathlib import Path
+
 import mlx.core as mx
 import numpy as np
 import pytest
 
-from higgs_core import generate, generate_frames
+from higgs_core import HiggsAudioModel, generate, generate_frames, load_model
 from higgs_sampling import SamplingParams
 
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "core"
 K, BOS, EOS = 8, 1024, 1025
 SAMPLED = SamplingParams(temperature=1.0, top_k=50, top_p=0.95, ras_window=7)
 
@@ -103,5 +106,32 @@ def test_every_audio_position_needs_a_frame(model, prompt):
         generate_frames(model, ids, audio[:-1], params=SAMPLED, max_frames=4)
     with pytest.raises(ValueError, match=r"\[N, 8\]"):
         generate_frames(model, ids, audio[:, :4], params=SAMPLED, max_frames=4)
+    bad = audio.copy()
+    bad[3, 2] = 1026
+    with pytest.raises(ValueError, match=r"audio codes must lie in 0\.\.1025"):
+        generate_frames(model, ids, bad, params=SAMPLED, max_frames=4)
     with pytest.raises(ValueError, match="max_frames"):
         generate_frames(model, ids, audio, params=SAMPLED, max_frames=0)
+
+
+def test_no_step_runs_past_the_end_of_the_stream(ref, monkeypatch):
+    # The stop flag is read back only every few frames, but once the ramp-out
+    # shows, the loop knows the last frame and queues nothing beyond it.
+    model = load_model(FIXTURES / "tiny-original", dtype=mx.float32)
+    calls = []
+    step = HiggsAudioModel.step
+
+    def counted(self, frame, cache):
+        calls.append(frame)
+        return step(self, frame, cache)
+
+    monkeypatch.setattr(HiggsAudioModel, "step", counted)
+    res = generate(
+        model,
+        ref["input_ids"],
+        ref["audio_ids"],
+        params=SamplingParams(temperature=0, ras_window=0),
+        max_frames=int(ref["greedy_max_frames"]),
+    )
+    assert res.stop_reason == "eos"
+    assert len(calls) == res.num_frames - 1  # frame 1 comes from the prefill

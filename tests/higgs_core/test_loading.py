@@ -188,3 +188,10 @@ def test_loading_is_lazy(tmp_path):
     model = load_model(FIXTURES / "tiny-original")
     size = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
     assert mx.get_peak_memory() - before <= 1.1 * size
+
+
+def test_dtype_by_name():
+    model = load_model(FIXTURES / "tiny-original", dtype="float16")
+    assert model.layers[0].mlp.up_proj.weight.dtype == mx.float16
+    with pytest.raises(ValueError, match="unknown dtype 'fp8'"):
+        load_model(FIXTURES / "tiny-original", dtype="fp8")

@@ -116,9 +116,11 @@ def test_greedy_frames_match_the_reference(models, ref, layout, prefill_step):
     assert np.array_equal(np.array(res.codes), expect)
 
 
-def test_decode_step_equals_the_full_forward_and_skips_the_text_path(ref):
+@pytest.mark.parametrize("length", [None, 254])  # 254: the steps cross the cache's 256 block
+def test_decode_step_equals_the_full_forward_and_skips_the_text_path(ref, length):
     model = load_model(FIXTURES / "tiny-original", dtype=mx.float32)
-    ids, audio = ref["input_ids"], ref["audio_ids"]
+    ids = ref["input_ids"][:length]
+    audio = ref["audio_ids"][: int((ids == 400).sum())]
     frames = ref["greedy_frames"][:, :3].T  # the BOS frame and two sampled ones
     full_ids = np.concatenate([ids, [400, 400, 400]])
     full_audio = np.concatenate([audio, frames])

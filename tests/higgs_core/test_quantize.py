@@ -7,8 +7,10 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
+from mlx.utils import tree_flatten
 
 from higgs_core import load_model, quantize, save_model
+from higgs_core.model import project
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "core"
 
@@ -111,3 +113,26 @@ def test_float_save_load_round_trip_and_sharding(fresh, short, tmp_path):
     loaded = load_model(tmp_path / "f32")
     got = loaded.logits(*short)
     assert mx.array_equal(got[0], want[0]) and mx.array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_multi_row_projection_matches_the_quantized_matmul(fresh, bits):
+    # prefill rows on the CPU go through dequantize + matmul instead of
+    # quantized_matmul; the two must agree
+    quantize(fresh, bits, group_size=32)
+    layer = fresh.layers[1].audio_mlp.up_proj
+    x = mx.random.normal((1, 37, 32), key=mx.random.key(1))
+    want = np.array(layer(x))
+    got = np.array(project(layer, x))
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_quantize_leaves_no_float_copy_behind():
+    model = load_model(FIXTURES / "tiny-original")  # bf16
+    mx.clear_cache()
+    before = mx.get_active_memory()
+    float_size = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+    quantize(model, 8, group_size=32)
+    size = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+    assert size < float_size
+    assert mx.get_active_memory() - before <= size - float_size + 4096

@@ -32,6 +32,9 @@ class GenerationResult:
     codes: ``[K, T]`` the audio codes (delay reverted, BOS/EOS columns dropped).
     stop_reason: "eos" or "max_frames".
     num_frames: sampled frames (``F - 1``).
+    prefill_seconds: the prompt's prefill and the first frame's sampling.
+    decode_seconds: wall time from there to the end, including the time the
+        caller spent between frames.
     """
 
     frames: mx.array
@@ -152,6 +155,8 @@ class FrameGenerator:
                 raise RuntimeError(f"frame loop passed its last frame {end} without stopping")
             frames.append(nxt)
             frame, state, t = nxt, nxt_state, t + 1
+            if t % 256 == 0:  # the KV cache grows in 256-step blocks; drop the old ones
+                mx.clear_cache()
 
         stacked = mx.stack(frames[: handed + 1], axis=1)  # [K, F]
         if stacked.shape[1] > D:

@@ -96,13 +96,17 @@ def read_config(path: Path) -> dict:
         raise CheckpointError(f"unreadable {file}: {e}") from None
 
 
-def load_model(path_or_repo: str | Path, *, dtype: mx.Dtype | None = None) -> HiggsAudioModel:
+def load_model(path_or_repo: str | Path, *, dtype: mx.Dtype | str | None = None) -> HiggsAudioModel:
     """Load a Higgs Audio v2 model from a directory or a Hugging Face Hub repo id.
 
-    ``dtype`` casts the float weights (e.g. ``mx.float32`` for reference
-    checks); None keeps the checkpoint's. Weights are read lazily, so memory
-    peaks near the model's own size.
+    ``dtype`` (``mx.float32`` or "float32", ...) casts the float weights; None
+    keeps the checkpoint's. Weights are read lazily, so memory peaks near the
+    model's own size.
     """
+    if isinstance(dtype, str):
+        if not isinstance(getattr(mx, dtype, None), mx.Dtype):
+            raise ValueError(f"unknown dtype {dtype!r}; try 'bfloat16', 'float16' or 'float32'")
+        dtype = getattr(mx, dtype)
     path = resolve_path(path_or_repo)
     config = ModelConfig.from_dict(read_config(path))
     weights = {}
@@ -203,6 +207,11 @@ def quantize(model: HiggsAudioModel, bits: int, group_size: int = 64) -> HiggsAu
         return module.weight.shape[-1] % group_size == 0
 
     nn.quantize(model, group_size=group_size, bits=bits, class_predicate=predicate)
+    # Quantize now, one tensor at a time: each float source is freed as its
+    # copy lands, and none stays alive in a lazy graph (the text head is never
+    # run while generating audio).
+    for _, value in tree_flatten(model.parameters()):
+        mx.eval(value)
     quantization = {"group_size": group_size, "bits": bits, "mode": "affine"}
     model.config = model.config.replace(quantization=quantization)
     return model
