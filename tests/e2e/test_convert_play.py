@@ -51,3 +51,13 @@ def test_play_without_the_extra_fails_fast(home, monkeypatch):
     assert r.exit_code == 1 and r.stderr.count("\n") == 1
     assert "'play' extra" in r.stderr
     assert loads == []  # failed before loading the model
+
+
+def test_bench_prints_its_figures():
+    r = CliRunner().invoke(
+        cli, ["bench", "--layers", "1", "--bits", "0", "--frames", "2", "--prompt", "16"]
+    )
+    assert r.exit_code == 0, r.stderr
+    for label in ("prefill", "decode step", "real-time", "floor", "step / floor", "peak memory"):
+        assert label in r.stdout
+    assert "[bfloat16] 1/28 layers" in r.stdout

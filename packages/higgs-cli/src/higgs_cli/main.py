@@ -422,6 +422,65 @@ def convert(src, dst, bits, group_size, force):
     click.echo(f"wrote {bits}-bit model to {dst}", err=True)
 
 
+# bench -----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--layers",
+    type=click.IntRange(1, 28),
+    default=28,
+    show_default=True,
+    help="Real-size layers to build (of 28); fewer for a quick look.",
+)
+@click.option(
+    "--bits",
+    type=click.Choice(["0", "4", "6", "8"]),
+    multiple=True,
+    default=("0", "8", "4"),
+    show_default=True,
+    help="Precisions to time: 0 is unquantized --dtype (repeatable).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["bfloat16", "float16", "float32"]),
+    default="bfloat16",
+    show_default=True,
+)
+@click.option(
+    "--group-size", type=click.Choice(["32", "64", "128"]), default="64", show_default=True
+)
+@click.option(
+    "--frames", type=click.IntRange(2), default=16, show_default=True, help="Timed decode steps."
+)
+@click.option(
+    "--prompt",
+    "prompt_length",
+    type=click.IntRange(8),
+    default=256,
+    show_default=True,
+    help="Prompt positions for prefill.",
+)
+@friendly
+def bench(layers, bits, dtype, group_size, frames, prompt_length):
+    """Time the model at its real size with random weights (no download)."""
+    import mlx.core as mx
+
+    from higgs_core.bench import run
+
+    click.echo(f"higgs {__version__}, mlx {mx.__version__}, device {mx.default_device()}")
+    for b in bits:
+        figures = run(
+            layers=layers,
+            dtype=getattr(mx, dtype),
+            bits=int(b),
+            group_size=int(group_size),
+            frames=frames,
+            prompt_length=prompt_length,
+        )
+        click.echo("\n" + "\n".join(figures.lines()))
+
+
 # serve -----------------------------------------------------------------------------
 
 
