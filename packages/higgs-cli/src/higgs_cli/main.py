@@ -110,9 +110,11 @@ class StatusLine:
         if not self.enabled:
             return
         rtf = p.elapsed / p.audio_seconds if p.audio_seconds else 0.0
-        chunk = f"chunk {p.chunk + 1}/{p.chunks} " if p.chunks > 1 else ""
+        filled = round(20 * p.fraction)
+        bar = "#" * filled + "-" * (20 - filled)
+        chunk = f" chunk {p.chunk + 1}/{p.chunks}" if p.chunks > 1 else ""
         line = (
-            f"\r{chunk}{p.frames} frames | {p.audio_seconds:5.1f} s audio | "
+            f"\r[{bar}]{chunk} {p.frames} frames | {p.audio_seconds:5.1f} s audio | "
             f"{p.elapsed:5.1f} s | RTF {rtf:4.2f}"
         )
         self.width = max(self.width, len(line))

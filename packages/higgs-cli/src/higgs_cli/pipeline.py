@@ -61,9 +61,16 @@ class Progress:
     chunk: int  # 0-based
     chunks: int
     frames: int  # frames of this chunk so far
-    audio_seconds: float  # finished audio of the whole text so far, this chunk included
+    max_frames: int  # this chunk's frame budget
+    audio_seconds: float  # audio of the whole text so far, this chunk included
     elapsed: float
-    done: bool = False
+    done: bool = False  # this chunk is finished
+
+    @property
+    def fraction(self) -> float:
+        """How much of the text is done (a chunk counts as done at its budget)."""
+        within = 1.0 if self.done else min(self.frames / max(self.max_frames, 1), 1.0)
+        return (self.chunk + within) / self.chunks
 
 
 @dataclass
@@ -217,7 +224,7 @@ class Higgs:
         builtin = BUILTINS[name]
         settings = Settings(seed=builtin.seed, max_seconds=15.0)
         chunk = self._generate_chunk(
-            PIN_TEXT, [Speaker(description=builtin.description)], [], settings, 15.0
+            PIN_TEXT, [Speaker(description=builtin.description)], [], settings, 15 * self.frame_rate
         )
         for event in chunk:
             if isinstance(event, _Chunk):
@@ -337,6 +344,12 @@ class Higgs:
         budget = settings.max_seconds
         context: list[tuple[str, np.ndarray]] = []
         audio_seconds, start = 0.0, time.perf_counter()
+
+        def report(chunk, frames, max_frames, seconds, done=False):
+            if progress:
+                elapsed = time.perf_counter() - start
+                progress(Progress(chunk, len(pieces), frames, max_frames, seconds, elapsed, done))
+
         for i, piece in enumerate(pieces):
             piece = normalize(piece)
             if budget <= 0:
@@ -344,9 +357,9 @@ class Higgs:
                 break
             # Guard against runaway generation: ~1 s per word is 2-3x a natural pace.
             limit = min(budget, 5.0 + 1.0 * count_words(piece))
-            frames = 0
+            frames, max_frames = 0, max(1, int(limit * self.frame_rate))
             for event in self._generate_chunk(
-                piece, speakers, context, replace_seed(settings, i), limit
+                piece, speakers, context, replace_seed(settings, i), max_frames
             ):
                 if isinstance(event, _Chunk):
                     seconds = event.codes.shape[1] / self.frame_rate
@@ -354,33 +367,15 @@ class Higgs:
                     budget -= seconds
                     keep = max(settings.context_chunks, 0)
                     context = [*context, (piece, event.codes)][-keep:] if keep else []
-                    if progress:
-                        progress(
-                            Progress(
-                                i,
-                                len(pieces),
-                                frames,
-                                audio_seconds,
-                                time.perf_counter() - start,
-                                done=True,
-                            )
-                        )
+                    report(i, frames, max_frames, audio_seconds, done=True)
                 else:
                     frames += 1
-                    if progress and frames % 5 == 0:
-                        progress(
-                            Progress(
-                                i,
-                                len(pieces),
-                                frames,
-                                audio_seconds + frames / self.frame_rate,
-                                time.perf_counter() - start,
-                            )
-                        )
+                    if frames % 5 == 0:
+                        report(i, frames, max_frames, audio_seconds + frames / self.frame_rate)
                 yield event
             mx.clear_cache()
 
-    def _generate_chunk(self, text, speakers, context, settings, max_seconds):
+    def _generate_chunk(self, text, speakers, context, settings, max_frames):
         from higgs_core import generate_frames
 
         cfg = self.model.config
@@ -397,7 +392,7 @@ class Higgs:
             mx.array(prompt.input_ids, dtype=mx.int32),
             mx.array(prompt.audio_ids) if len(prompt.audio_ids) else None,
             params=settings.params(),
-            max_frames=max(1, int(max_seconds * self.frame_rate)),
+            max_frames=max_frames,
             seed=settings.seed,
         )
         yield from gen
