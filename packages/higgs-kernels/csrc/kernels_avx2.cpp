@@ -1,0 +1,338 @@
+// AVX2 + FMA + F16C kernels (x86-64). Built with -mavx2 -mfma -mf16c for this
+// file only; isa() calls in here only after checking the CPU at run time.
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "kernels.h"
+
+namespace hk {
+namespace {
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Eight consecutive weights as fp32.
+template <DType T>
+inline __m256 load8(const void* base, int64_t i) {
+  if constexpr (T == DType::F32) {
+    return _mm256_loadu_ps(static_cast<const float*>(base) + i);
+  } else {
+    __m128i h = _mm_loadu_si128(
+        reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(base) + i));
+    if constexpr (T == DType::BF16) {
+      // bf16 is the top half of an fp32: widen and shift.
+      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    } else {
+      return _mm256_cvtph_ps(h);
+    }
+  }
+}
+
+// ---- dense weights: one pass over NB rows of W serves all R rows of x ----
+
+template <DType T, int R, int NB>
+inline void dense_block(const void* W, int64_t K, const float* x, int64_t n, float* y,
+                        int64_t ldy) {
+  __m256 acc[R][NB];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NB; ++j) acc[r][j] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    __m256 wv[NB];
+    for (int j = 0; j < NB; ++j) wv[j] = load8<T>(W, (n + j) * K + k);
+    for (int r = 0; r < R; ++r) {
+      __m256 xv = _mm256_loadu_ps(x + r * K + k);
+      for (int j = 0; j < NB; ++j) acc[r][j] = _mm256_fmadd_ps(xv, wv[j], acc[r][j]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int j = 0; j < NB; ++j) {
+      float s = hsum(acc[r][j]);
+      for (int64_t t = k; t < K; ++t) s += x[r * K + t] * load_scalar(W, T, (n + j) * K + t);
+      y[r * ldy + n + j] = s;
+    }
+  }
+}
+
+template <DType T, int R>
+void dense_rows(const Weight& w, const float* x, int64_t n0, int64_t n1, float* y,
+                int64_t ldy) {
+  // Enough independent accumulators to hide FMA latency, few enough to stay in
+  // the 16 registers.
+  constexpr int NB = R == 1 ? 8 : R == 2 ? 4 : R <= 4 ? 2 : 1;
+  int64_t n = n0;
+  for (; n + NB <= n1; n += NB) dense_block<T, R, NB>(w.data, w.K, x, n, y, ldy);
+  for (; n < n1; ++n) dense_block<T, R, 1>(w.data, w.K, x, n, y, ldy);
+}
+
+// ---- quantized weights ----
+
+// Eight codes (values 8c .. 8c + 7 of a row) as fp32, in order.
+template <int BITS>
+inline __m256 codes8(const uint8_t* row, int64_t c, bool last) {
+  if constexpr (BITS == 4) {
+    // One word holds the eight nibbles: broadcast it and shift each lane.
+    uint32_t word;
+    std::memcpy(&word, row + c * 4, 4);
+    __m256i v = _mm256_srlv_epi32(_mm256_set1_epi32(int(word)),
+                                  _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28));
+    return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(0xf)));
+  } else if constexpr (BITS == 8) {
+    __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c * 8));
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b));
+  } else {
+    // Eight codes span BITS bytes: shift a 64-bit window per lane pair (even
+    // lanes from one shift vector, odd lanes from the other), then mask.
+    uint64_t word = 0;
+    if (last) {
+      std::memcpy(&word, row + c * BITS, BITS);  // never read past the row's end
+    } else {
+      std::memcpy(&word, row + c * BITS, 8);
+    }
+    __m256i b = _mm256_set1_epi64x(int64_t(word));
+    __m256i even = _mm256_srlv_epi64(b, _mm256_setr_epi64x(0, 2 * BITS, 4 * BITS, 6 * BITS));
+    __m256i odd = _mm256_srlv_epi64(b, _mm256_setr_epi64x(BITS, 3 * BITS, 5 * BITS, 7 * BITS));
+    __m256i v = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xaa);
+    return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32((1 << BITS) - 1)));
+  }
+}
+
+template <int BITS, int R, int NB, int ACC>
+inline void quant_block(const Weight& w, const float* x, const float* xsum, int64_t n, float* y,
+                        int64_t ldy) {
+  const QWeight& q = w.quant;
+  const int64_t K = w.K, groups = K / q.group, chunks = q.group / 8;
+  const int64_t row_bytes = K * BITS / 8;
+  const uint8_t* rows[NB];
+  for (int j = 0; j < NB; ++j)
+    rows[j] = reinterpret_cast<const uint8_t*>(q.codes) + (n + j) * row_bytes;
+
+  __m256 total[R][NB];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NB; ++j) total[r][j] = _mm256_setzero_ps();
+
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256 acc[R][NB][ACC];
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < NB; ++j)
+        for (int a = 0; a < ACC; ++a) acc[r][j][a] = _mm256_setzero_ps();
+    const bool last_group = g == groups - 1;
+    for (int64_t c = g * chunks; c < (g + 1) * chunks; c += ACC) {
+      for (int a = 0; a < ACC; ++a) {
+        bool last = last_group && c + a == (g + 1) * chunks - 1;
+        __m256 wv[NB];
+        for (int j = 0; j < NB; ++j) wv[j] = codes8<BITS>(rows[j], c + a, last);
+        for (int r = 0; r < R; ++r) {
+          __m256 xv = _mm256_loadu_ps(x + r * K + (c + a) * 8);
+          for (int j = 0; j < NB; ++j) acc[r][j][a] = _mm256_fmadd_ps(xv, wv[j], acc[r][j][a]);
+        }
+      }
+    }
+    for (int j = 0; j < NB; ++j) {
+      __m256 s = _mm256_set1_ps(load_scalar(q.scales, q.sdtype, (n + j) * groups + g));
+      for (int r = 0; r < R; ++r) {
+        __m256 a = acc[r][j][0];
+        for (int t = 1; t < ACC; ++t) a = _mm256_add_ps(a, acc[r][j][t]);
+        total[r][j] = _mm256_fmadd_ps(a, s, total[r][j]);
+      }
+    }
+  }
+  // The biases meet x only through its per-group sums.
+  for (int j = 0; j < NB; ++j) {
+    for (int r = 0; r < R; ++r) {
+      float s = hsum(total[r][j]);
+      const float* xs = xsum + r * groups;
+      for (int64_t g = 0; g < groups; ++g)
+        s += load_scalar(q.biases, q.sdtype, (n + j) * groups + g) * xs[g];
+      y[r * ldy + n + j] = s;
+    }
+  }
+}
+
+template <int BITS, int R>
+void quant_rows(const Weight& w, const float* x, const float* xsum, int64_t n0, int64_t n1,
+                float* y, int64_t ldy) {
+  constexpr int NB = R == 1 ? 4 : R == 2 ? 2 : 1;
+  constexpr int ACC = R * NB <= 4 ? 2 : 1;
+  int64_t n = n0;
+  for (; n + NB <= n1; n += NB) quant_block<BITS, R, NB, ACC>(w, x, xsum, n, y, ldy);
+  for (; n < n1; ++n) quant_block<BITS, R, 1, ACC>(w, x, xsum, n, y, ldy);
+}
+
+template <int R>
+void gemv_r(const Weight& w, const float* x, const float* xsum, int64_t n0, int64_t n1, float* y,
+            int64_t ldy) {
+  if (w.quantized()) {
+    switch (w.quant.bits) {
+      case 2:
+        return quant_rows<2, R>(w, x, xsum, n0, n1, y, ldy);
+      case 3:
+        return quant_rows<3, R>(w, x, xsum, n0, n1, y, ldy);
+      case 4:
+        return quant_rows<4, R>(w, x, xsum, n0, n1, y, ldy);
+      case 5:
+        return quant_rows<5, R>(w, x, xsum, n0, n1, y, ldy);
+      case 6:
+        return quant_rows<6, R>(w, x, xsum, n0, n1, y, ldy);
+      default:
+        return quant_rows<8, R>(w, x, xsum, n0, n1, y, ldy);
+    }
+  }
+  switch (w.dtype) {
+    case DType::BF16:
+      return dense_rows<DType::BF16, R>(w, x, n0, n1, y, ldy);
+    case DType::F16:
+      return dense_rows<DType::F16, R>(w, x, n0, n1, y, ldy);
+    default:
+      return dense_rows<DType::F32, R>(w, x, n0, n1, y, ldy);
+  }
+}
+
+void gemv(const Weight& w, const float* x, const float* xsum, int m, int64_t n0, int64_t n1,
+          float* y, int64_t ldy) {
+  switch (m) {
+    case 1:
+      return gemv_r<1>(w, x, xsum, n0, n1, y, ldy);
+    case 2:
+      return gemv_r<2>(w, x, xsum, n0, n1, y, ldy);
+    case 3:
+      return gemv_r<3>(w, x, xsum, n0, n1, y, ldy);
+    case 4:
+      return gemv_r<4>(w, x, xsum, n0, n1, y, ldy);
+    case 5:
+      return gemv_r<5>(w, x, xsum, n0, n1, y, ldy);
+    case 6:
+      return gemv_r<6>(w, x, xsum, n0, n1, y, ldy);
+    case 7:
+      return gemv_r<7>(w, x, xsum, n0, n1, y, ldy);
+    default:
+      return gemv_r<8>(w, x, xsum, n0, n1, y, ldy);
+  }
+}
+
+bool gemv_supports(const Weight& w) {
+  if (!w.quantized()) return true;
+  int b = w.quant.bits;
+  return (b >= 2 && b <= 6) || b == 8;
+}
+
+// ---- prefill: a 6 x 16 register tile over packed panels ----
+
+void micro(const float* a, const float* b, int64_t kc, float* c, int64_t ldc, int mr, int nr,
+           bool accumulate) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
+  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
+  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
+  __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+  for (int64_t k = 0; k < kc; ++k) {
+    __m256 b0 = _mm256_loadu_ps(b + k * 16), b1 = _mm256_loadu_ps(b + k * 16 + 8);
+    const float* ak = a + k * 6;
+    __m256 av = _mm256_broadcast_ss(ak + 0);
+    c00 = _mm256_fmadd_ps(av, b0, c00);
+    c01 = _mm256_fmadd_ps(av, b1, c01);
+    av = _mm256_broadcast_ss(ak + 1);
+    c10 = _mm256_fmadd_ps(av, b0, c10);
+    c11 = _mm256_fmadd_ps(av, b1, c11);
+    av = _mm256_broadcast_ss(ak + 2);
+    c20 = _mm256_fmadd_ps(av, b0, c20);
+    c21 = _mm256_fmadd_ps(av, b1, c21);
+    av = _mm256_broadcast_ss(ak + 3);
+    c30 = _mm256_fmadd_ps(av, b0, c30);
+    c31 = _mm256_fmadd_ps(av, b1, c31);
+    av = _mm256_broadcast_ss(ak + 4);
+    c40 = _mm256_fmadd_ps(av, b0, c40);
+    c41 = _mm256_fmadd_ps(av, b1, c41);
+    av = _mm256_broadcast_ss(ak + 5);
+    c50 = _mm256_fmadd_ps(av, b0, c50);
+    c51 = _mm256_fmadd_ps(av, b1, c51);
+  }
+  __m256 tile[6][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+  if (mr == 6 && nr == 16) {
+    for (int i = 0; i < 6; ++i) {
+      float* ci = c + i * ldc;
+      if (accumulate) {
+        tile[i][0] = _mm256_add_ps(tile[i][0], _mm256_loadu_ps(ci));
+        tile[i][1] = _mm256_add_ps(tile[i][1], _mm256_loadu_ps(ci + 8));
+      }
+      _mm256_storeu_ps(ci, tile[i][0]);
+      _mm256_storeu_ps(ci + 8, tile[i][1]);
+    }
+    return;
+  }
+  alignas(32) float buf[6][16];
+  for (int i = 0; i < 6; ++i) {
+    _mm256_store_ps(buf[i], tile[i][0]);
+    _mm256_store_ps(buf[i] + 8, tile[i][1]);
+  }
+  for (int i = 0; i < mr; ++i)
+    for (int j = 0; j < nr; ++j)
+      c[i * ldc + j] = accumulate ? c[i * ldc + j] + buf[i][j] : buf[i][j];
+}
+
+// Packs 16 rows of a dense weight: eight k at a time from each row, transposed
+// through registers.
+template <DType T>
+void pack_dense(const Weight& w, int64_t n0, int64_t k0, int64_t kc, float* dst) {
+  const int64_t K = w.K;
+  int64_t k = 0;
+  if (n0 + 16 <= w.N) {
+    for (; k + 8 <= kc; k += 8) {
+      for (int half = 0; half < 2; ++half) {
+        __m256 r[8];
+        for (int j = 0; j < 8; ++j) r[j] = load8<T>(w.data, (n0 + half * 8 + j) * K + k0 + k);
+        // 8 x 8 transpose.
+        __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee);
+        __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee);
+        __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee);
+        __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
+        __m256 out[8] = {
+            _mm256_permute2f128_ps(u0, u4, 0x20), _mm256_permute2f128_ps(u1, u5, 0x20),
+            _mm256_permute2f128_ps(u2, u6, 0x20), _mm256_permute2f128_ps(u3, u7, 0x20),
+            _mm256_permute2f128_ps(u0, u4, 0x31), _mm256_permute2f128_ps(u1, u5, 0x31),
+            _mm256_permute2f128_ps(u2, u6, 0x31), _mm256_permute2f128_ps(u3, u7, 0x31)};
+        for (int i = 0; i < 8; ++i) _mm256_storeu_ps(dst + (k + i) * 16 + half * 8, out[i]);
+      }
+    }
+  }
+  if (k < kc) {
+    // Ragged edges: the portable packer on what is left.
+    float tmp[16 * 8];
+    for (; k < kc; k += 8) {
+      int64_t len = kc - k < 8 ? kc - k : 8;
+      isa_generic().pack(w, n0, k0 + k, len, tmp);
+      std::memcpy(dst + k * 16, tmp, sizeof(float) * 16 * len);
+    }
+  }
+}
+
+void pack(const Weight& w, int64_t n0, int64_t k0, int64_t kc, float* dst) {
+  if (w.quantized()) return isa_generic().pack(w, n0, k0, kc, dst);
+  switch (w.dtype) {
+    case DType::BF16:
+      return pack_dense<DType::BF16>(w, n0, k0, kc, dst);
+    case DType::F16:
+      return pack_dense<DType::F16>(w, n0, k0, kc, dst);
+    default:
+      return pack_dense<DType::F32>(w, n0, k0, kc, dst);
+  }
+}
+
+}  // namespace
+
+const Isa& isa_avx2() {
+  static const Isa isa{"avx2", gemv, pack, micro, gemv_supports};
+  return isa;
+}
+
+}  // namespace hk
