@@ -61,6 +61,9 @@ struct Isa {
   MicroFn micro;
   // Does this ISA handle this weight in its gemv (else the portable one does)?
   bool (*gemv_supports)(const Weight& w);
+  // Reads `bytes` (a multiple of 64) and returns a value that depends on all of
+  // them: the benchmark's measure of read bandwidth.
+  uint64_t (*read)(const void* p, size_t bytes);
 };
 
 const Isa& isa_generic();
@@ -73,8 +76,16 @@ const Isa& isa_avx2();
 const Isa& isa();
 void set_isa(const char* name);  // "avx2", "generic" or "auto"
 
+// Tests set this: outputs (and fp32 scratch) are filled with NaN before the
+// kernels run, so an element they fail to write shows.
+extern bool poison_outputs;
+
 // The entry points: y = x @ W^T for x [m, K] of dtype xt, y [m, N] of dtype yt.
 void linear(const Weight& w, const void* x, DType xt, int64_t m, void* y, DType yt);
+
+// Seconds to read `bytes` at p with every thread of the pool (bytes split in
+// 64-byte aligned pieces): the memory-bandwidth floor the benchmark compares to.
+double read_seconds(const void* p, size_t bytes);
 
 // Scalar conversions shared by all translation units.
 inline float bf16_to_f32(uint16_t h) {

@@ -102,66 +102,117 @@ inline __m256 codes8(const uint8_t* row, int64_t c, bool last) {
   }
 }
 
-template <int BITS, int R, int NB, int ACC>
+// Converts n scales or biases to fp32.
+inline void to_f32(const void* src, DType t, int64_t offset, int64_t n, float* dst) {
+  int64_t i = 0;
+  if (t == DType::BF16) {
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load8<DType::BF16>(src, offset + i));
+  } else if (t == DType::F16) {
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load8<DType::F16>(src, offset + i));
+  }
+  for (; i < n; ++i) dst[i] = load_scalar(src, t, offset + i);
+}
+
+inline float dot(const float* a, const float* b, int64_t n) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+  float s = hsum(acc);
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// NB rows of W against R rows of x, groups of G values: per group, the codes
+// meet x in registers and the group's scale multiplies the partial sum once; the
+// biases meet x only through its per-group sums.
+template <int BITS, int G, int R, int NB>
 inline void quant_block(const Weight& w, const float* x, const float* xsum, int64_t n, float* y,
                         int64_t ldy) {
+  constexpr int CHUNKS = G / 8;
+  constexpr int ACC = R * NB <= 4 ? 2 : 1;  // independent FMA chains per (row, output)
   const QWeight& q = w.quant;
-  const int64_t K = w.K, groups = K / q.group, chunks = q.group / 8;
+  const int64_t K = w.K, groups = K / G;
   const int64_t row_bytes = K * BITS / 8;
   const uint8_t* rows[NB];
   for (int j = 0; j < NB; ++j)
     rows[j] = reinterpret_cast<const uint8_t*>(q.codes) + (n + j) * row_bytes;
 
+  // Scales as fp32 for these rows, and the bias terms; K <= 2^20 values keeps
+  // this on the stack (groups <= 32768).
+  float scales[NB][1024];
+  float bias_term[R][NB];
+  {
+    float biases[1024];
+    for (int j = 0; j < NB; ++j)
+      for (int64_t g0 = 0; g0 < groups; g0 += 1024) {
+        const int64_t len = groups - g0 < 1024 ? groups - g0 : 1024;
+        to_f32(q.biases, q.sdtype, (n + j) * groups + g0, len, biases);
+        for (int r = 0; r < R; ++r) {
+          float t = dot(biases, xsum + r * groups + g0, len);
+          bias_term[r][j] = g0 ? bias_term[r][j] + t : t;
+        }
+      }
+  }
+
   __m256 total[R][NB];
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < NB; ++j) total[r][j] = _mm256_setzero_ps();
 
-  for (int64_t g = 0; g < groups; ++g) {
-    __m256 acc[R][NB][ACC];
-    for (int r = 0; r < R; ++r)
-      for (int j = 0; j < NB; ++j)
-        for (int a = 0; a < ACC; ++a) acc[r][j][a] = _mm256_setzero_ps();
-    const bool last_group = g == groups - 1;
-    for (int64_t c = g * chunks; c < (g + 1) * chunks; c += ACC) {
-      for (int a = 0; a < ACC; ++a) {
-        bool last = last_group && c + a == (g + 1) * chunks - 1;
+  for (int64_t g0 = 0; g0 < groups; g0 += 1024) {
+    const int64_t gend = groups - g0 < 1024 ? groups : g0 + 1024;
+    for (int j = 0; j < NB; ++j)
+      to_f32(q.scales, q.sdtype, (n + j) * groups + g0, gend - g0, scales[j]);
+    for (int64_t g = g0; g < gend; ++g) {
+      const bool last_group = g == groups - 1;
+      __m256 acc[R][NB][ACC];
+      for (int r = 0; r < R; ++r)
+        for (int j = 0; j < NB; ++j)
+          for (int a = 0; a < ACC; ++a) acc[r][j][a] = _mm256_setzero_ps();
+      const float* xg = x + g * G;
+      for (int c = 0; c < CHUNKS; ++c) {
+        const bool last = BITS != 4 && BITS != 8 && last_group && c == CHUNKS - 1;
         __m256 wv[NB];
-        for (int j = 0; j < NB; ++j) wv[j] = codes8<BITS>(rows[j], c + a, last);
+        for (int j = 0; j < NB; ++j) wv[j] = codes8<BITS>(rows[j], g * CHUNKS + c, last);
         for (int r = 0; r < R; ++r) {
-          __m256 xv = _mm256_loadu_ps(x + r * K + (c + a) * 8);
-          for (int j = 0; j < NB; ++j) acc[r][j][a] = _mm256_fmadd_ps(xv, wv[j], acc[r][j][a]);
+          __m256 xv = _mm256_loadu_ps(xg + r * K + c * 8);
+          for (int j = 0; j < NB; ++j)
+            acc[r][j][c % ACC] = _mm256_fmadd_ps(xv, wv[j], acc[r][j][c % ACC]);
+        }
+      }
+      for (int j = 0; j < NB; ++j) {
+        __m256 s = _mm256_broadcast_ss(&scales[j][g - g0]);
+        for (int r = 0; r < R; ++r) {
+          __m256 a = acc[r][j][0];
+          if constexpr (ACC > 1) a = _mm256_add_ps(a, acc[r][j][1]);
+          total[r][j] = _mm256_fmadd_ps(a, s, total[r][j]);
         }
       }
     }
-    for (int j = 0; j < NB; ++j) {
-      __m256 s = _mm256_set1_ps(load_scalar(q.scales, q.sdtype, (n + j) * groups + g));
-      for (int r = 0; r < R; ++r) {
-        __m256 a = acc[r][j][0];
-        for (int t = 1; t < ACC; ++t) a = _mm256_add_ps(a, acc[r][j][t]);
-        total[r][j] = _mm256_fmadd_ps(a, s, total[r][j]);
-      }
-    }
   }
-  // The biases meet x only through its per-group sums.
-  for (int j = 0; j < NB; ++j) {
-    for (int r = 0; r < R; ++r) {
-      float s = hsum(total[r][j]);
-      const float* xs = xsum + r * groups;
-      for (int64_t g = 0; g < groups; ++g)
-        s += load_scalar(q.biases, q.sdtype, (n + j) * groups + g) * xs[g];
-      y[r * ldy + n + j] = s;
-    }
-  }
+  for (int j = 0; j < NB; ++j)
+    for (int r = 0; r < R; ++r) y[r * ldy + n + j] = hsum(total[r][j]) + bias_term[r][j];
 }
 
-template <int BITS, int R>
+template <int BITS, int G, int R>
 void quant_rows(const Weight& w, const float* x, const float* xsum, int64_t n0, int64_t n1,
                 float* y, int64_t ldy) {
   constexpr int NB = R == 1 ? 4 : R == 2 ? 2 : 1;
-  constexpr int ACC = R * NB <= 4 ? 2 : 1;
   int64_t n = n0;
-  for (; n + NB <= n1; n += NB) quant_block<BITS, R, NB, ACC>(w, x, xsum, n, y, ldy);
-  for (; n < n1; ++n) quant_block<BITS, R, 1, ACC>(w, x, xsum, n, y, ldy);
+  for (; n + NB <= n1; n += NB) quant_block<BITS, G, R, NB>(w, x, xsum, n, y, ldy);
+  for (; n < n1; ++n) quant_block<BITS, G, R, 1>(w, x, xsum, n, y, ldy);
+}
+
+template <int BITS, int R>
+void quant_bits(const Weight& w, const float* x, const float* xsum, int64_t n0, int64_t n1,
+                float* y, int64_t ldy) {
+  switch (w.quant.group) {
+    case 32:
+      return quant_rows<BITS, 32, R>(w, x, xsum, n0, n1, y, ldy);
+    case 64:
+      return quant_rows<BITS, 64, R>(w, x, xsum, n0, n1, y, ldy);
+    default:
+      return quant_rows<BITS, 128, R>(w, x, xsum, n0, n1, y, ldy);
+  }
 }
 
 template <int R>
@@ -169,18 +220,12 @@ void gemv_r(const Weight& w, const float* x, const float* xsum, int64_t n0, int6
             int64_t ldy) {
   if (w.quantized()) {
     switch (w.quant.bits) {
-      case 2:
-        return quant_rows<2, R>(w, x, xsum, n0, n1, y, ldy);
-      case 3:
-        return quant_rows<3, R>(w, x, xsum, n0, n1, y, ldy);
       case 4:
-        return quant_rows<4, R>(w, x, xsum, n0, n1, y, ldy);
-      case 5:
-        return quant_rows<5, R>(w, x, xsum, n0, n1, y, ldy);
+        return quant_bits<4, R>(w, x, xsum, n0, n1, y, ldy);
       case 6:
-        return quant_rows<6, R>(w, x, xsum, n0, n1, y, ldy);
+        return quant_bits<6, R>(w, x, xsum, n0, n1, y, ldy);
       default:
-        return quant_rows<8, R>(w, x, xsum, n0, n1, y, ldy);
+        return quant_bits<8, R>(w, x, xsum, n0, n1, y, ldy);
     }
   }
   switch (w.dtype) {
@@ -217,8 +262,9 @@ void gemv(const Weight& w, const float* x, const float* xsum, int m, int64_t n0,
 
 bool gemv_supports(const Weight& w) {
   if (!w.quantized()) return true;
-  int b = w.quant.bits;
-  return (b >= 2 && b <= 6) || b == 8;
+  // 2, 3 and 5 bits take the portable kernels.
+  int b = w.quant.bits, g = w.quant.group;
+  return (b == 4 || b == 6 || b == 8) && (g == 32 || g == 64 || g == 128);
 }
 
 // ---- prefill: a 6 x 16 register tile over packed panels ----
@@ -328,10 +374,25 @@ void pack(const Weight& w, int64_t n0, int64_t k0, int64_t kc, float* dst) {
   }
 }
 
+uint64_t read(const void* p, size_t bytes) {
+  const __m256i* v = static_cast<const __m256i*>(p);
+  __m256i a = _mm256_setzero_si256(), b = a, c = a, d = a;
+  for (size_t i = 0; i + 4 <= bytes / 32; i += 4) {
+    a = _mm256_add_epi64(a, _mm256_loadu_si256(v + i));
+    b = _mm256_xor_si256(b, _mm256_loadu_si256(v + i + 1));
+    c = _mm256_add_epi64(c, _mm256_loadu_si256(v + i + 2));
+    d = _mm256_xor_si256(d, _mm256_loadu_si256(v + i + 3));
+  }
+  __m256i s = _mm256_add_epi64(_mm256_add_epi64(a, b), _mm256_add_epi64(c, d));
+  alignas(32) uint64_t out[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(out), s);
+  return out[0] + out[1] + out[2] + out[3];
+}
+
 }  // namespace
 
 const Isa& isa_avx2() {
-  static const Isa isa{"avx2", gemv, pack, micro, gemv_supports};
+  static const Isa isa{"avx2", gemv, pack, micro, gemv_supports, read};
   return isa;
 }
 

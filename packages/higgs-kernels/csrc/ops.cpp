@@ -208,6 +208,17 @@ NB_MODULE(_ext, m) {
   m.def("set_num_threads", &hk::set_num_threads, "n"_a,
         "Use n threads (n <= 0: HIGGS_KERNELS_THREADS, else every core).");
   m.def(
+      "set_poison", [](bool on) { hk::poison_outputs = on; }, "on"_a,
+      "Testing aid: fill outputs with NaN before the kernels write them.");
+  m.def(
+      "read_seconds",
+      [](const mx::array& a) {
+        mx::array c = mx::contiguous(a);
+        c.eval();
+        return hk::read_seconds(c.data<void>(), c.nbytes());
+      },
+      "a"_a, "Seconds for every thread to read the array once (a bandwidth probe).");
+  m.def(
       "isa", [] { return std::string(hk::isa().name); },
       "The instruction set in use: 'avx2' or 'generic'.");
   m.def(

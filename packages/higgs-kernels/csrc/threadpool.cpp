@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <memory>
 #include <mutex>
@@ -60,7 +61,10 @@ class Pool {
   ~Pool() {
     stop_.store(true);
     epoch_.fetch_add(1);
-    epoch_.notify_all();
+    {
+      std::lock_guard<std::mutex> lock(sleep_);
+      wake_.notify_all();
+    }
     for (auto& t : workers_) t.join();
   }
 
@@ -80,12 +84,22 @@ class Pool {
     uint64_t id = (job_of(state_.load(std::memory_order_relaxed)) + 1) & 0xfffff;
     uint64_t s = (id << (2 * kIdxBits)) | (uint64_t(ntasks) << kIdxBits);
     state_.store(s, std::memory_order_release);
-    epoch_.fetch_add(1, std::memory_order_release);
-    if (sleepers_.load(std::memory_order_acquire) > 0) epoch_.notify_all();
+    // seq_cst against the sleeper's count-then-check: either it sees the new
+    // epoch or this sees it counted and wakes it.
+    epoch_.fetch_add(1);
+    if (sleepers_.load() > 0) {
+      std::lock_guard<std::mutex> lock(sleep_);
+      wake_.notify_all();
+    }
     int mine = drain(id);
     int total = done_.fetch_add(mine, std::memory_order_acq_rel) + mine;
-    while (total < ntasks) {
-      cpu_relax();
+    // A worker still on a task: wait, and on a loaded machine give it the core.
+    for (int spins = 0; total < ntasks; ++spins) {
+      if (spins < 4096) {
+        cpu_relax();
+      } else {
+        std::this_thread::yield();
+      }
       total = done_.load(std::memory_order_acquire);
     }
   }
@@ -107,7 +121,9 @@ class Pool {
 
   void work() {
     using clock = std::chrono::steady_clock;
-    uint32_t seen = epoch_.load(std::memory_order_acquire);
+    // Not epoch_'s value at start-up: a job or the destructor may already have
+    // moved it on before this thread got to run.
+    uint32_t seen = 0;
     for (;;) {
       // Spin a little before sleeping: the next job usually follows within
       // microseconds during decoding.
@@ -117,10 +133,10 @@ class Pool {
       while ((e = epoch_.load(std::memory_order_acquire)) == seen) {
         cpu_relax();
         if (++polls % 64 == 0 && clock::now() > deadline) {
-          sleepers_.fetch_add(1, std::memory_order_acq_rel);
-          e = epoch_.load(std::memory_order_acquire);
-          if (e == seen) epoch_.wait(seen, std::memory_order_acquire);
-          sleepers_.fetch_sub(1, std::memory_order_acq_rel);
+          std::unique_lock<std::mutex> lock(sleep_);
+          sleepers_.fetch_add(1);
+          wake_.wait(lock, [&] { return epoch_.load() != seen; });
+          sleepers_.fetch_sub(1);
         }
       }
       seen = e;
@@ -142,6 +158,8 @@ class Pool {
   std::atomic<uint64_t> state_{0};
   std::atomic<int> done_{0};
   std::atomic<uint32_t> epoch_{0};
+  std::mutex sleep_;
+  std::condition_variable wake_;
   std::atomic<int> sleepers_{0};
   std::atomic<bool> stop_{false};
 };

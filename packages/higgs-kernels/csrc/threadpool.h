@@ -1,6 +1,6 @@
 // A persistent pool: the caller runs tasks alongside threads - 1 workers, which
 // spin briefly after a job (decode issues hundreds of small jobs per frame and a
-// sleeping vCPU takes tens of microseconds to wake) and then sleep on a futex.
+// sleeping vCPU takes tens of microseconds to wake) and then sleep on a condition variable.
 #pragma once
 
 #include <cstdint>
