@@ -3,7 +3,10 @@
 Each case states its bound: the kernels accumulate in fp32, so |y - ref| must stay
 within ACC * (|x| @ |W|.T) (ACC = 2e-6 * sqrt(K) + 1e-6, a few fp32 roundings per
 term; W is the dequantized weight for quantized layers, so no quantization error
-enters), plus half an ulp of the output dtype (bf16: 2^-8, f16: 2^-11 relative).
+enters), plus half an ulp of the output dtype (bf16: 2^-8, f16: 2^-11 relative). The
+AVX2 matrix-vector kernels for 4- and 8-bit weights round x to int16 per group
+first: each value moves by at most 2^-16 of its group's largest |x| (bf16 itself
+rounds each value by up to 2^-9 of it), a term the quantized cases add.
 Outputs are poisoned with NaN before each run, so an element a kernel fails to
 write fails the test.
 """
@@ -46,7 +49,7 @@ def f64(a):
     return np.array(a.astype(mx.float32)).astype(np.float64)
 
 
-def check(y, x, w_f64, what):
+def check(y, x, w_f64, what, group=None):
     """y against x @ w.T in float64, within the module docstring's bound."""
     assert np.isfinite(np.array(y.astype(mx.float32))).all(), f"{what}: unwritten (NaN) outputs"
     xf = f64(x).reshape(-1, w_f64.shape[1])
@@ -54,6 +57,10 @@ def check(y, x, w_f64, what):
     k = w_f64.shape[1]
     acc = 2e-6 * math.sqrt(k) + 1e-6
     bound = acc * (np.abs(xf) @ np.abs(w_f64).T) + OUT_ULP[y.dtype] * np.abs(ref) + 1e-30
+    if group:
+        gmax = np.abs(xf).reshape(len(xf), -1, group).max(-1, keepdims=True)
+        gmax = np.broadcast_to(gmax, (len(xf), k // group, group)).reshape(xf.shape)
+        bound = bound + 2.0**-16 * (gmax @ np.abs(w_f64).T)
     err = np.abs(f64(y).reshape(ref.shape) - ref)
     worst = (err / bound).max()
     assert worst <= 1.0, f"{what}: error {err.max():.3g} is {worst:.2f}x its bound"
@@ -106,7 +113,7 @@ def test_quantized_matches_float64(isa, rows, bits, group):
         y = hk.quantized_linear(x, wq, scales, biases, group_size=group, bits=bits)
         stock = mx.quantized_matmul(x, wq, scales, biases, group_size=group, bits=bits)
         assert y.dtype == stock.dtype and y.shape == stock.shape
-        check(y, x, w_f64, f"{isa} q{bits} g{group} scales {s_dtype} rows={rows}")
+        check(y, x, w_f64, f"{isa} q{bits} g{group} scales {s_dtype} rows={rows}", group)
     # A long row too, where the accumulated error grows.
     w = rand((9, 4096), mx.bfloat16, k3)
     wq, scales, biases = mx.quantize(w, group_size=group, bits=bits)
@@ -117,7 +124,7 @@ def test_quantized_matches_float64(isa, rows, bits, group):
     )
     x = rand((rows, 4096), mx.float32, k2)
     y = hk.quantized_linear(x, wq, scales, biases, group_size=group, bits=bits)
-    check(y, x, w_f64, f"{isa} q{bits} g{group} K=4096 rows={rows}")
+    check(y, x, w_f64, f"{isa} q{bits} g{group} K=4096 rows={rows}", group)
 
 
 def test_matches_stock_mlx_float32_on_layer_shapes(isa):
@@ -136,7 +143,8 @@ def test_matches_stock_mlx_float32_on_layer_shapes(isa):
         )
         y = hk.quantized_linear(x, wq, s, b, group_size=64, bits=4)
         rel = float(mx.abs(y - stock).max() / mx.abs(stock).max())
-        assert rel < 1e-5, (rows, rel)
+        # Up to 8 rows the activations go through int16 (see the module docstring).
+        assert rel < (2e-4 if rows <= 8 else 1e-5), (rows, rel)
 
 
 @pytest.mark.parametrize("rows", [1, 3, 8, 50])

@@ -72,7 +72,9 @@ void gemv_path(const Isa& isa, const Weight& w, const float* x, int m, float* y)
         xsum[r * groups + g] = s;
       }
   }
-  GemvFn gemv = isa.gemv_supports(w) ? isa.gemv : isa_generic().gemv;
+  const Isa& use = isa.gemv_supports(w) ? isa : isa_generic();
+  std::vector<uint8_t> prepared;
+  use.prepare(w, x, m, prepared);
   // A few tasks per thread so a late-waking thread does not hold up the rest;
   // rows in multiples of 8 so every task runs the widest tiles.
   const int threads = num_threads();
@@ -82,7 +84,7 @@ void gemv_path(const Isa& isa, const Weight& w, const float* x, int m, float* y)
   const float* xs = xsum.empty() ? nullptr : xsum.data();
   parallel_for(tasks, [&](int t) {
     int64_t n0 = t * rows, n1 = std::min(N, n0 + rows);
-    gemv(w, x, xs, m, n0, n1, y, N);
+    use.gemv(w, x, xs, prepared.data(), m, n0, n1, y, N);
   });
 }
 

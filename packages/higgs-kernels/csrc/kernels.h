@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 namespace hk {
 
@@ -39,11 +40,16 @@ struct Weight {
   }
 };
 
+// Activations as the ISA's gemv wants them for this weight, prepared once per
+// call (into `out`); the gemv receives out.data().
+using PrepareFn = void (*)(const Weight& w, const float* x, int m, std::vector<uint8_t>& out);
+
 // Matrix x vector for m <= 8 rows of activations. `x` is [m, K] fp32; writes
 // y[r * ldy + n] for n in [n0, n1) as fp32. `xsum` holds, for quantized weights,
-// the per-group sums of x ([m, K / group]); null otherwise.
-using GemvFn = void (*)(const Weight& w, const float* x, const float* xsum, int m, int64_t n0,
-                        int64_t n1, float* y, int64_t ldy);
+// the per-group sums of x ([m, K / group]); null otherwise. `prepared`: what the
+// ISA's PrepareFn made of x.
+using GemvFn = void (*)(const Weight& w, const float* x, const float* xsum, const void* prepared,
+                        int m, int64_t n0, int64_t n1, float* y, int64_t ldy);
 
 // Writes rows [n0, n0 + 16) (zero past N) and columns [k0, k0 + kc) of W as fp32
 // in the packed layout the micro-kernel reads: dst[k * 16 + j] = W[n0 + j, k0 + k].
@@ -56,6 +62,7 @@ using MicroFn = void (*)(const float* a, const float* b, int64_t kc, float* c, i
 
 struct Isa {
   const char* name;
+  PrepareFn prepare;
   GemvFn gemv;
   PackFn pack;
   MicroFn micro;

@@ -2,7 +2,10 @@
 // file only; isa() calls in here only after checking the CPU at run time.
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "kernels.h"
 
@@ -215,18 +218,193 @@ void quant_bits(const Weight& w, const float* x, const float* xsum, int64_t n0, 
   }
 }
 
-template <int R>
-void gemv_r(const Weight& w, const float* x, const float* xsum, int64_t n0, int64_t n1, float* y,
-            int64_t ldy) {
-  if (w.quantized()) {
-    switch (w.quant.bits) {
-      case 4:
-        return quant_bits<4, R>(w, x, xsum, n0, n1, y, ldy);
-      case 6:
-        return quant_bits<6, R>(w, x, xsum, n0, n1, y, ldy);
-      default:
-        return quant_bits<8, R>(w, x, xsum, n0, n1, y, ldy);
+// ---- 4- and 8-bit weights: integer dot products ----
+//
+// x is rounded once per call to int16 per group (scale sx = max|x| / 32767, an
+// error of at most 2^-16 of the group's largest |x|, far below bf16's own
+// rounding), so codes meet x in vpmaddwd: 16 products per instruction.
+// Unpacking a block of codes leaves values out of order; x is stored in that
+// order instead.
+
+template <int BITS>
+constexpr int kBlock = BITS == 4 ? 64 : 32;  // values per 32-byte load of codes
+
+// Where each position of a block's unpacked words comes from.
+template <int BITS>
+constexpr int source_of(int p) {
+  if constexpr (BITS == 8) {
+    // unpacklo/hi_epi8 of 32 bytes: [0..7, 16..23], [8..15, 24..31].
+    const int half = p / 16, lane = (p % 16) / 8, i = p % 8;
+    return lane * 16 + half * 8 + i;
+  } else {
+    // Low nibbles are the even values, high nibbles the odd; each unpack takes
+    // 8 bytes from both 128-bit lanes: [A, B, C, D] = even lo, even hi, odd lo,
+    // odd hi, each [lane 0 | lane 1].
+    const int vec = p / 16, lane = (p % 16) / 8, i = p % 8;
+    const int byte = lane * 16 + (vec % 2) * 8 + i;
+    return 2 * byte + vec / 2;
+  }
+}
+
+// Layout: int16 xi[m][K] (blocks permuted), then float sx[m][groups].
+void prepare_int16(const Weight& w, const float* x, int m, std::vector<uint8_t>& out) {
+  const int bits = w.quant.bits, G = w.quant.group;
+  const int64_t K = w.K, groups = K / G;
+  out.resize(m * K * 2 + m * groups * 4);
+  auto* xi = reinterpret_cast<int16_t*>(out.data());
+  auto* sx = reinterpret_cast<float*>(out.data() + m * K * 2);
+  int perm[64];
+  const int block = bits == 4 ? kBlock<4> : kBlock<8>;
+  for (int p = 0; p < block; ++p) perm[p] = bits == 4 ? source_of<4>(p) : source_of<8>(p);
+  std::vector<float> inv(groups);
+  for (int r = 0; r < m; ++r) {
+    const float* xr = x + r * K;
+    for (int64_t g = 0; g < groups; ++g) {
+      float mx = 0;
+      for (int64_t k = g * G; k < (g + 1) * G; ++k) mx = std::max(mx, std::fabs(xr[k]));
+      sx[r * groups + g] = mx / 32767.0f;
+      inv[g] = mx > 0 ? 32767.0f / mx : 0.0f;
     }
+    for (int64_t b = 0; b < K; b += block)
+      for (int p = 0; p < block; ++p) {
+        const int64_t k = b + perm[p];
+        xi[r * K + b + p] = int16_t(std::nearbyint(xr[k] * inv[k / G]));
+      }
+  }
+}
+
+template <int BITS>
+inline void unpack_words(const uint8_t* codes, __m256i* words) {
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes));
+  const __m256i zero = _mm256_setzero_si256();
+  if constexpr (BITS == 8) {
+    words[0] = _mm256_unpacklo_epi8(v, zero);
+    words[1] = _mm256_unpackhi_epi8(v, zero);
+  } else {
+    const __m256i mask = _mm256_set1_epi8(0x0f);
+    const __m256i lo = _mm256_and_si256(v, mask);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+    words[0] = _mm256_unpacklo_epi8(lo, zero);
+    words[1] = _mm256_unpackhi_epi8(lo, zero);
+    words[2] = _mm256_unpacklo_epi8(hi, zero);
+    words[3] = _mm256_unpackhi_epi8(hi, zero);
+  }
+}
+
+template <int BITS, int G, int R, int NB>
+inline void int_block(const Weight& w, const float* xsum, const void* prepared, int m,
+                      int64_t n, float* y, int64_t ldy) {
+  constexpr int B = kBlock<BITS>, WORDS = B / 16;
+  // G < B only for 4 bits in groups of 32: each 128-bit lane is one group.
+  constexpr int STEPS = G >= B ? G / B : 1;
+  const QWeight& q = w.quant;
+  const int64_t K = w.K, groups = K / G, row_bytes = K * BITS / 8;
+  const auto* xi = static_cast<const int16_t*>(prepared);
+  const auto* sx = reinterpret_cast<const float*>(static_cast<const uint8_t*>(prepared) +
+                                                  int64_t(m) * K * 2);
+  const uint8_t* rows[NB];
+  for (int j = 0; j < NB; ++j)
+    rows[j] = reinterpret_cast<const uint8_t*>(q.codes) + (n + j) * row_bytes;
+
+  float scales[NB][1024];
+  float bias_term[R][NB];
+  {
+    float biases[1024];
+    for (int j = 0; j < NB; ++j)
+      for (int64_t g0 = 0; g0 < groups; g0 += 1024) {
+        const int64_t len = groups - g0 < 1024 ? groups - g0 : 1024;
+        to_f32(q.biases, q.sdtype, (n + j) * groups + g0, len, biases);
+        for (int r = 0; r < R; ++r) {
+          float t = dot(biases, xsum + r * groups + g0, len);
+          bias_term[r][j] = g0 ? bias_term[r][j] + t : t;
+        }
+      }
+  }
+  __m256 total[R][NB];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NB; ++j) total[r][j] = _mm256_setzero_ps();
+
+  constexpr int GPS = G >= B ? 1 : B / G;  // groups per step: 1 or 2
+  for (int64_t g0 = 0; g0 < groups; g0 += 1024) {
+    const int64_t gend = groups - g0 < 1024 ? groups : g0 + 1024;
+    for (int j = 0; j < NB; ++j)
+      to_f32(q.scales, q.sdtype, (n + j) * groups + g0, gend - g0, scales[j]);
+    for (int64_t g = g0; g < gend; g += GPS) {
+      __m256i acc[R][NB];
+      for (int r = 0; r < R; ++r)
+        for (int j = 0; j < NB; ++j) acc[r][j] = _mm256_setzero_si256();
+      for (int s = 0; s < STEPS; ++s) {
+        const int64_t k = g * G + s * B;
+        for (int j = 0; j < NB; ++j) {
+          __m256i words[WORDS];
+          unpack_words<BITS>(rows[j] + k * BITS / 8, words);
+          for (int r = 0; r < R; ++r) {
+            const __m256i* xr = reinterpret_cast<const __m256i*>(xi + r * K + k);
+            for (int t = 0; t < WORDS; ++t)
+              acc[r][j] = _mm256_add_epi32(
+                  acc[r][j], _mm256_madd_epi16(words[t], _mm256_loadu_si256(xr + t)));
+          }
+        }
+      }
+      for (int r = 0; r < R; ++r) {
+        for (int j = 0; j < NB; ++j) {
+          __m256 f;
+          if constexpr (GPS == 1) {
+            f = _mm256_set1_ps(scales[j][g - g0] * sx[r * groups + g]);
+          } else {
+            f = _mm256_setr_m128(_mm_set1_ps(scales[j][g - g0] * sx[r * groups + g]),
+                                 _mm_set1_ps(scales[j][g + 1 - g0] * sx[r * groups + g + 1]));
+          }
+          total[r][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][j]), f, total[r][j]);
+        }
+      }
+    }
+  }
+  for (int j = 0; j < NB; ++j)
+    for (int r = 0; r < R; ++r) y[r * ldy + n + j] = hsum(total[r][j]) + bias_term[r][j];
+}
+
+template <int BITS, int G, int R>
+void int_rows(const Weight& w, const float* xsum, const void* prepared, int m, int64_t n0,
+              int64_t n1, float* y, int64_t ldy) {
+  constexpr int NB = R == 1 ? (BITS == 8 ? 8 : 4) : R == 2 ? 4 : R <= 4 ? 2 : 1;
+  int64_t n = n0;
+  for (; n + NB <= n1; n += NB) int_block<BITS, G, R, NB>(w, xsum, prepared, m, n, y, ldy);
+  for (; n < n1; ++n) int_block<BITS, G, R, 1>(w, xsum, prepared, m, n, y, ldy);
+}
+
+template <int BITS, int R>
+void int_bits(const Weight& w, const float* xsum, const void* prepared, int m, int64_t n0,
+              int64_t n1, float* y, int64_t ldy) {
+  switch (w.quant.group) {
+    case 32:
+      return int_rows<BITS, 32, R>(w, xsum, prepared, m, n0, n1, y, ldy);
+    case 64:
+      return int_rows<BITS, 64, R>(w, xsum, prepared, m, n0, n1, y, ldy);
+    default:
+      return int_rows<BITS, 128, R>(w, xsum, prepared, m, n0, n1, y, ldy);
+  }
+}
+
+// 4-bit codes load 64 values at a time: groups of 32 need an even count.
+inline bool int16_path(const Weight& w) {
+  return w.quantized() && (w.quant.bits == 8 || (w.quant.bits == 4 && w.K % 64 == 0));
+}
+
+void prepare(const Weight& w, const float* x, int m, std::vector<uint8_t>& out) {
+  if (int16_path(w)) prepare_int16(w, x, m, out);
+}
+
+template <int R>
+void gemv_r(const Weight& w, const float* x, const float* xsum, const void* prepared, int64_t n0,
+            int64_t n1, float* y, int64_t ldy) {
+  if (w.quantized()) {
+    if (!int16_path(w)) {
+      if (w.quant.bits == 4) return quant_bits<4, R>(w, x, xsum, n0, n1, y, ldy);
+      return quant_bits<6, R>(w, x, xsum, n0, n1, y, ldy);
+    }
+    if (w.quant.bits == 4) return int_bits<4, R>(w, xsum, prepared, R, n0, n1, y, ldy);
+    return int_bits<8, R>(w, xsum, prepared, R, n0, n1, y, ldy);
   }
   switch (w.dtype) {
     case DType::BF16:
@@ -238,25 +416,25 @@ void gemv_r(const Weight& w, const float* x, const float* xsum, int64_t n0, int6
   }
 }
 
-void gemv(const Weight& w, const float* x, const float* xsum, int m, int64_t n0, int64_t n1,
-          float* y, int64_t ldy) {
+void gemv(const Weight& w, const float* x, const float* xsum, const void* prepared, int m,
+          int64_t n0, int64_t n1, float* y, int64_t ldy) {
   switch (m) {
     case 1:
-      return gemv_r<1>(w, x, xsum, n0, n1, y, ldy);
+      return gemv_r<1>(w, x, xsum, prepared, n0, n1, y, ldy);
     case 2:
-      return gemv_r<2>(w, x, xsum, n0, n1, y, ldy);
+      return gemv_r<2>(w, x, xsum, prepared, n0, n1, y, ldy);
     case 3:
-      return gemv_r<3>(w, x, xsum, n0, n1, y, ldy);
+      return gemv_r<3>(w, x, xsum, prepared, n0, n1, y, ldy);
     case 4:
-      return gemv_r<4>(w, x, xsum, n0, n1, y, ldy);
+      return gemv_r<4>(w, x, xsum, prepared, n0, n1, y, ldy);
     case 5:
-      return gemv_r<5>(w, x, xsum, n0, n1, y, ldy);
+      return gemv_r<5>(w, x, xsum, prepared, n0, n1, y, ldy);
     case 6:
-      return gemv_r<6>(w, x, xsum, n0, n1, y, ldy);
+      return gemv_r<6>(w, x, xsum, prepared, n0, n1, y, ldy);
     case 7:
-      return gemv_r<7>(w, x, xsum, n0, n1, y, ldy);
+      return gemv_r<7>(w, x, xsum, prepared, n0, n1, y, ldy);
     default:
-      return gemv_r<8>(w, x, xsum, n0, n1, y, ldy);
+      return gemv_r<8>(w, x, xsum, prepared, n0, n1, y, ldy);
   }
 }
 
@@ -392,7 +570,7 @@ uint64_t read(const void* p, size_t bytes) {
 }  // namespace
 
 const Isa& isa_avx2() {
-  static const Isa isa{"avx2", gemv, pack, micro, gemv_supports, read};
+  static const Isa isa{"avx2", prepare, gemv, pack, micro, gemv_supports, read};
   return isa;
 }
 

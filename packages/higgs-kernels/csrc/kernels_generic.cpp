@@ -67,8 +67,10 @@ void row_f32(const Weight& w, int64_t n, int64_t k0, int64_t kc, float* out) {
   for (int64_t k = 0; k < kc; ++k) out[k] = load_scalar(w.data, w.dtype, n * w.K + k0 + k);
 }
 
-void gemv(const Weight& w, const float* x, const float* xsum, int m, int64_t n0, int64_t n1,
-          float* y, int64_t ldy) {
+void prepare(const Weight&, const float*, int, std::vector<uint8_t>&) {}
+
+void gemv(const Weight& w, const float* x, const float* xsum, const void*, int m, int64_t n0,
+          int64_t n1, float* y, int64_t ldy) {
   const int64_t K = w.K;
   std::vector<float> codes(K);
   for (int64_t n = n0; n < n1; ++n) {
@@ -153,7 +155,7 @@ uint64_t read(const void* p, size_t bytes) {
 }  // namespace
 
 const Isa& isa_generic() {
-  static const Isa isa{"generic", gemv, pack, micro, supports_all, read};
+  static const Isa isa{"generic", prepare, gemv, pack, micro, supports_all, read};
   return isa;
 }
 
