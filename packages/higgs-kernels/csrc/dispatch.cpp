@@ -17,16 +17,24 @@ namespace {
 
 const Isa* choose_isa(const char* want) {
   std::string w = want ? want : "auto";
+  if (w != "auto" && w != "generic" && w != "avx2" && w != "avx512")
+    throw std::invalid_argument("unknown instruction set '" + w +
+                                "' (avx512, avx2, generic or auto)");
 #if defined(__x86_64__) || defined(_M_X64)
+  __builtin_cpu_init();
   bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                   __builtin_cpu_supports("f16c");
+  bool has_avx512 = has_avx2 && __builtin_cpu_supports("avx512f") &&
+                    __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                    __builtin_cpu_supports("avx512bf16");
+  if (w == "avx512" && !has_avx512) throw std::invalid_argument("this CPU lacks AVX512-BF16");
   if (w == "avx2" && !has_avx2) throw std::invalid_argument("this CPU lacks AVX2/FMA/F16C");
+  if (w == "avx512" || (w == "auto" && has_avx512)) return &isa_avx512();
   if (w == "avx2" || (w == "auto" && has_avx2)) return &isa_avx2();
 #else
-  if (w == "avx2") throw std::invalid_argument("AVX2 kernels exist only on x86-64");
+  if (w == "avx2" || w == "avx512")
+    throw std::invalid_argument("the " + w + " kernels exist only on x86-64");
 #endif
-  if (w != "auto" && w != "generic" && w != "avx2")
-    throw std::invalid_argument("unknown instruction set '" + w + "' (avx2, generic or auto)");
   return &isa_generic();
 }
 
@@ -35,25 +43,32 @@ const Isa*& current() {
   return chosen;
 }
 
+// Conversions of whole activations, split over the pool when large.
+template <class F>
+void in_pieces(int64_t count, F&& f) {
+  constexpr int64_t piece = 1 << 16;
+  if (count <= piece) return f(0, count);
+  parallel_for(int((count + piece - 1) / piece), [&](int t) {
+    int64_t i0 = t * piece;
+    f(i0, std::min(count, i0 + piece));
+  });
+}
+
 void to_f32(const void* src, DType t, int64_t count, float* dst) {
-  if (t == DType::F32) {
-    std::memcpy(dst, src, sizeof(float) * count);
-    return;
-  }
-  for (int64_t i = 0; i < count; ++i) dst[i] = load_scalar(src, t, i);
+  in_pieces(count, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) dst[i] = load_scalar(src, t, i);
+  });
 }
 
 void from_f32(const float* src, int64_t count, void* dst, DType t) {
-  if (t == DType::F32) {
-    if (dst != src) std::memcpy(dst, src, sizeof(float) * count);
-    return;
-  }
   auto* out = static_cast<uint16_t*>(dst);
-  if (t == DType::BF16) {
-    for (int64_t i = 0; i < count; ++i) out[i] = f32_to_bf16(src[i]);
-  } else {
-    for (int64_t i = 0; i < count; ++i) out[i] = f32_to_f16(src[i]);
-  }
+  in_pieces(count, [&](int64_t i0, int64_t i1) {
+    if (t == DType::BF16) {
+      for (int64_t i = i0; i < i1; ++i) out[i] = f32_to_bf16(src[i]);
+    } else {
+      for (int64_t i = i0; i < i1; ++i) out[i] = f32_to_f16(src[i]);
+    }
+  });
 }
 
 constexpr int64_t KC = 256;  // depth of a packed panel (a multiple of every group size)
@@ -142,7 +157,10 @@ void linear(const Weight& w, const void* x, DType xt, int64_t m, void* y, DType 
   const Isa& chosen = isa();
   std::vector<float> xbuf, ybuf;
   const float* xf = static_cast<const float*>(x);
-  if (xt != DType::F32) {
+  // bf16 x bf16 products are exact in fp32: the bf16 prefill loses nothing.
+  const bool bf16_gemm = m > 8 && chosen.gemm_bf16 && !w.quantized() && w.dtype == DType::BF16 &&
+                         xt == DType::BF16;
+  if (xt != DType::F32 && !bf16_gemm) {
     xbuf.resize(m * w.K);
     to_f32(x, xt, m * w.K, xbuf.data());
     xf = xbuf.data();
@@ -158,6 +176,9 @@ void linear(const Weight& w, const void* x, DType xt, int64_t m, void* y, DType 
   }
   if (w.K == 0) {
     std::fill(yf, yf + m * w.N, 0.0f);
+  } else if (bf16_gemm) {
+    chosen.gemm_bf16(static_cast<const uint16_t*>(w.data), w.N, w.K,
+                     static_cast<const uint16_t*>(x), m, yf);
   } else if (m <= 8) {
     gemv_path(chosen, w, xf, int(m), yf);
   } else {

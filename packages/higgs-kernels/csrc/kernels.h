@@ -71,17 +71,24 @@ struct Isa {
   // Reads `bytes` (a multiple of 64) and returns a value that depends on all of
   // them: the benchmark's measure of read bandwidth.
   uint64_t (*read)(const void* p, size_t bytes);
+  // Prefill for bf16 x and bf16 W ([m, K] x [N, K] -> fp32 y [m, N]) when the
+  // ISA has a faster way than fp32 panels; null otherwise.
+  void (*gemm_bf16)(const uint16_t* w, int64_t N, int64_t K, const uint16_t* x, int64_t m,
+                    float* y);
 };
 
 const Isa& isa_generic();
 #if defined(__x86_64__) || defined(_M_X64)
 const Isa& isa_avx2();
+const Isa& isa_avx512();  // isa_avx2 plus the AVX512-BF16 prefill
+void gemm_bf16_avx512(const uint16_t* w, int64_t N, int64_t K, const uint16_t* x, int64_t m,
+                      float* y);
 #endif
 
-// Chosen at first use: AVX2+FMA+F16C when the CPU has them, else portable.
-// HIGGS_KERNELS_ISA=generic forces the portable kernels.
+// Chosen at first use: the best the CPU runs of avx512 (AVX2 + AVX512-BF16),
+// avx2 (AVX2 + FMA + F16C) and the portable kernels. HIGGS_KERNELS_ISA names one.
 const Isa& isa();
-void set_isa(const char* name);  // "avx2", "generic" or "auto"
+void set_isa(const char* name);  // "avx512", "avx2", "generic" or "auto"
 
 // Tests set this: outputs (and fp32 scratch) are filled with NaN before the
 // kernels run, so an element they fail to write shows.

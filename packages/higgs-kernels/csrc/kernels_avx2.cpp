@@ -570,7 +570,12 @@ uint64_t read(const void* p, size_t bytes) {
 }  // namespace
 
 const Isa& isa_avx2() {
-  static const Isa isa{"avx2", prepare, gemv, pack, micro, gemv_supports, read};
+  static const Isa isa{"avx2", prepare, gemv, pack, micro, gemv_supports, read, nullptr};
+  return isa;
+}
+
+const Isa& isa_avx512() {
+  static const Isa isa{"avx512", prepare, gemv, pack, micro, gemv_supports, read, gemm_bf16_avx512};
   return isa;
 }
 
