@@ -113,3 +113,17 @@ def test_without_the_extension_everything_is_stock_mlx(monkeypatch):
         hk.quantized_linear(xq, wq, s, b, group_size=64, bits=4),
         mx.quantized_matmul(xq, wq, s, b, group_size=64, bits=4),
     )
+
+
+def test_readme_example_runs():
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    readme = Path(__file__).resolve().parents[2] / "packages/higgs-kernels/README.md"
+    (example,) = re.findall(r"```python\n(.*?)```", readme.read_text(), flags=re.S)
+    out = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == str(hk.available())
+    assert out.stdout.strip().endswith("(1, 1024) (1, 1024)")

@@ -189,13 +189,13 @@ void linear(const Weight& w, const void* x, DType xt, int64_t m, void* y, DType 
 
 double read_seconds(const void* p, size_t bytes) {
   const Isa& chosen = isa();
-  constexpr size_t piece = size_t(1) << 20;
+  constexpr size_t piece = size_t(4) << 20;
   const int tasks = int((bytes + piece - 1) / piece);
   std::vector<uint64_t> sink(tasks);
   auto start = std::chrono::steady_clock::now();
   parallel_for(tasks, [&](int t) {
     size_t off = size_t(t) * piece;
-    size_t len = std::min(piece, bytes - off) / 128 * 128;
+    size_t len = std::min(piece, bytes - off) / 256 * 256;
     sink[t] = chosen.read(static_cast<const char*>(p) + off, len);
   });
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -553,13 +553,18 @@ void pack(const Weight& w, int64_t n0, int64_t k0, int64_t kc, float* dst) {
 }
 
 uint64_t read(const void* p, size_t bytes) {
-  const __m256i* v = static_cast<const __m256i*>(p);
+  // Four streams at once, as the matrix-vector kernels read several rows.
+  const size_t quarter = bytes / 4 / 64 * 64;
+  const __m256i* v0 = static_cast<const __m256i*>(p);
+  const __m256i* v1 = v0 + quarter / 32;
+  const __m256i* v2 = v1 + quarter / 32;
+  const __m256i* v3 = v2 + quarter / 32;
   __m256i a = _mm256_setzero_si256(), b = a, c = a, d = a;
-  for (size_t i = 0; i + 4 <= bytes / 32; i += 4) {
-    a = _mm256_add_epi64(a, _mm256_loadu_si256(v + i));
-    b = _mm256_xor_si256(b, _mm256_loadu_si256(v + i + 1));
-    c = _mm256_add_epi64(c, _mm256_loadu_si256(v + i + 2));
-    d = _mm256_xor_si256(d, _mm256_loadu_si256(v + i + 3));
+  for (size_t i = 0; i < quarter / 32; i += 2) {
+    a = _mm256_add_epi64(a, _mm256_add_epi64(_mm256_loadu_si256(v0 + i), _mm256_loadu_si256(v0 + i + 1)));
+    b = _mm256_add_epi64(b, _mm256_add_epi64(_mm256_loadu_si256(v1 + i), _mm256_loadu_si256(v1 + i + 1)));
+    c = _mm256_add_epi64(c, _mm256_add_epi64(_mm256_loadu_si256(v2 + i), _mm256_loadu_si256(v2 + i + 1)));
+    d = _mm256_add_epi64(d, _mm256_add_epi64(_mm256_loadu_si256(v3 + i), _mm256_loadu_si256(v3 + i + 1)));
   }
   __m256i s = _mm256_add_epi64(_mm256_add_epi64(a, b), _mm256_add_epi64(c, d));
   alignas(32) uint64_t out[4];
