@@ -255,3 +255,9 @@ def test_empty_and_zero_inputs():
     assert hk.linear(mx.zeros((0, 40)), w).shape == (0, 16)
     y = hk.linear(mx.zeros((3, 40)), w)
     assert float(mx.abs(y).max()) == 0.0
+
+
+def test_an_empty_inner_axis_gives_zeros():
+    y = hk.linear(mx.zeros((3, 0)), mx.zeros((5, 0), mx.bfloat16))
+    assert y.shape == (3, 5)
+    assert float(mx.abs(y).max()) == 0.0

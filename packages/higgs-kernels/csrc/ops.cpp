@@ -88,7 +88,7 @@ class HiggsLinear : public mx::UnaryPrimitive {
         weight.quant = {static_cast<const uint32_t*>(ptr[1]), ptr[2], ptr[3],
                         kernel_dtype(inputs[2].dtype()), group, bits};
       }
-      const int64_t m = weight.K ? int64_t(x.size()) / weight.K : 0;
+      const int64_t m = weight.N ? int64_t(out.size()) / weight.N : 0;
       hk::linear(weight, ptr[0], kernel_dtype(x.dtype()), m, out.data<void>(),
                  kernel_dtype(out.dtype()));
     });
