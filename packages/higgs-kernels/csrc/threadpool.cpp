@@ -131,8 +131,14 @@ class Pool {
       uint32_t e;
       int polls = 0;
       while ((e = epoch_.load(std::memory_order_acquire)) == seen) {
-        cpu_relax();
-        if (++polls % 64 == 0 && clock::now() > deadline) {
+        // Busy for a moment, then yielding, so that on a loaded machine the
+        // thread that would post the next job (MLX's) is not kept off a core.
+        if (++polls < 512) {
+          cpu_relax();
+        } else {
+          std::this_thread::yield();
+        }
+        if (polls % 64 == 0 && clock::now() > deadline) {
           std::unique_lock<std::mutex> lock(sleep_);
           sleepers_.fetch_add(1);
           wake_.wait(lock, [&] { return epoch_.load() != seen; });
