@@ -261,3 +261,14 @@ def test_an_empty_inner_axis_gives_zeros():
     y = hk.linear(mx.zeros((3, 0)), mx.zeros((5, 0), mx.bfloat16))
     assert y.shape == (3, 5)
     assert float(mx.abs(y).max()) == 0.0
+
+
+def test_shapeless_compile_follows_the_row_count():
+    w = rand((16, 32), mx.bfloat16, mx.random.key(4))
+    f = mx.compile(lambda x: hk.linear(x, w) + 1, shapeless=True)
+    for rows in (1, 3, 12):  # the matrix-vector and the prefill paths
+        x = rand((rows, 32), mx.float32, mx.random.key(rows))
+        mx.eval(x)
+        y = f(x)
+        assert y.shape == (rows, 16)
+        check(y - 1, x, f64(w), f"shapeless compile rows={rows}")
