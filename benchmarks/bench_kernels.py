@@ -1,0 +1,203 @@
+"""Higgs Audio v2's linear layers on MLX's CPU: higgs-kernels vs stock MLX vs the
+memory-bandwidth floor, all measured in one run.
+
+    uv run python benchmarks/bench_kernels.py            # everything (~5 minutes)
+    uv run python benchmarks/bench_kernels.py --quick    # fewer repeats, no stock prefill
+
+Per real layer shape (hidden 3072; q/o 3072x3072, k/v 1024x3072, gate/up
+8192x3072, down 3072x8192, audio head 8208x3072) and per weight format (bf16,
+MLX affine q8 and q4 with groups of 64): ms per call for one bf16 activation row,
+and GB/s of weight bytes read. Each shape cycles through enough copies of its
+weights (>= 256 MB) that they come from memory, not the 32 MB cache, and many
+calls share one mx.eval as a decode step's layers do.
+
+The frame estimate adds up 28 x (q, k, v, o, gate, up, down) + the audio head
+from the per-call figures; the floor is the bytes a frame must read divided by
+the best read bandwidth measured here with every thread (probed again before
+each format, the best kept). A chained frame (28 layers
+of dependent calls cycling through 4 distinct layers' weights, one eval) checks
+the estimate. Prefill: GFLOP/s of 512-row matmuls, kernels vs stock.
+
+Figures are medians of repeats; the machine may be shared, so compare ratios
+taken within the run.
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # idle BLAS threads steal a core
+
+import mlx.core as mx
+
+import higgs_kernels as hk
+
+HIDDEN, KV, INTER, HEAD, LAYERS = 3072, 1024, 8192, 8 * 1026, 28
+SHAPES = {  # name: (N, K, calls per layer)
+    "q": (HIDDEN, HIDDEN, 1),
+    "k/v": (KV, HIDDEN, 2),
+    "o": (HIDDEN, HIDDEN, 1),
+    "gate/up": (INTER, HIDDEN, 2),
+    "down": (HIDDEN, INTER, 1),
+    "head": (HEAD, HIDDEN, 0),
+}
+FORMATS = ["bf16", "q8", "q4"]
+GROUP = 64
+
+
+def make_weight(n, k, fmt, key):
+    w = (mx.random.normal((n, k), key=key) * 0.02).astype(mx.bfloat16)
+    if fmt == "bf16":
+        return (w,)
+    return mx.quantize(w, group_size=GROUP, bits=int(fmt[1:]))
+
+
+def nbytes(weight):
+    return sum(a.nbytes for a in weight)
+
+
+def apply(x, weight, fmt, kernels):
+    if fmt == "bf16":
+        return hk.linear(x, weight[0]) if kernels else x @ weight[0].T
+    bits = int(fmt[1:])
+    if kernels:
+        return hk.quantized_linear(x, *weight, group_size=GROUP, bits=bits)
+    return mx.quantized_matmul(x, *weight, group_size=GROUP, bits=bits)
+
+
+def timed(fn, repeats):
+    fn()  # warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def per_call_ms(weights, fmt, kernels, repeats, rows=1):
+    k = weights[0][0].shape[1]
+    if fmt != "bf16":
+        k = k * 32 // int(fmt[1:])
+    x = mx.random.normal((rows, k)).astype(mx.bfloat16)
+    mx.eval(x)
+
+    def run():
+        mx.eval([apply(x, w, fmt, kernels) for w in weights])
+
+    return timed(run, repeats) / len(weights) * 1e3
+
+
+def read_bandwidth(repeats):
+    """The best of several all-thread reads of 512 MB: a floor must not be beaten."""
+    buf = mx.zeros((512 << 20) // 4, dtype=mx.uint32)
+    mx.eval(buf)
+    seconds = min(hk._ext.read_seconds(buf) for _ in range(repeats))
+    return buf.nbytes / seconds / 1e9
+
+
+def chained_frame_ms(fmt, repeats, distinct=4):
+    keys = iter(mx.random.split(mx.random.key(1), 8 * distinct + 1))
+    layers = [
+        {name: make_weight(n, k, fmt, next(keys)) for name, (n, k, _) in SHAPES.items() if _}
+        for _ in range(distinct)
+    ]
+    layers = [{**layer, "v": make_weight(KV, HIDDEN, fmt, next(keys))} for layer in layers]
+    head = make_weight(HEAD, HIDDEN, fmt, next(keys))
+    mx.eval(layers, head)
+    x0 = mx.random.normal((1, HIDDEN)).astype(mx.bfloat16)
+
+    def frame():
+        x = x0
+        for i in range(LAYERS):
+            p = layers[i % distinct]
+            q = apply(x, p["q"], fmt, True)
+            k = apply(x, p["k/v"], fmt, True)
+            v = apply(x, p["v"], fmt, True)
+            attn = q[:, :KV] * k + v  # stands in for attention: depends on q, k, v
+            x = x + apply(mx.concatenate([attn, q[:, KV:]], axis=-1), p["o"], fmt, True)
+            g = apply(x, p["gate/up"], fmt, True)
+            u = apply(x, p["gate/up"], fmt, True)
+            x = x + apply(g * u, p["down"], fmt, True) * 0.01
+        mx.eval(apply(x, head, fmt, True))
+
+    return timed(frame, repeats) * 1e3
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, no stock prefill")
+    args = parser.parse_args()
+    repeats = 3 if args.quick else 9
+    if not hk.available():
+        raise SystemExit(f"higgs-kernels extension not available: {hk.import_error}")
+
+    print(f"mlx {mx.__version__}, kernels: {hk.isa()}, {hk.threads()} threads")
+    bw = read_bandwidth(repeats)
+    print(f"read bandwidth (all threads, best of {repeats}): {bw:.1f} GB/s\n")
+
+    frame = {}
+    header = f"{'shape':>8} {'N x K':>11} {'fmt':>4} {'MB':>6} {'kernels ms':>11} {'GB/s':>6}"
+    print(header + f" {'stock ms':>9} {'GB/s':>6} {'speedup':>8} {'floor ms':>9} {'of floor':>8}")
+    for fmt in FORMATS:
+        bw = max(bw, read_bandwidth(repeats))
+        total = {"kernels": 0.0, "stock": 0.0, "bytes": 0}
+        for name, (n, k, per_layer) in SHAPES.items():
+            one = make_weight(n, k, fmt, mx.random.key(0))
+            copies = max(2, -(-(256 << 20) // nbytes(one)))
+            keys = mx.random.split(mx.random.key(n + k), copies)
+            weights = [make_weight(n, k, fmt, keys[i]) for i in range(copies)]
+            mx.eval(weights)
+            size = nbytes(weights[0])
+            ours = per_call_ms(weights, fmt, True, repeats)
+            stock = per_call_ms(weights[:2], fmt, False, max(1, repeats // 3))
+            floor = size / bw / 1e6
+            count = per_layer * LAYERS or 1
+            total["kernels"] += count * ours
+            total["stock"] += count * stock
+            total["bytes"] += count * size
+            print(
+                f"{name:>8} {f'{n}x{k}':>11} {fmt:>4} {size / 1e6:6.1f} {ours:11.3f} "
+                f"{size / ours / 1e6:6.1f} {stock:9.2f} {size / stock / 1e6:6.1f} "
+                f"{stock / ours:7.1f}x {floor:9.3f} {floor / ours:7.0%}"
+            )
+            del weights
+        frame[fmt] = (total["kernels"], total["stock"], total["bytes"])
+        print()
+
+    print(f"best read bandwidth in this run: {bw:.1f} GB/s")
+    print("per audio frame (28 x (q, k, v, o, gate, up, down) + head), from the per-call figures:")
+    for fmt, (ours, stock, size) in frame.items():
+        floor = size / bw / 1e6
+        chained = chained_frame_ms(fmt, repeats)
+        print(
+            f"  {fmt:>4}: {size / 1e9:.2f} GB read; kernels {ours:7.1f} ms "
+            f"({floor / ours:.0%} of the {floor:.1f} ms floor), chained frame {chained:7.1f} ms "
+            f"({floor / chained:.0%}); stock {stock:8.1f} ms ({stock / ours:.0f}x slower)"
+        )
+
+    print("\nprefill, 512 rows of bf16 activations:")
+    for name in ("k/v", "gate/up"):
+        n, k, _ = SHAPES[name]
+        for fmt in FORMATS:
+            w = make_weight(n, k, fmt, mx.random.key(5))
+            x = mx.random.normal((512, k)).astype(mx.bfloat16)
+            mx.eval(w, x)
+            flops = 2 * 512 * n * k
+            ours = timed(lambda w=w, x=x, fmt=fmt: mx.eval(apply(x, w, fmt, True)), repeats)
+            line = f"  {name:>7} {fmt:>4}: kernels {flops / ours / 1e9:6.1f} GFLOP/s"
+            if name == "k/v" and not args.quick:
+                # Stock quantized matmuls crawl: time them on 64 of the rows.
+                xs = x if fmt == "bf16" else x[:64]
+                stock = timed(lambda w=w, xs=xs, fmt=fmt: mx.eval(apply(xs, w, fmt, False)), 1)
+                stock *= len(x) / len(xs)
+                line += f", stock {flops / stock / 1e9:5.2f} GFLOP/s ({stock / ours:.0f}x)"
+                line += "" if fmt == "bf16" else " (stock timed on 64 rows)"
+            print(line)
+    params = LAYERS * sum(n * k * c for n, k, c in SHAPES.values()) + HEAD * HIDDEN
+    print(f"  (a prefill token costs {2 * params / 1e9:.2f} GFLOP in these layers)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+// Picks the instruction set, converts activations, splits the work over the
+// thread pool: matrix x vector for up to 8 rows, packed panels for more.
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+#include "threadpool.h"
+
+namespace hk {
+namespace {
+
+const Isa* choose_isa(const char* want) {
+  std::string w = want ? want : "auto";
+  if (w != "auto" && w != "generic" && w != "avx2" && w != "avx512")
+    throw std::invalid_argument("unknown instruction set '" + w +
+                                "' (avx512, avx2, generic or auto)");
+#if defined(__x86_64__) || defined(_M_X64)
+  __builtin_cpu_init();
+  bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                  __builtin_cpu_supports("f16c");
+  bool has_avx512 = has_avx2 && __builtin_cpu_supports("avx512f") &&
+                    __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                    __builtin_cpu_supports("avx512bf16");
+  if (w == "avx512" && !has_avx512) throw std::invalid_argument("this CPU lacks AVX512-BF16");
+  if (w == "avx2" && !has_avx2) throw std::invalid_argument("this CPU lacks AVX2/FMA/F16C");
+  if (w == "avx512" || (w == "auto" && has_avx512)) return &isa_avx512();
+  if (w == "avx2" || (w == "auto" && has_avx2)) return &isa_avx2();
+#else
+  if (w == "avx2" || w == "avx512")
+    throw std::invalid_argument("the " + w + " kernels exist only on x86-64");
+#endif
+  return &isa_generic();
+}
+
+const Isa*& current() {
+  static const Isa* chosen = choose_isa(std::getenv("HIGGS_KERNELS_ISA"));
+  return chosen;
+}
+
+// Conversions of whole activations, split over the pool when large.
+template <class F>
+void in_pieces(int64_t count, F&& f) {
+  constexpr int64_t piece = 1 << 16;
+  if (count <= piece) return f(0, count);
+  parallel_for(int((count + piece - 1) / piece), [&](int t) {
+    int64_t i0 = t * piece;
+    f(i0, std::min(count, i0 + piece));
+  });
+}
+
+void to_f32(const void* src, DType t, int64_t count, float* dst) {
+  in_pieces(count, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) dst[i] = load_scalar(src, t, i);
+  });
+}
+
+void from_f32(const float* src, int64_t count, void* dst, DType t) {
+  auto* out = static_cast<uint16_t*>(dst);
+  in_pieces(count, [&](int64_t i0, int64_t i1) {
+    if (t == DType::BF16) {
+      for (int64_t i = i0; i < i1; ++i) out[i] = f32_to_bf16(src[i]);
+    } else {
+      for (int64_t i = i0; i < i1; ++i) out[i] = f32_to_f16(src[i]);
+    }
+  });
+}
+
+constexpr int64_t KC = 256;  // depth of a packed panel (a multiple of every group size)
+constexpr int64_t NC = 64;   // output columns per task in the prefill path
+
+void gemv_path(const Isa& isa, const Weight& w, const float* x, int m, float* y) {
+  const int64_t N = w.N, K = w.K;
+  std::vector<float> xsum;
+  if (w.quantized()) {
+    const int64_t groups = K / w.quant.group;
+    xsum.resize(m * groups);
+    for (int r = 0; r < m; ++r)
+      for (int64_t g = 0; g < groups; ++g) {
+        float s = 0;
+        for (int64_t k = g * w.quant.group; k < (g + 1) * w.quant.group; ++k) s += x[r * K + k];
+        xsum[r * groups + g] = s;
+      }
+  }
+  const Isa& use = isa.gemv_supports(w) ? isa : isa_generic();
+  std::vector<uint8_t> prepared;
+  use.prepare(w, x, m, prepared);
+  // A few tasks per thread so a late-waking thread does not hold up the rest;
+  // rows in multiples of 8 so every task runs the widest tiles.
+  const int threads = num_threads();
+  int64_t rows = (N + 4 * threads - 1) / (4 * threads);
+  rows = std::max<int64_t>(16, (rows + 7) / 8 * 8);
+  const int tasks = int((N + rows - 1) / rows);
+  const float* xs = xsum.empty() ? nullptr : xsum.data();
+  parallel_for(tasks, [&](int t) {
+    int64_t n0 = t * rows, n1 = std::min(N, n0 + rows);
+    use.gemv(w, x, xs, prepared.data(), m, n0, n1, y, N);
+  });
+}
+
+void gemm_path(const Isa& isa, const Weight& w, const float* x, int64_t m, float* y) {
+  const int64_t N = w.N, K = w.K;
+  const int64_t panels = (m + 5) / 6;
+  // A in micro-panels: ap[p][k][i] = x[6p + i, k] (zero past m).
+  std::vector<float> ap(panels * K * 6);
+  parallel_for(int(panels), [&](int p) {
+    float* dst = ap.data() + p * K * 6;
+    for (int i = 0; i < 6; ++i) {
+      int64_t row = p * 6 + i;
+      if (row < m) {
+        const float* src = x + row * K;
+        for (int64_t k = 0; k < K; ++k) dst[k * 6 + i] = src[k];
+      } else {
+        for (int64_t k = 0; k < K; ++k) dst[k * 6 + i] = 0.0f;
+      }
+    }
+  });
+  const int tasks = int((N + NC - 1) / NC);
+  parallel_for(tasks, [&](int t) {
+    thread_local std::vector<float> bp;
+    bp.resize(NC * KC);
+    const int64_t n0 = t * NC, nc = std::min(NC, N - n0);
+    for (int64_t k0 = 0; k0 < K; k0 += KC) {
+      const int64_t kc = std::min(KC, K - k0);
+      for (int64_t j = 0; j < nc; j += 16) isa.pack(w, n0 + j, k0, kc, bp.data() + j * kc);
+      for (int64_t j = 0; j < nc; j += 16) {
+        const int nr = int(std::min<int64_t>(16, nc - j));
+        for (int64_t p = 0; p < panels; ++p) {
+          const int mr = int(std::min<int64_t>(6, m - p * 6));
+          isa.micro(ap.data() + p * K * 6 + k0 * 6, bp.data() + j * kc, kc,
+                    y + p * 6 * N + n0 + j, N, mr, nr, k0 > 0);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+bool poison_outputs = false;
+
+const Isa& isa() {
+  return *current();
+}
+
+void set_isa(const char* name) {
+  current() = choose_isa(name);
+}
+
+void linear(const Weight& w, const void* x, DType xt, int64_t m, void* y, DType yt) {
+  if (m <= 0 || w.N <= 0) return;
+  const Isa& chosen = isa();
+  std::vector<float> xbuf, ybuf;
+  const float* xf = static_cast<const float*>(x);
+  // bf16 x bf16 products are exact in fp32: the bf16 prefill loses nothing.
+  const bool bf16_gemm = m > 8 && chosen.gemm_bf16 && !w.quantized() && w.dtype == DType::BF16 &&
+                         xt == DType::BF16;
+  if (xt != DType::F32 && !bf16_gemm) {
+    xbuf.resize(m * w.K);
+    to_f32(x, xt, m * w.K, xbuf.data());
+    xf = xbuf.data();
+  }
+  float* yf = static_cast<float*>(y);
+  if (yt != DType::F32) {
+    ybuf.resize(m * w.N);
+    yf = ybuf.data();
+  }
+  if (poison_outputs) {
+    std::memset(y, 0xff, m * w.N * dtype_size(yt));  // NaN in every float format
+    std::fill(yf, yf + m * w.N, std::numeric_limits<float>::quiet_NaN());
+  }
+  if (w.K == 0) {
+    std::fill(yf, yf + m * w.N, 0.0f);
+  } else if (bf16_gemm) {
+    chosen.gemm_bf16(static_cast<const uint16_t*>(w.data), w.N, w.K,
+                     static_cast<const uint16_t*>(x), m, yf);
+  } else if (m <= 8) {
+    gemv_path(chosen, w, xf, int(m), yf);
+  } else {
+    gemm_path(chosen, w, xf, m, yf);
+  }
+  if (yt != DType::F32) from_f32(yf, m * w.N, y, yt);
+}
+
+double read_seconds(const void* p, size_t bytes) {
+  const Isa& chosen = isa();
+  constexpr size_t piece = size_t(4) << 20;
+  const int tasks = int((bytes + piece - 1) / piece);
+  std::vector<uint64_t> sink(tasks);
+  auto start = std::chrono::steady_clock::now();
+  parallel_for(tasks, [&](int t) {
+    size_t off = size_t(t) * piece;
+    size_t len = std::min(piece, bytes - off) / 256 * 256;
+    sink[t] = chosen.read(static_cast<const char*>(p) + off, len);
+  });
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  volatile uint64_t keep = 0;
+  for (uint64_t v : sink) keep = keep + v;
+  return seconds;
+}
+
+}  // namespace hk

@@ -1,0 +1,118 @@
+// Prefill for bf16 x and bf16 W on CPUs with AVX512-BF16 (AMD Zen 4 and later,
+// Intel Cooper Lake, Sapphire Rapids): vdpbf16ps multiplies pairs of bf16
+// exactly and accumulates in fp32, twice the rate of fp32 FMAs. Built with
+// AVX-512 flags for this file only; dispatch.cpp calls it after checking the CPU.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "kernels.h"
+#include "threadpool.h"
+
+namespace hk {
+namespace {
+
+constexpr int MR = 12;           // rows of x per register tile
+constexpr int NR = 32;           // columns of W per register tile (two zmm)
+constexpr int64_t KP = 128;      // pairs of k per packed panel
+constexpr int64_t NCOLS = 128;   // columns of W per task
+
+inline uint32_t pair_at(const uint16_t* row, int64_t k, int64_t K) {
+  // Values k and k + 1 of a row as one 32-bit word (zero past the end).
+  uint32_t lo = row[k];
+  uint32_t hi = k + 1 < K ? row[k + 1] : 0;
+  return lo | (hi << 16);
+}
+
+// 12 x 32 tile: C += A_panel (pairs, [kp][12]) * B_panel (pairs, [kp][32]).
+void micro(const uint32_t* a, const uint32_t* b, int64_t kp, float* c, int64_t ldc, int mr,
+           int nr, bool accumulate) {
+  __m512 acc[MR][2];
+  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < kp; ++p) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + p * NR);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + p * NR + 16);
+    const uint32_t* ap = a + p * MR;
+    for (int i = 0; i < MR; ++i) {
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(int(ap[i]));
+      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], av, b0);
+      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], av, b1);
+    }
+  }
+  const __mmask16 m0 = nr >= 16 ? 0xffff : __mmask16((1u << nr) - 1);
+  const __mmask16 m1 = nr >= 32 ? 0xffff : nr > 16 ? __mmask16((1u << (nr - 16)) - 1) : 0;
+  for (int i = 0; i < mr; ++i) {
+    float* ci = c + i * ldc;
+    if (accumulate) {
+      acc[i][0] = _mm512_add_ps(acc[i][0], _mm512_maskz_loadu_ps(m0, ci));
+      acc[i][1] = _mm512_add_ps(acc[i][1], _mm512_maskz_loadu_ps(m1, ci + 16));
+    }
+    _mm512_mask_storeu_ps(ci, m0, acc[i][0]);
+    _mm512_mask_storeu_ps(ci + 16, m1, acc[i][1]);
+  }
+}
+
+}  // namespace
+
+void gemm_bf16_avx512(const uint16_t* w, int64_t N, int64_t K, const uint16_t* x, int64_t m,
+                      float* y) {
+  const int64_t pairs = (K + 1) / 2;
+  const int64_t panels = (m + MR - 1) / MR;
+  // x in panels of 12 rows: ap[p][kp][i] = x[12p + i, 2kp .. 2kp + 1].
+  std::vector<uint32_t> ap(panels * pairs * MR);
+  parallel_for(int(panels), [&](int p) {
+    uint32_t* dst = ap.data() + p * pairs * MR;
+    for (int i = 0; i < MR; ++i) {
+      const int64_t row = p * MR + i;
+      if (row >= m) {
+        for (int64_t q = 0; q < pairs; ++q) dst[q * MR + i] = 0;
+        continue;
+      }
+      const uint16_t* src = x + row * K;
+      for (int64_t q = 0; q < pairs; ++q) dst[q * MR + i] = pair_at(src, 2 * q, K);
+    }
+  });
+  const int tasks = int((N + NCOLS - 1) / NCOLS);
+  parallel_for(tasks, [&](int t) {
+    thread_local std::vector<uint32_t> bp;
+    bp.resize(NCOLS * KP);
+    const int64_t n0 = t * NCOLS, nc = std::min(NCOLS, N - n0);
+    for (int64_t q0 = 0; q0 < pairs; q0 += KP) {
+      const int64_t kp = std::min(KP, pairs - q0);
+      // W's columns in panels of 32: bp[panel][q][j] = W[n0 + 32 panel + j, 2q .. 2q + 1].
+      for (int64_t j0 = 0; j0 < nc; j0 += NR) {
+        uint32_t* dst = bp.data() + j0 * kp;
+        for (int j = 0; j < NR; ++j) {
+          const int64_t n = n0 + j0 + j;
+          if (n >= N) {
+            for (int64_t q = 0; q < kp; ++q) dst[q * NR + j] = 0;
+            continue;
+          }
+          const uint16_t* row = w + n * K;
+          if (K % 2 == 0) {
+            const int64_t full = kp;
+            for (int64_t q = 0; q < full; ++q) {
+              uint32_t v;
+              std::memcpy(&v, row + 2 * (q0 + q), 4);
+              dst[q * NR + j] = v;
+            }
+          } else {
+            for (int64_t q = 0; q < kp; ++q) dst[q * NR + j] = pair_at(row, 2 * (q0 + q), K);
+          }
+        }
+      }
+      for (int64_t j0 = 0; j0 < nc; j0 += NR) {
+        const int nr = int(std::min<int64_t>(NR, nc - j0));
+        for (int64_t p = 0; p < panels; ++p) {
+          const int mr = int(std::min<int64_t>(MR, m - p * MR));
+          micro(ap.data() + p * pairs * MR + q0 * MR, bp.data() + j0 * kp, kp,
+                y + p * MR * N + n0 + j0, N, mr, nr, q0 > 0);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace hk

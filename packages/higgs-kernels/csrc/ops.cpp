@@ -1,0 +1,227 @@
+// The MLX side: a primitive that evaluates y = x @ W^T (dense or affine
+// group-quantized W) with the kernels of this package on the CPU, and its
+// Python bindings.
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/variant.h>
+
+#include <cstring>
+#include <sstream>
+#include <stdexcept>
+#include <vector>
+
+#include "kernels.h"
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/mlx.h"
+#include "mlx/primitives.h"
+#include "threadpool.h"
+
+namespace mx = mlx::core;
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace {
+
+hk::DType kernel_dtype(mx::Dtype t) {
+  if (t == mx::float32) return hk::DType::F32;
+  if (t == mx::bfloat16) return hk::DType::BF16;
+  return hk::DType::F16;
+}
+
+bool floating(mx::Dtype t) {
+  return t == mx::float32 || t == mx::bfloat16 || t == mx::float16;
+}
+
+std::string dtype_name(mx::Dtype t) {
+  std::ostringstream os;
+  os << t;
+  return os.str();
+}
+
+// The array's elements in row-major order: its own memory when already laid out
+// so, else a gathered copy in `buf`.
+const void* row_major(const mx::array& a, std::vector<char>& buf) {
+  if (a.flags().row_contiguous) return a.data<char>();
+  const size_t item = a.itemsize();
+  buf.resize(a.size() * item);
+  const char* src = a.data<char>();
+  const int nd = a.ndim();
+  std::vector<int64_t> idx(nd, 0);
+  for (size_t i = 0; i < a.size(); ++i) {
+    int64_t off = 0;
+    for (int d = 0; d < nd; ++d) off += idx[d] * a.strides()[d];
+    std::memcpy(buf.data() + i * item, src + off * item, item);
+    for (int d = nd - 1; d >= 0; --d) {
+      if (++idx[d] < a.shape(d)) break;
+      idx[d] = 0;
+    }
+  }
+  return buf.data();
+}
+
+class HiggsLinear : public mx::UnaryPrimitive {
+ public:
+  // group == 0: a dense weight; else affine-quantized with `group` and `bits`.
+  HiggsLinear(mx::Stream stream, int group, int bits)
+      : mx::UnaryPrimitive(stream), group_(group), bits_(bits) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    for (auto& a : inputs) encoder.set_input_array(a);
+    encoder.set_output_array(out);
+    encoder.dispatch([inputs, out = mx::array::unsafe_weak_copy(out), group = group_,
+                      bits = bits_]() mutable {
+      std::vector<char> bufs[4];
+      const void* ptr[4];
+      for (size_t i = 0; i < inputs.size(); ++i) ptr[i] = row_major(inputs[i], bufs[i]);
+      const mx::array& x = inputs[0];
+      const mx::array& w = inputs[1];
+      hk::Weight weight{};
+      weight.N = w.shape(0);
+      if (group == 0) {
+        weight.K = w.shape(1);
+        weight.data = ptr[1];
+        weight.dtype = kernel_dtype(w.dtype());
+      } else {
+        weight.K = int64_t(w.shape(1)) * 32 / bits;
+        weight.quant = {static_cast<const uint32_t*>(ptr[1]), ptr[2], ptr[3],
+                        kernel_dtype(inputs[2].dtype()), group, bits};
+      }
+      const int64_t m = weight.N ? int64_t(out.size()) / weight.N : 0;
+      hk::linear(weight, ptr[0], kernel_dtype(x.dtype()), m, out.data<void>(),
+                 kernel_dtype(out.dtype()));
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("[higgs_kernels] these kernels run on the CPU only.");
+  }
+
+  const char* name() const override {
+    return group_ ? "HiggsQuantizedLinear" : "HiggsLinear";
+  }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto& o = static_cast<const HiggsLinear&>(other);
+    return group_ == o.group_ && bits_ == o.bits_;
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    mx::Shape shape = inputs[0].shape();
+    shape.back() = inputs[1].shape(0);
+    return {shape};
+  }
+
+ private:
+  int group_;
+  int bits_;
+};
+
+mx::Stream cpu_stream(mx::StreamOrDevice s) {
+  mx::Stream stream = mx::to_stream(s, mx::Device::cpu);
+  if (stream.device != mx::Device::cpu)
+    throw std::invalid_argument("[higgs_kernels] these kernels run on the CPU only.");
+  return stream;
+}
+
+void check_x(const mx::array& x, int64_t K, const char* op) {
+  if (!floating(x.dtype()))
+    throw std::invalid_argument(std::string("[") + op +
+                                "] x must be float32, bfloat16 or float16, not " +
+                                dtype_name(x.dtype()) + ".");
+  if (x.ndim() < 1 || x.shape(-1) != K) {
+    std::ostringstream os;
+    os << "[" << op << "] x has shape " << x.shape() << ": its last axis must be " << K << ".";
+    throw std::invalid_argument(os.str());
+  }
+}
+
+mx::array linear(const mx::array& x, const mx::array& w, mx::StreamOrDevice s) {
+  if (w.ndim() != 2 || !floating(w.dtype())) {
+    std::ostringstream os;
+    os << "[higgs_kernels.linear] w must be a 2-D float32, bfloat16 or float16 matrix [N, K], "
+       << "got shape " << w.shape() << " of " << w.dtype() << ".";
+    throw std::invalid_argument(os.str());
+  }
+  check_x(x, w.shape(1), "higgs_kernels.linear");
+  mx::Shape shape = x.shape();
+  shape.back() = w.shape(0);
+  auto dtype = mx::promote_types(x.dtype(), w.dtype());
+  return mx::array(shape, dtype, std::make_shared<HiggsLinear>(cpu_stream(s), 0, 0), {x, w});
+}
+
+mx::array quantized_linear(const mx::array& x, const mx::array& w, const mx::array& scales,
+                           const mx::array& biases, int group_size, int bits,
+                           mx::StreamOrDevice s) {
+  const char* op = "higgs_kernels.quantized_linear";
+  if (bits < 2 || bits > 8 || bits == 7)
+    throw std::invalid_argument("[higgs_kernels.quantized_linear] bits must be 2, 3, 4, 5, 6 or "
+                                "8, not " +
+                                std::to_string(bits) + ".");
+  if (group_size != 32 && group_size != 64 && group_size != 128)
+    throw std::invalid_argument(
+        "[higgs_kernels.quantized_linear] group_size must be 32, 64 or 128, not " +
+        std::to_string(group_size) + ".");
+  if (w.ndim() != 2 || w.dtype() != mx::uint32) {
+    std::ostringstream os;
+    os << "[" << op << "] w must be the 2-D uint32 codes of mx.quantize, got shape " << w.shape()
+       << " of " << w.dtype() << ".";
+    throw std::invalid_argument(os.str());
+  }
+  const int64_t N = w.shape(0), K = int64_t(w.shape(1)) * 32 / bits;
+  if (K % group_size != 0 || int64_t(w.shape(1)) * 32 % bits != 0)
+    throw std::invalid_argument(std::string("[") + op + "] w's width does not fit bits=" +
+                                std::to_string(bits) + ", group_size=" +
+                                std::to_string(group_size) + ".");
+  mx::Shape sshape{int(N), int(K / group_size)};
+  for (const mx::array* a : {&scales, &biases}) {
+    if (a->shape() != sshape || !floating(a->dtype())) {
+      std::ostringstream os;
+      os << "[" << op << "] scales and biases must be float arrays of shape " << sshape
+         << " for these codes, got " << a->shape() << " of " << a->dtype() << ".";
+      throw std::invalid_argument(os.str());
+    }
+  }
+  if (scales.dtype() != biases.dtype())
+    throw std::invalid_argument(std::string("[") + op +
+                                "] scales and biases must share a dtype.");
+  check_x(x, K, op);
+  mx::Shape shape = x.shape();
+  shape.back() = int(N);
+  auto dtype = mx::promote_types(x.dtype(), scales.dtype());
+  return mx::array(shape, dtype,
+                   std::make_shared<HiggsLinear>(cpu_stream(s), group_size, bits),
+                   {x, w, scales, biases});
+}
+
+}  // namespace
+
+NB_MODULE(_ext, m) {
+  m.doc() = "CPU kernels for MLX: dense and group-quantized linear layers.";
+  m.def("linear", &linear, "x"_a, "w"_a, nb::kw_only(), "stream"_a = nb::none(),
+        "y = x @ w.T for a dense weight w [N, K], on the CPU.");
+  m.def("quantized_linear", &quantized_linear, "x"_a, "w"_a, "scales"_a, "biases"_a,
+        nb::kw_only(), "group_size"_a, "bits"_a, "stream"_a = nb::none(),
+        "y = x @ dequantize(w).T for MLX's affine layout, on the CPU.");
+  m.def("num_threads", &hk::num_threads, "Threads the kernels use, the caller included.");
+  m.def("set_num_threads", &hk::set_num_threads, "n"_a,
+        "Use n threads (n <= 0: HIGGS_KERNELS_THREADS, else every core).");
+  m.def(
+      "set_poison", [](bool on) { hk::poison_outputs = on; }, "on"_a,
+      "Testing aid: fill outputs with NaN before the kernels write them.");
+  m.def(
+      "read_seconds",
+      [](const mx::array& a) {
+        mx::array c = mx::contiguous(a);
+        c.eval();
+        return hk::read_seconds(c.data<void>(), c.nbytes());
+      },
+      "a"_a, "Seconds for every thread to read the array once (a bandwidth probe).");
+  m.def(
+      "isa", [] { return std::string(hk::isa().name); },
+      "The instruction set in use: 'avx2' or 'generic'.");
+  m.def(
+      "set_isa", [](const std::string& name) { hk::set_isa(name.c_str()); }, "name"_a,
+      "Force 'avx2' or 'generic', or 'auto' to choose by the CPU.");
+}

@@ -1,0 +1,38 @@
+"""CPU kernels that let MLX run linear layers at memory speed on Linux.
+
+`linear` and `quantized_linear` compute ``x @ w.T`` (for MLX's affine
+group-quantized layout too) with this package's C++ kernels when they run on
+MLX's CPU device and the extension is built; anywhere else they are stock MLX.
+`patch(model)` swaps a model's `nn.Linear`/`nn.QuantizedLinear` layers for
+ones that do this.
+"""
+
+from .layers import KernelLinear, KernelQuantizedLinear, patch
+from .ops import (
+    SUPPORTED_BITS,
+    SUPPORTED_GROUP_SIZES,
+    available,
+    import_error,
+    isa,
+    linear,
+    quantized_linear,
+    set_threads,
+    threads,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SUPPORTED_BITS",
+    "SUPPORTED_GROUP_SIZES",
+    "KernelLinear",
+    "KernelQuantizedLinear",
+    "available",
+    "import_error",
+    "isa",
+    "linear",
+    "patch",
+    "quantized_linear",
+    "set_threads",
+    "threads",
+]

@@ -1,0 +1,275 @@
+"""The kernels against a float64 reference on fresh random inputs.
+
+Each case states its bound: the kernels accumulate in fp32, so |y - ref| must stay
+within ACC * (|x| @ |W|.T) (ACC = 2e-6 * sqrt(K) + 1e-6, a few fp32 roundings per
+term; W is the dequantized weight for quantized layers, so no quantization error
+enters), plus half an ulp of the output dtype (bf16: 2^-8, f16: 2^-11 relative). The
+AVX2 matrix-vector kernels for 4- and 8-bit weights round x to int16 per group
+first: each value moves by at most 2^-16 of its group's largest |x| (bf16 itself
+rounds each value by up to 2^-9 of it), a term the quantized cases add.
+Outputs are poisoned with NaN before each run, so an element a kernel fails to
+write fails the test.
+"""
+
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+import higgs_kernels as hk
+
+pytestmark = pytest.mark.skipif(
+    not hk.available(), reason=f"higgs-kernels extension not built: {hk.import_error}"
+)
+
+
+def runnable_isas():
+    """Every instruction set this CPU runs, the best last."""
+    if not hk.available():
+        return []
+    found = []
+    for name in ("generic", "avx2", "avx512"):
+        try:
+            hk._ext.set_isa(name)
+        except ValueError:
+            continue
+        found.append(name)
+    hk._ext.set_isa("auto")
+    return found
+
+
+ISAS = runnable_isas()
+ROWS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 23]
+DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+OUT_ULP = {mx.float32: 0.0, mx.bfloat16: 2.0**-8, mx.float16: 2.0**-11}
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs():
+    hk._ext.set_poison(True)
+    yield
+    hk._ext.set_poison(False)
+    hk._ext.set_isa("auto")
+    hk.set_threads(None)
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    hk._ext.set_isa(request.param)
+    return request.param
+
+
+def f64(a):
+    return np.array(a.astype(mx.float32)).astype(np.float64)
+
+
+def check(y, x, w_f64, what, group=None):
+    """y against x @ w.T in float64, within the module docstring's bound."""
+    assert np.isfinite(np.array(y.astype(mx.float32))).all(), f"{what}: unwritten (NaN) outputs"
+    xf = f64(x).reshape(-1, w_f64.shape[1])
+    ref = xf @ w_f64.T
+    k = w_f64.shape[1]
+    acc = 2e-6 * math.sqrt(k) + 1e-6
+    bound = acc * (np.abs(xf) @ np.abs(w_f64).T) + OUT_ULP[y.dtype] * np.abs(ref) + 1e-30
+    if group:
+        gmax = np.abs(xf).reshape(len(xf), -1, group).max(-1, keepdims=True)
+        gmax = np.broadcast_to(gmax, (len(xf), k // group, group)).reshape(xf.shape)
+        bound = bound + 2.0**-16 * (gmax @ np.abs(w_f64).T)
+    err = np.abs(f64(y).reshape(ref.shape) - ref)
+    worst = (err / bound).max()
+    assert worst <= 1.0, f"{what}: error {err.max():.3g} is {worst:.2f}x its bound"
+    return err.max()
+
+
+def rand(shape, dtype, key):
+    return mx.random.normal(shape, key=key).astype(dtype)
+
+
+@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("w_dtype", list(DTYPES))
+@pytest.mark.parametrize(("n", "k"), [(1, 1), (7, 5), (33, 130), (130, 77), (257, 1000)])
+def test_dense_matches_float64(isa, rows, w_dtype, n, k):
+    key = mx.random.key(rows * 1000 + n * 7 + k)
+    k1, k2 = mx.random.split(key)
+    for x_dtype in (mx.float32, mx.bfloat16):
+        w = rand((n, k), DTYPES[w_dtype], k1)
+        x = rand((rows, k), x_dtype, k2)
+        y = hk.linear(x, w)
+        assert y.dtype == (x @ w.T).dtype and y.shape == (rows, n)
+        check(y, x, f64(w), f"{isa} dense {w_dtype} x{x_dtype} rows={rows} [{n}, {k}]")
+
+
+@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("bits", hk.SUPPORTED_BITS)
+@pytest.mark.parametrize("group", hk.SUPPORTED_GROUP_SIZES)
+def test_quantized_matches_float64(isa, rows, bits, group):
+    n, k = 45, group * 3
+    key = mx.random.key(rows * 100 + bits * 10 + group)
+    k1, k2, k3 = mx.random.split(key, 3)
+    for s_dtype, x_dtype in [
+        (mx.bfloat16, mx.float32),
+        (mx.float32, mx.float32),
+        (mx.float16, mx.float16),
+        (mx.bfloat16, mx.bfloat16),
+    ]:
+        w = rand((n, k), s_dtype, k1)
+        wq, scales, biases = mx.quantize(w, group_size=group, bits=bits)
+        w_f64 = f64(
+            mx.dequantize(
+                wq,
+                scales.astype(mx.float32),
+                biases.astype(mx.float32),
+                group_size=group,
+                bits=bits,
+            )
+        )
+        x = rand((rows, k), x_dtype, k2)
+        y = hk.quantized_linear(x, wq, scales, biases, group_size=group, bits=bits)
+        stock = mx.quantized_matmul(x, wq, scales, biases, group_size=group, bits=bits)
+        assert y.dtype == stock.dtype and y.shape == stock.shape
+        check(y, x, w_f64, f"{isa} q{bits} g{group} scales {s_dtype} rows={rows}", group)
+    # A long row too, where the accumulated error grows.
+    w = rand((9, 4096), mx.bfloat16, k3)
+    wq, scales, biases = mx.quantize(w, group_size=group, bits=bits)
+    w_f64 = f64(
+        mx.dequantize(
+            wq, scales.astype(mx.float32), biases.astype(mx.float32), group_size=group, bits=bits
+        )
+    )
+    x = rand((rows, 4096), mx.float32, k2)
+    y = hk.quantized_linear(x, wq, scales, biases, group_size=group, bits=bits)
+    check(y, x, w_f64, f"{isa} q{bits} g{group} K=4096 rows={rows}", group)
+
+
+def test_matches_stock_mlx_float32_on_layer_shapes(isa):
+    """The real Higgs k/v projection shape, against stock MLX in float32."""
+    k1, k2 = mx.random.split(mx.random.key(7))
+    w = rand((1024, 3072), mx.bfloat16, k1)
+    for rows in (1, 4, 64):
+        x = rand((rows, 3072), mx.float32, k2)
+        stock = x @ w.astype(mx.float32).T
+        y = hk.linear(x, w)
+        rel = float(mx.abs(y - stock).max() / mx.abs(stock).max())
+        assert rel < 1e-5, (rows, rel)
+        wq, s, b = mx.quantize(w, group_size=64, bits=4)
+        stock = mx.quantized_matmul(
+            x, wq, s.astype(mx.float32), b.astype(mx.float32), group_size=64, bits=4
+        )
+        y = hk.quantized_linear(x, wq, s, b, group_size=64, bits=4)
+        rel = float(mx.abs(y - stock).max() / mx.abs(stock).max())
+        # Up to 8 rows the activations go through int16 (see the module docstring).
+        assert rel < (2e-4 if rows <= 8 else 1e-5), (rows, rel)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8, 50])
+def test_results_do_not_depend_on_thread_count(isa, rows):
+    k1, k2 = mx.random.split(mx.random.key(rows))
+    w = rand((1000, 384), mx.bfloat16, k1)
+    wq, s, b = mx.quantize(w, group_size=64, bits=4)
+    x = rand((rows, 384), mx.bfloat16, k2)
+    outs = []
+    for threads in (1, 2, 3, 7):
+        hk.set_threads(threads)
+        assert hk.threads() == threads
+        y1 = hk.linear(x, w)
+        y2 = hk.quantized_linear(x, wq, s, b, group_size=64, bits=4)
+        mx.eval(y1, y2)
+        outs.append((np.array(y1.astype(mx.float32)), np.array(y2.astype(mx.float32))))
+    for dense, quant in outs[1:]:
+        assert np.array_equal(dense, outs[0][0])
+        assert np.array_equal(quant, outs[0][1])
+
+
+def test_threads_default_to_the_environment_or_every_core(monkeypatch):
+    monkeypatch.setenv("HIGGS_KERNELS_THREADS", "3")
+    hk.set_threads(None)
+    assert hk.threads() == 3
+    monkeypatch.delenv("HIGGS_KERNELS_THREADS")
+    hk.set_threads(None)
+    import os
+
+    assert hk.threads() == len(os.sched_getaffinity(0))
+
+
+def test_batched_and_strided_inputs():
+    k1, k2 = mx.random.split(mx.random.key(3))
+    w = rand((70, 48), mx.bfloat16, k1)
+    x = rand((2, 3, 48), mx.float32, k2)  # leading axes
+    y = hk.linear(x, w)
+    assert y.shape == (2, 3, 70)
+    check(y, x, f64(w), "batched")
+    xt = rand((48, 5), mx.float32, k2).T  # a transposed view
+    check(hk.linear(xt, w), xt, f64(w), "transposed x")
+    wt = rand((48, 70), mx.bfloat16, k1).T
+    check(hk.linear(xt, wt), xt, f64(wt), "transposed w")
+    xb = mx.broadcast_to(rand((1, 48), mx.float32, k2), (4, 48))
+    check(hk.linear(xb, w), xb, f64(w), "broadcast x")
+
+
+def test_lazy_inside_a_graph_and_under_compile():
+    k1, k2, k3 = mx.random.split(mx.random.key(11), 3)
+    w1 = rand((96, 64), mx.bfloat16, k1)
+    wq, s, b = mx.quantize(rand((64, 96), mx.bfloat16, k2), group_size=32, bits=8)
+    x = rand((3, 64), mx.bfloat16, k3)
+
+    def stock(x):
+        h = nn.silu(x @ w1.T)
+        return mx.quantized_matmul(h, wq, s, b, group_size=32, bits=8) * 0.5 + x
+
+    def kernels(x):
+        h = nn.silu(hk.linear(x, w1))
+        return hk.quantized_linear(h, wq, s, b, group_size=32, bits=8) * 0.5 + x
+
+    want = stock(x.astype(mx.float32))
+    for f in (kernels, mx.compile(kernels)):
+        got = f(x)  # nothing evaluated yet: the kernels run inside the graph
+        err = float(mx.abs(got.astype(mx.float32) - want).max())
+        assert err < 0.05 * float(mx.abs(want).max()), err
+    got = mx.compile(kernels)(x.astype(mx.float32))
+    assert float(mx.abs(got - want).max()) < 1e-4 * float(mx.abs(want).max())
+
+
+def test_bad_input_is_one_clear_error():
+    w = mx.zeros((8, 32), mx.bfloat16)
+    with pytest.raises(ValueError, match="last axis must be 32"):
+        hk.linear(mx.zeros((1, 31)), w)
+    with pytest.raises(ValueError, match="x must be float32"):
+        hk.linear(mx.zeros((1, 32), mx.int32), w)
+    with pytest.raises(ValueError, match="2-D"):
+        hk.linear(mx.zeros((1, 32)), mx.zeros((32,)))
+    wq, s, b = mx.quantize(mx.zeros((8, 64)), group_size=64, bits=4)
+    with pytest.raises(ValueError, match="bits must be"):
+        hk.quantized_linear(mx.zeros((1, 64)), wq, s, b, group_size=64, bits=7)
+    with pytest.raises(ValueError, match="group_size must be"):
+        hk.quantized_linear(mx.zeros((1, 64)), wq, s, b, group_size=16, bits=4)
+    with pytest.raises(ValueError, match="scales and biases"):
+        hk.quantized_linear(mx.zeros((1, 64)), wq, s[:, :0], b, group_size=64, bits=4)
+    with pytest.raises(ValueError, match="uint32 codes"):
+        hk.quantized_linear(mx.zeros((1, 64)), wq.astype(mx.int32), s, b, group_size=64, bits=4)
+
+
+def test_empty_and_zero_inputs():
+    w = rand((16, 40), mx.bfloat16, mx.random.key(1))
+    assert hk.linear(mx.zeros((0, 40)), w).shape == (0, 16)
+    y = hk.linear(mx.zeros((3, 40)), w)
+    assert float(mx.abs(y).max()) == 0.0
+
+
+def test_an_empty_inner_axis_gives_zeros():
+    y = hk.linear(mx.zeros((3, 0)), mx.zeros((5, 0), mx.bfloat16))
+    assert y.shape == (3, 5)
+    assert float(mx.abs(y).max()) == 0.0
+
+
+def test_shapeless_compile_follows_the_row_count():
+    w = rand((16, 32), mx.bfloat16, mx.random.key(4))
+    mx.eval(w)  # a constant of the compiled graph, not a random op in it
+    f = mx.compile(lambda x: hk.linear(x, w) + 1, shapeless=True)
+    for rows in (1, 3, 12):  # the matrix-vector and the prefill paths
+        x = rand((rows, 32), mx.float32, mx.random.key(rows))
+        mx.eval(x)
+        y = f(x)
+        assert y.shape == (rows, 16)
+        check(y - 1, x, f64(w), f"shapeless compile rows={rows}")
