@@ -17,6 +17,7 @@ from mlx.utils import tree_flatten, tree_map
 
 from higgs_core.config import ModelConfig
 from higgs_core.generate import generate
+from higgs_core.kernels import use_kernels
 from higgs_core.loading import quantize
 from higgs_core.model import HiggsAudioModel
 from higgs_sampling import FrameSampler, SamplingParams
@@ -50,6 +51,7 @@ def build(layers: int, dtype: mx.Dtype, bits: int, group_size: int) -> HiggsAudi
         quantize(model, bits, group_size)
         for _, value in tree_flatten(model.parameters()):  # frees each float source in turn
             mx.eval(value)
+    use_kernels(model)  # as load_model does
     return model
 
 
@@ -123,6 +125,7 @@ class Figures:
     paired_ratio: float  # median of per-frame step / floor
     frames: int
     peak_gb: float  # prefill and decode
+    kernels: str  # what runs the linear layers
 
     @property
     def real_time_factor(self) -> float:
@@ -133,6 +136,7 @@ class Figures:
         return [
             f"[{self.label}] {self.layers}/28 layers, model {self.model_gb:.2f} GB "
             f"(built in {self.build_seconds:.1f} s)",
+            f"  linear layers  {self.kernels}",
             f"  prefill        {self.prefill_tokens / self.prefill_seconds:8.1f} tokens/s "
             f"({self.prefill_tokens} positions in {self.prefill_seconds:.2f} s)",
             f"  decode step    {self.step_ms:8.1f} ms/frame (median of {self.frames}, synced)",
@@ -182,6 +186,7 @@ def run(
         paired_ratio=statistics.median(a / b for a, b in zip(steps, floors, strict=True)),
         frames=frames,
         peak_gb=mx.get_peak_memory() / GB,
+        kernels=model.kernels,
     )
     del model, res
     mx.clear_cache()

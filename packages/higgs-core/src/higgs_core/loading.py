@@ -16,6 +16,7 @@ from mlx.utils import tree_flatten
 
 from higgs_core.config import ModelConfig
 from higgs_core.errors import CheckpointError, ModelNotFoundError
+from higgs_core.kernels import use_kernels
 from higgs_core.model import HiggsAudioModel
 
 # Files a model directory needs: weights, configs and the text tokenizer.
@@ -132,6 +133,7 @@ def load_model(path_or_repo: str | Path, *, dtype: mx.Dtype | str | None = None)
     for _, value in tree_flatten(model.parameters()):
         mx.eval(value)
     materialize_buffers(model)
+    use_kernels(model)
     return model
 
 
@@ -214,6 +216,7 @@ def quantize(model: HiggsAudioModel, bits: int, group_size: int = 64) -> HiggsAu
         mx.eval(value)
     quantization = {"group_size": group_size, "bits": bits, "mode": "affine"}
     model.config = model.config.replace(quantization=quantization)
+    use_kernels(model)  # the new quantized layers too
     return model
 
 

@@ -69,10 +69,11 @@ def project(layer: nn.Module, x: mx.array) -> mx.array:
     Stock MLX's CPU quantized matmul costs one matrix-vector pass per row, so
     for the many rows of a prefill it is 12-20x slower than dequantizing the
     weight once and multiplying; decode steps (one row) keep the quantized path.
+    Kernel-backed layers (higgs-kernels, a subclass) have a prefill path of their own.
     """
     if (
         x.shape[-2] > 1
-        and isinstance(layer, nn.QuantizedLinear)
+        and type(layer) is nn.QuantizedLinear
         and mx.default_device().type == mx.DeviceType.cpu
     ):
         weight = mx.dequantize(
