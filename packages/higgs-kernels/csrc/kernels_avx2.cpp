@@ -39,24 +39,36 @@ inline __m256 load8(const void* base, int64_t i) {
 
 // ---- dense weights: one pass over NB rows of W serves all R rows of x ----
 
-template <DType T, int R, int NB>
+template <DType T, int R, int NB, int ACC>
 inline void dense_block(const void* W, int64_t K, const float* x, int64_t n, float* y,
                         int64_t ldy) {
-  __m256 acc[R][NB];
+  __m256 acc[R][NB][ACC];
   for (int r = 0; r < R; ++r)
-    for (int j = 0; j < NB; ++j) acc[r][j] = _mm256_setzero_ps();
+    for (int j = 0; j < NB; ++j)
+      for (int a = 0; a < ACC; ++a) acc[r][j][a] = _mm256_setzero_ps();
   int64_t k = 0;
+  for (; k + 8 * ACC <= K; k += 8 * ACC) {
+    for (int a = 0; a < ACC; ++a) {
+      __m256 wv[NB];
+      for (int j = 0; j < NB; ++j) wv[j] = load8<T>(W, (n + j) * K + k + 8 * a);
+      for (int r = 0; r < R; ++r) {
+        __m256 xv = _mm256_loadu_ps(x + r * K + k + 8 * a);
+        for (int j = 0; j < NB; ++j) acc[r][j][a] = _mm256_fmadd_ps(xv, wv[j], acc[r][j][a]);
+      }
+    }
+  }
   for (; k + 8 <= K; k += 8) {
-    __m256 wv[NB];
-    for (int j = 0; j < NB; ++j) wv[j] = load8<T>(W, (n + j) * K + k);
     for (int r = 0; r < R; ++r) {
       __m256 xv = _mm256_loadu_ps(x + r * K + k);
-      for (int j = 0; j < NB; ++j) acc[r][j] = _mm256_fmadd_ps(xv, wv[j], acc[r][j]);
+      for (int j = 0; j < NB; ++j)
+        acc[r][j][0] = _mm256_fmadd_ps(xv, load8<T>(W, (n + j) * K + k), acc[r][j][0]);
     }
   }
   for (int r = 0; r < R; ++r) {
     for (int j = 0; j < NB; ++j) {
-      float s = hsum(acc[r][j]);
+      __m256 a = acc[r][j][0];
+      for (int t = 1; t < ACC; ++t) a = _mm256_add_ps(a, acc[r][j][t]);
+      float s = hsum(a);
       for (int64_t t = k; t < K; ++t) s += x[r * K + t] * load_scalar(W, T, (n + j) * K + t);
       y[r * ldy + n + j] = s;
     }
@@ -66,12 +78,14 @@ inline void dense_block(const void* W, int64_t K, const float* x, int64_t n, flo
 template <DType T, int R>
 void dense_rows(const Weight& w, const float* x, int64_t n0, int64_t n1, float* y,
                 int64_t ldy) {
-  // Enough independent accumulators to hide FMA latency, few enough to stay in
-  // the 16 registers.
-  constexpr int NB = R == 1 ? 8 : R == 2 ? 4 : R <= 4 ? 2 : 1;
+  // One row of W at a time for a single x row: one long sequential stream,
+  // which the prefetchers follow best; eight accumulators hide FMA latency.
+  // More x rows share each load of W across NB rows instead.
+  constexpr int NB = R == 1 ? 1 : R == 2 ? 4 : R <= 4 ? 2 : 1;
+  constexpr int ACC = R == 1 ? 8 : 1;
   int64_t n = n0;
-  for (; n + NB <= n1; n += NB) dense_block<T, R, NB>(w.data, w.K, x, n, y, ldy);
-  for (; n < n1; ++n) dense_block<T, R, 1>(w.data, w.K, x, n, y, ldy);
+  for (; n + NB <= n1; n += NB) dense_block<T, R, NB, ACC>(w.data, w.K, x, n, y, ldy);
+  for (; n < n1; ++n) dense_block<T, R, 1, ACC>(w.data, w.K, x, n, y, ldy);
 }
 
 // ---- quantized weights ----
