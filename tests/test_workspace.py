@@ -9,7 +9,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ["higgs_sampling", "higgs_codec", "higgs_core", "higgs_cli"]
+PACKAGES = [
+    "higgs_sampling",
+    "higgs_codec",
+    "higgs_core",
+    "higgs_cli",
+    # Linux only (an environment marker keeps it off other systems).
+    pytest.param(
+        "higgs_kernels",
+        marks=pytest.mark.skipif(sys.platform != "linux", reason="Linux only"),
+    ),
+]
 
 
 def run(*cmd, **kw):
