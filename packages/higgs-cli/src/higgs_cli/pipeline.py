@@ -21,6 +21,8 @@ from higgs_sampling import SamplingParams, revert_delay
 
 DEFAULT_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"
 DEFAULT_CODEC = "bosonai/higgs-audio-v2-tokenizer"
+# Frames of codes handed to the stream decoder at a time.
+PUSH_FRAMES = 4
 # Voices given to [SPEAKERn] tags that no --voice names, in turn.
 DEFAULT_SPEAKERS = ("en_woman", "en_man", "en_man_deep")
 
@@ -304,7 +306,9 @@ class Higgs:
             # c + 1 + (K - 1) exists. Hold the newest final column back: when the chunk
             # ends on EOS it is the EOS column, not audio.
             ready = len(frames) - K - 1
-            if ready > sent:
+            # Push a few columns at a time: the stream decoder's cost per push is mostly
+            # fixed (5 frames a push run 2x faster than 1), for 160 ms more latency.
+            if ready - sent >= PUSH_FRAMES:
                 window = mx.stack(frames[sent + 1 : ready + K], axis=1)  # [K, ready - sent + K - 1]
                 codes = mx.clip(revert_delay(window), 0, self.codec.codebook_size - 1)
                 if (pcm := push(codes)).size:
