@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import mlx.core as mx
@@ -176,11 +177,11 @@ class Higgs:
 
     # keys under which stored codes are valid ----------------------------------
 
-    @property
+    @cached_property
     def codec_key(self) -> str:
         return codec_key(self.codec)
 
-    @property
+    @cached_property
     def pin_key(self) -> str:
         return f"pin-{fingerprint(self.model_path)}-{fingerprint(self.codec.path)}"
 
@@ -224,9 +225,12 @@ class Higgs:
     def _pin(self, name: str) -> np.ndarray:
         """Speak the pin sentence once in the described voice, with the voice's seed."""
         builtin = BUILTINS[name]
-        settings = Settings(seed=builtin.seed, max_seconds=15.0)
         chunk = self._generate_chunk(
-            PIN_TEXT, [Speaker(description=builtin.description)], [], settings, 15 * self.frame_rate
+            PIN_TEXT,
+            [Speaker(description=builtin.description)],
+            [],
+            Settings(seed=builtin.seed),
+            15 * self.frame_rate,  # the pin sentence takes about 5 s
         )
         for event in chunk:
             if isinstance(event, _Chunk):
