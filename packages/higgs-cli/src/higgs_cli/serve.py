@@ -9,6 +9,7 @@ generated, and a client that goes away cancels its generation.
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import math
 import queue
@@ -244,8 +245,6 @@ async def speech(request: Request):
     t0 = time.perf_counter()
     raw = await read_body(request, app.state.limits.max_body_bytes)
     try:
-        import json
-
         body = json.loads(raw or b"{}")
     except ValueError as e:
         raise ApiError(400, f"the body is not valid JSON: {e}", code="invalid_json") from e
@@ -278,7 +277,7 @@ async def speech(request: Request):
         try:
             speech_ = await wait_or_cancel(request, job)
         except BaseException as e:
-            record(getattr(e, "status", 499 if isinstance(e, Cancelled) else 500))
+            record(status_of(e))
             raise
         data = encode(speech_.samples, speech_.sample_rate, req.fmt)
         record(200, speech_)
@@ -309,7 +308,7 @@ async def speech(request: Request):
             while (item := await job.next()) is not _DONE:
                 yield pcm16(np.asarray(item))
         except BaseException as e:
-            status = 499 if isinstance(e, asyncio.CancelledError | GeneratorExit) else 500
+            status = status_of(e)
             if status == 500:
                 log.warning("%s stream failed: %s", rid, e)
             raise
@@ -319,6 +318,17 @@ async def speech(request: Request):
             record(status, result[0] if result else None)
 
     return StreamingResponse(body_iter(), media_type=MEDIA_TYPES[req.fmt])
+
+
+def status_of(error: BaseException) -> int:
+    """The status a failed request is logged with (499: the client went away)."""
+    if isinstance(error, Cancelled | asyncio.CancelledError | GeneratorExit):
+        return 499
+    if isinstance(error, TimeoutError):
+        return 504
+    if isinstance(error, HiggsError | VoiceError):
+        return 400
+    return getattr(error, "status", 500)
 
 
 async def wait_or_cancel(request: Request, job: Job):
