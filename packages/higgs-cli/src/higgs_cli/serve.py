@@ -320,15 +320,21 @@ async def speech(request: Request):
     return StreamingResponse(body_iter(), media_type=MEDIA_TYPES[req.fmt])
 
 
-def status_of(error: BaseException) -> int:
-    """The status a failed request is logged with (499: the client went away)."""
+def as_api_error(error: BaseException) -> ApiError:
+    """How a failure reaches the client (499: the client went away)."""
+    if isinstance(error, ApiError):
+        return error
     if isinstance(error, Cancelled | asyncio.CancelledError | GeneratorExit):
-        return 499
+        return ApiError(499, "the client disconnected", code="client_closed")
     if isinstance(error, TimeoutError):
-        return 504
+        return ApiError(504, str(error), type="timeout_error", code="timeout")
     if isinstance(error, HiggsError | VoiceError):
-        return 400
-    return getattr(error, "status", 500)
+        return ApiError(400, str(error))
+    return ApiError(500, f"internal error: {error}", type="server_error")
+
+
+def status_of(error: BaseException) -> int:
+    return as_api_error(error).status
 
 
 async def wait_or_cancel(request: Request, job: Job):
@@ -437,17 +443,13 @@ def handled(endpoint):
     async def wrapper(request: Request):
         try:
             return await endpoint(request)
-        except ApiError as e:
-            return e.response()
-        except Cancelled:
-            return Response(status_code=499)  # nobody is listening any more
-        except TimeoutError as e:
-            return ApiError(504, str(e), type="timeout_error", code="timeout").response()
-        except (HiggsError, VoiceError) as e:
-            return ApiError(400, str(e)).response()
         except Exception as e:
-            log.exception("internal error")
-            return ApiError(500, f"internal error: {e}", type="server_error").response()
+            error = as_api_error(e)
+            if error.status == 499:
+                return Response(status_code=499)  # nobody is listening any more
+            if error.status == 500:
+                log.exception("internal error")
+            return error.response()
 
     return wrapper
 
