@@ -14,6 +14,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from higgs_core.backend import warn_if_cuda_shadowed
 from higgs_core.config import ModelConfig
 from higgs_core.errors import CheckpointError, ModelNotFoundError
 from higgs_core.kernels import use_kernels
@@ -109,6 +110,7 @@ def load_model(path_or_repo: str | Path, *, dtype: mx.Dtype | str | None = None)
             raise ValueError(f"unknown dtype {dtype!r}; try 'bfloat16', 'float16' or 'float32'")
         dtype = getattr(mx, dtype)
     path = resolve_path(path_or_repo)
+    warn_if_cuda_shadowed()
     config = ModelConfig.from_dict(read_config(path))
     weights = {}
     for file in weight_files(path):
