@@ -64,8 +64,8 @@ def _download(repo_id: str) -> Path:
         raise ModelNotFoundError(
             f"cannot download {repo_id!r} from the Hugging Face Hub (offline or unreachable) "
             "and it is not in the local cache. Fetch it where there is a network, e.g. "
-            f"`hf download {repo_id} --local-dir DIR`, then pass the directory: "
-            "load_model('DIR')"
+            f"`hf download {repo_id} --local-dir DIR`, then pass DIR instead of the repo id "
+            "(load_model('DIR'), or `higgs ... --model DIR`)"
         ) from e
 
 
