@@ -51,7 +51,7 @@ def friendly(fn):
         except Exception as e:
             if debug:
                 traceback.print_exc()
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            msg = " ".join(str(e).split()) or type(e).__name__  # one line, all of it
             click.echo(f"higgs: error: {msg}", err=True)
             sys.exit(1)
 
