@@ -12,6 +12,7 @@ struct Avx2 {
   static constexpr int W = 8;
   // 16 ymm registers: the decode pass keeps 3 rows x 4 keys of sums.
   static constexpr int DECODE_ROWS = 3;
+  static constexpr int ACC_REGS = 12;
   static constexpr int MR = 6, NV = 2, MR2 = 6, NV2 = 2;
 
   static V zero() { return _mm256_setzero_ps(); }
@@ -54,6 +55,13 @@ struct Avx2 {
     const __m256i e = _mm256_slli_epi32(
         _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_andnot_ps(tiny, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+  }
+  // 2W bf16 from element i: the even ones in `even`, the odd ones in `odd`.
+  static void load_bf16_split(const void* p, int64_t i, V& even, V& odd) {
+    const __m256i x =
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(p) + i));
+    even = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
+    odd = _mm256_castsi256_ps(_mm256_and_si256(x, _mm256_set1_epi32(int(0xffff0000u))));
   }
   template <DType DT>
   static V load_as(const void* p, int64_t i) {

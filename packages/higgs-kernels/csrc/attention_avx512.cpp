@@ -12,6 +12,7 @@ struct Avx512 {
   using V = __m512;
   static constexpr int W = 16;
   static constexpr int DECODE_ROWS = 4;
+  static constexpr int ACC_REGS = 24;
   static constexpr int MR = 12, NV = 2, MR2 = 6, NV2 = 4;
 
   static V zero() { return _mm512_setzero_ps(); }
@@ -48,6 +49,12 @@ struct Avx512 {
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
     return _mm512_maskz_mul_ps(keep, p, _mm512_scalef_ps(_mm512_set1_ps(1.0f), n));
+  }
+  // 2W bf16 from element i: the even ones in `even`, the odd ones in `odd`.
+  static void load_bf16_split(const void* p, int64_t i, V& even, V& odd) {
+    const __m512i x = _mm512_loadu_si512(static_cast<const uint16_t*>(p) + i);
+    even = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
+    odd = _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32(int(0xffff0000u))));
   }
   template <DType DT>
   static V load_as(const void* p, int64_t i) {

@@ -9,6 +9,7 @@ struct Scalar {
   using V = float;
   static constexpr int W = 1;
   static constexpr int DECODE_ROWS = 4;
+  static constexpr int ACC_REGS = 16;
   static constexpr int MR = 4, NV = 4, MR2 = 4, NV2 = 4;
 
   static V zero() { return 0.0f; }

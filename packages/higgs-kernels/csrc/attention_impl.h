@@ -6,6 +6,7 @@
 //     using V;                         // W fp32 lanes
 //     static constexpr int W;
 //     static constexpr int DECODE_ROWS;  // rows per pass of the decode kernel
+//     static constexpr int ACC_REGS;   // registers the decode kernel may keep sums in
 //     static constexpr int MR, NV;     // Q K^T tile: MR rows x NV vectors of keys
 //     static constexpr int MR2, NV2;   // P V tile: MR2 rows x NV2 vectors of dims
 //     zero, set1, load, store, add, sub, mul, max, fma(a, b, c) = a * b + c,
@@ -39,7 +40,20 @@ struct Impl {
   using V = typename T::V;
   static constexpr int W = T::W;
   static constexpr int64_t kElem = DT == DType::F32 ? 4 : 2;
-  static constexpr int BK = 64;  // keys per block, both kernels (a multiple of every NR)
+  static constexpr int BK = 64;  // keys per block of the prefill kernel (a multiple of every NR)
+  static constexpr int DBK = 256;  // keys per block of the decode kernel
+
+  // bf16 rows are read 2W values per load and split into even and odd elements
+  // (a shift and a mask: half the work of widening each half), so every 2W dims
+  // of the decode kernel's q and o rows sit as [even | odd]; q is loaded in that
+  // order and o put back on output.
+  static constexpr bool kEvenOdd = DT == DType::BF16 && W > 1 && DC > 0 && DC % (2 * W) == 0;
+
+  static int64_t slot(int64_t d) {
+    if constexpr (!kEvenOdd) return d;
+    const int64_t e = d % (2 * W);
+    return d - e + (e % 2) * W + e / 2;
+  }
 
   static int64_t dim(const AttnArgs& a) {
     return DC ? DC : a.D;
@@ -84,57 +98,95 @@ struct Impl {
   // ---------------------------------------------------------------- decode --
   // Few rows: per key, R dot products reduced across lanes, then o += p v.
 
-  // Scores of R rows (q: [R][D], pre-scaled) against KJ consecutive keys.
+  // Scores of R rows (q: [R][D], pre-scaled) against KJ keys `spread` rows
+  // apart, from k on; key u's score goes to s[r * lds + u * spread].
   template <int R, int KJ>
-  static void scores(const float* q, const char* k, int64_t kstride, int64_t D, float* s,
-                     int64_t lds) {
+  static void scores(const float* q, const char* k, int64_t kstride, int64_t spread, int64_t D,
+                     float* s, int64_t lds) {
     V acc[R][KJ];
     for (int r = 0; r < R; ++r)
       for (int u = 0; u < KJ; ++u) acc[r][u] = T::zero();
-    for (int64_t c = 0; c < D; c += W) {
-      V kv[KJ];
-      for (int u = 0; u < KJ; ++u) kv[u] = T::template load_as<DT>(k + u * kstride * kElem, c);
-      for (int r = 0; r < R; ++r) {
-        const V qv = T::load(q + r * D + c);
-        for (int u = 0; u < KJ; ++u) acc[r][u] = T::fma(qv, kv[u], acc[r][u]);
+    const int64_t step = spread * kstride * kElem;
+    if constexpr (kEvenOdd) {
+      for (int64_t c = 0; c < D; c += 2 * W) {
+        V ke[KJ], ko[KJ];
+        for (int u = 0; u < KJ; ++u) T::load_bf16_split(k + u * step, c, ke[u], ko[u]);
+        for (int r = 0; r < R; ++r) {
+          const V qe = T::load(q + r * D + c), qo = T::load(q + r * D + c + W);
+          for (int u = 0; u < KJ; ++u) acc[r][u] = T::fma(qo, ko[u], T::fma(qe, ke[u], acc[r][u]));
+        }
+      }
+    } else {
+      for (int64_t c = 0; c < D; c += W) {
+        V kv[KJ];
+        for (int u = 0; u < KJ; ++u) kv[u] = T::template load_as<DT>(k + u * step, c);
+        for (int r = 0; r < R; ++r) {
+          const V qv = T::load(q + r * D + c);
+          for (int u = 0; u < KJ; ++u) acc[r][u] = T::fma(qv, kv[u], acc[r][u]);
+        }
       }
     }
     for (int r = 0; r < R; ++r) {
+      float sums[KJ];
       if constexpr (KJ == 4) {
-        T::hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3], s + r * lds);
+        T::hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3], sums);
       } else {
-        for (int u = 0; u < KJ; ++u) s[r * lds + u] = T::hsum(acc[r][u]);
+        for (int u = 0; u < KJ; ++u) sums[u] = T::hsum(acc[r][u]);
       }
+      for (int u = 0; u < KJ; ++u) s[r * lds + u * spread] = sums[u];
     }
   }
 
-  // o[r] = o[r] * corr[r] + sum_t p[r][t] v[t] for R rows, n keys.
+  // o[r][c0, c0 + NC W) = o * corr[r] + sum_t p[r][t] v[t][...] for R rows and
+  // n keys, the sums in registers: each key's slice of v is read once. The keys
+  // run as four interleaved sequential streams (each a quarter of the block):
+  // four places in memory read at once keep more of it in flight than one.
+  template <int R, int NC>
+  static void accumulate_slice(const float* p, int64_t ldp, const char* v, int64_t vstride,
+                               int64_t n, const float* corr, float* o, int64_t D, int64_t c0) {
+    V acc[R][NC];
+    for (int r = 0; r < R; ++r)
+      for (int u = 0; u < NC; ++u)
+        acc[r][u] = T::mul(T::load(o + r * D + c0 + u * W), T::set1(corr[r]));
+    const int64_t step = vstride * kElem, quarter = n / 4;
+    for (int64_t i = 0; i < n; ++i) {
+      // Keys in the order of streams(): four runs of `quarter` keys, interleaved.
+      const int64_t t = i < 4 * quarter ? (i % 4) * quarter + i / 4 : i;
+      V vv[NC];
+      if constexpr (kEvenOdd) {
+        static_assert(NC % 2 == 0);
+        for (int u = 0; u < NC; u += 2) T::load_bf16_split(v + t * step, c0 + u * W, vv[u], vv[u + 1]);
+      } else {
+        for (int u = 0; u < NC; ++u) vv[u] = T::template load_as<DT>(v + t * step, c0 + u * W);
+      }
+      for (int r = 0; r < R; ++r) {
+        const V pr = T::set1(p[r * ldp + t]);
+        for (int u = 0; u < NC; ++u) acc[r][u] = T::fma(pr, vv[u], acc[r][u]);
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int u = 0; u < NC; ++u) T::store(o + r * D + c0 + u * W, acc[r][u]);
+  }
+
+  // As many vectors of sums per row as the registers hold (a power of two, <= 8,
+  // dividing D when that is known).
+  template <int R>
+  static constexpr int slice_vectors() {
+    int nc = 1;
+    while (nc < 8 && 2 * nc * R <= T::ACC_REGS && (DC == 0 || DC % (2 * nc * W) == 0)) nc *= 2;
+    return nc;
+  }
+
   template <int R>
   static void accumulate(const float* p, int64_t ldp, const char* v, int64_t vstride, int64_t n,
                          const float* corr, float* o, int64_t D) {
-    for (int64_t c = 0; c < D; c += W) {
-      V acc[R], acc2[R];
-      for (int r = 0; r < R; ++r) {
-        acc[r] = T::mul(T::load(o + r * D + c), T::set1(corr[r]));
-        acc2[r] = T::zero();
-      }
-      const char* vt = v;
-      int64_t t = 0;
-      // Two keys at a time into separate sums: twice the independent FMAs.
-      for (; t + 2 <= n; t += 2, vt += 2 * vstride * kElem) {
-        const V v0 = T::template load_as<DT>(vt, c);
-        const V v1 = T::template load_as<DT>(vt + vstride * kElem, c);
-        for (int r = 0; r < R; ++r) {
-          acc[r] = T::fma(T::set1(p[r * ldp + t]), v0, acc[r]);
-          acc2[r] = T::fma(T::set1(p[r * ldp + t + 1]), v1, acc2[r]);
-        }
-      }
-      if (t < n) {
-        const V v0 = T::template load_as<DT>(vt, c);
-        for (int r = 0; r < R; ++r) acc[r] = T::fma(T::set1(p[r * ldp + t]), v0, acc[r]);
-      }
-      for (int r = 0; r < R; ++r) T::store(o + r * D + c, T::add(acc[r], acc2[r]));
-    }
+    constexpr int NC = slice_vectors<R>(), S = NC * W;
+    const int64_t full = D - D % S;
+    for (int64_t c = 0; c < full; c += S)
+      accumulate_slice<R, NC>(p, ldp, v, vstride, n, corr, o, D, c);
+    if constexpr (DC == 0 || DC % S != 0)
+      for (int64_t c = full; c < D; c += W)
+        accumulate_slice<R, 1>(p, ldp, v, vstride, n, corr, o, D, c);
   }
 
   template <int R>
@@ -142,17 +194,18 @@ struct Impl {
                           int64_t j1, float* part) {
     const int64_t D = dim(a), G = a.group();
     thread_local std::vector<float> scratch;
-    scratch.resize(R * (2 * D + BK));
+    scratch.resize(R * (2 * D + DBK) + D);
     float* q = scratch.data();  // [R][D], scaled into base 2
     float* o = q + R * D;       // [R][D]
-    float* s = o + R * D;       // [R][BK]
+    float* s = o + R * D;       // [R][DBK]
+    float* row = s + R * DBK;    // [D]: an output row in order
     float m[R], l[R], corr[R];
     int64_t seen[R];
     int64_t end = j0;
     const float qscale = a.scale * kLog2e;
     for (int r = 0; r < R; ++r) {
       const char* src = q_row(a, b, kvh, r0 + r);
-      for (int64_t d = 0; d < D; ++d) q[r * D + d] = load_scalar(src, DT, d) * qscale;
+      for (int64_t d = 0; d < D; ++d) q[r * D + slot(d)] = load_scalar(src, DT, d) * qscale;
       std::fill(o + r * D, o + (r + 1) * D, 0.0f);
       m[r] = kNegInf;
       l[r] = 0.0f;
@@ -161,29 +214,31 @@ struct Impl {
     }
     const char* kbase = at(a.k, b * a.ks[0] + kvh * a.ks[1]);
     const char* vbase = at(a.v, b * a.vs[0] + kvh * a.vs[1]);
-    for (int64_t jb = j0; jb < end; jb += BK) {
-      const int64_t n = std::min<int64_t>(BK, end - jb);
+    for (int64_t jb = j0; jb < end; jb += DBK) {
+      const int64_t n = std::min<int64_t>(DBK, end - jb);
       const char* k = kbase + jb * a.ks[2] * kElem;
-      int64_t t = 0;
-      for (; t + 4 <= n; t += 4) scores<R, 4>(q, k + t * a.ks[2] * kElem, a.ks[2], D, s + t, BK);
-      for (; t < n; ++t) scores<R, 1>(q, k + t * a.ks[2] * kElem, a.ks[2], D, s + t, BK);
+      const int64_t quarter = n / 4;
+      for (int64_t t = 0; t < quarter; ++t)
+        scores<R, 4>(q, k + t * a.ks[2] * kElem, a.ks[2], quarter, D, s + t, DBK);
+      for (int64_t t = 4 * quarter; t < n; ++t)
+        scores<R, 1>(q, k + t * a.ks[2] * kElem, a.ks[2], 1, D, s + t, DBK);
       for (int r = 0; r < R; ++r) {
-        float* sr = s + r * BK;
+        float* sr = s + r * DBK;
         // Keys this row may not see (causal), and the padding, score -inf.
         const int64_t valid = std::clamp<int64_t>(seen[r] - jb, 0, n);
         for (int64_t u = valid; u < round_up(n, W); ++u) sr[u] = kNegInf;
         corr[r] = online_softmax(sr, n, m[r], l[r]);
       }
-      accumulate<R>(s, BK, vbase + jb * a.vs[2] * kElem, a.vs[2], n, corr, o, D);
+      accumulate<R>(s, DBK, vbase + jb * a.vs[2] * kElem, a.vs[2], n, corr, o, D);
     }
     for (int r = 0; r < R; ++r) {
+      float* dst = part ? part + r * (D + 2) + 2 : row;
+      for (int64_t d = 0; d < D; ++d) dst[d] = o[r * D + slot(d)];
       if (part) {
-        float* dst = part + r * (D + 2);
-        dst[0] = m[r];
-        dst[1] = l[r];
-        std::memcpy(dst + 2, o + r * D, D * sizeof(float));
+        dst[-2] = m[r];
+        dst[-1] = l[r];
       } else {
-        store_row(a, b, kvh, r0 + r, o + r * D, l[r] > 0 ? 1.0f / l[r] : 0.0f);
+        store_row(a, b, kvh, r0 + r, row, l[r] > 0 ? 1.0f / l[r] : 0.0f);
       }
     }
   }
@@ -329,10 +384,13 @@ struct Impl {
         corr[r] = online_softmax(sr, n, m[r], l[r]);
       }
       for (int64_t r = 0; r < padded; r += MR2) {
-        int64_t d = 0;
-        for (; d + T::NV2 * W <= D; d += T::NV2 * W)
+        constexpr int S = T::NV2 * W;
+        const int64_t full = D - D % S;
+        for (int64_t d = 0; d < full; d += S)
           micro_pv<T::NV2>(s + r * BK, BK, vb + d, n, D, corr + r, o + r * D + d);
-        for (; d < D; d += W) micro_pv<1>(s + r * BK, BK, vb + d, n, D, corr + r, o + r * D + d);
+        if constexpr (DC == 0 || DC % S != 0)
+          for (int64_t d = full; d < D; d += W)
+            micro_pv<1>(s + r * BK, BK, vb + d, n, D, corr + r, o + r * D + d);
       }
     }
     for (int64_t r = 0; r < rows; ++r)
