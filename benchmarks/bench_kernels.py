@@ -1,8 +1,9 @@
-"""Higgs Audio v2's linear layers on MLX's CPU: higgs-kernels vs stock MLX vs the
-memory-bandwidth floor, all measured in one run.
+"""Higgs Audio v2's linear layers and attention on MLX's CPU: higgs-kernels vs
+stock MLX vs the memory-bandwidth floor, all measured in one run.
 
-    uv run python benchmarks/bench_kernels.py            # everything (~5 minutes)
-    uv run python benchmarks/bench_kernels.py --quick    # fewer repeats, no stock prefill
+    uv run python benchmarks/bench_kernels.py                     # everything (~6 minutes)
+    uv run python benchmarks/bench_kernels.py --quick             # fewer repeats, no stock prefill
+    uv run python benchmarks/bench_kernels.py --part attention    # attention only (~1 minute)
 
 Per real layer shape (hidden 3072; q/o 3072x3072, k/v 1024x3072, gate/up
 8192x3072, down 3072x8192, audio head 8208x3072) and per weight format (bf16,
@@ -17,6 +18,14 @@ the best read bandwidth measured here with every thread (probed again before
 each format, the best kept). A chained frame (28 layers
 of dependent calls cycling through 4 distinct layers' weights, one eval) checks
 the estimate. Prefill: GFLOP/s of 512-row matmuls, kernels vs stock.
+
+Attention (bf16, 24 query heads over 8 key/value heads, head_dim 128): a decode
+step's 28 layers over 300, 1500 and 4000 cached positions, their keys and values
+views of larger cache buffers as mlx-lm's KVCache hands them over, one eval per
+step: us per layer, GB/s of K/V read, against stock
+``mx.fast.scaled_dot_product_attention`` and the read floor; and causal prefill of
+512 queries over 512 and 1500 keys (a prompt chunk over a cache): ms per layer
+and GFLOP/s (counting only the unmasked scores), kernels vs stock.
 
 Figures are medians of repeats; the machine may be shared, so compare ratios
 taken within the run.
@@ -34,6 +43,7 @@ import mlx.core as mx
 import higgs_kernels as hk
 
 HIDDEN, KV, INTER, HEAD, LAYERS = 3072, 1024, 8192, 8 * 1026, 28
+HEADS, KV_HEADS, HEAD_DIM = 24, 8, 128
 SHAPES = {  # name: (N, K, calls per layer)
     "q": (HIDDEN, HIDDEN, 1),
     "k/v": (KV, HIDDEN, 2),
@@ -125,9 +135,86 @@ def chained_frame_ms(fmt, repeats, distinct=4):
     return timed(frame, repeats) * 1e3
 
 
+def attention_decode(cached, repeats):
+    """us per layer for a step's 28 layers over `cached` positions, kernels and stock."""
+    capacity = (cached // 256 + 1) * 256  # KVCache grows in steps of 256
+    keys = iter(mx.random.split(mx.random.key(cached), 3 * LAYERS))
+    layers = []
+    for _ in range(LAYERS):
+        q = mx.random.normal((1, HEADS, 1, HEAD_DIM), key=next(keys)).astype(mx.bfloat16)
+        k, v = (
+            mx.random.normal((1, KV_HEADS, capacity, HEAD_DIM), key=next(keys)).astype(mx.bfloat16)
+            for _ in range(2)
+        )
+        layers.append((q, k[:, :, :cached], v[:, :, :cached]))
+    mx.eval(layers)
+    scale = HEAD_DIM**-0.5
+
+    def ours():
+        mx.eval([hk.attention(q, k, v, scale=scale) for q, k, v in layers])
+
+    def stock():
+        mx.eval([mx.fast.scaled_dot_product_attention(q, k, v, scale=scale) for q, k, v in layers])
+
+    per_layer = 1e6 / LAYERS
+    return timed(ours, repeats) * per_layer, timed(stock, max(1, repeats // 3)) * per_layer
+
+
+def attention_prefill(queries, keys, repeats, with_stock):
+    """ms for one layer's causal attention of `queries` over `keys` positions."""
+    k1, k2, k3 = mx.random.split(mx.random.key(queries + keys), 3)
+    q = mx.random.normal((1, HEADS, queries, HEAD_DIM), key=k1).astype(mx.bfloat16)
+    k = mx.random.normal((1, KV_HEADS, keys, HEAD_DIM), key=k2).astype(mx.bfloat16)
+    v = mx.random.normal((1, KV_HEADS, keys, HEAD_DIM), key=k3).astype(mx.bfloat16)
+    mx.eval(q, k, v)
+    scale = HEAD_DIM**-0.5
+    ours = timed(lambda: mx.eval(hk.attention(q, k, v, scale=scale, causal=True)), repeats)
+    stock = None
+    if with_stock:
+        stock = timed(
+            lambda: mx.eval(
+                mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal")
+            ),
+            1,
+        )
+    return ours * 1e3, stock * 1e3 if stock else None
+
+
+def attention_figures(bw, repeats, with_stock):
+    print("attention, bf16, 24 query heads / 8 kv heads, head_dim 128:")
+    print(
+        f"{'decode over':>14} {'K/V MB':>7} {'kernels us':>11} {'GB/s':>6} {'stock us':>9} "
+        f"{'speedup':>8} {'floor us':>9} {'of floor':>8} {'per frame':>10}"
+    )
+    for cached in (300, 1500, 4000):
+        size = 2 * KV_HEADS * cached * HEAD_DIM * 2
+        ours, stock = attention_decode(cached, repeats)
+        floor = size / bw / 1e3
+        print(
+            f"{cached:>10} pos {size / 1e6:7.2f} {ours:11.1f} {size / ours / 1e3:6.1f} "
+            f"{stock:9.1f} {stock / ours:7.1f}x {floor:9.1f} {floor / ours:7.0%} "
+            f"{ours * LAYERS / 1e3:7.2f} ms"
+        )
+    for queries, keys in ((512, 512), (512, 1500)):
+        # Query i sees keys j <= keys - queries + i: only those scores count.
+        seen = sum(keys - queries + i + 1 for i in range(queries))
+        flops = 4 * HEADS * HEAD_DIM * seen
+        ours, stock = attention_prefill(queries, keys, repeats, with_stock)
+        line = (
+            f"  causal prefill {queries} x {keys}: kernels {ours:7.1f} ms/layer "
+            f"({flops / ours / 1e6:5.1f} GFLOP/s)"
+        )
+        if stock:
+            line += (
+                f", stock {stock:7.1f} ms ({flops / stock / 1e6:4.1f} GFLOP/s, {stock / ours:.0f}x)"
+            )
+        print(line)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, no stock prefill")
+    parser.add_argument("--part", choices=["all", "linear", "attention"], default="all")
     args = parser.parse_args()
     repeats = 3 if args.quick else 9
     if not hk.available():
@@ -136,7 +223,14 @@ def main():
     print(f"mlx {mx.__version__}, kernels: {hk.isa()}, {hk.threads()} threads")
     bw = read_bandwidth(repeats)
     print(f"read bandwidth (all threads, best of {repeats}): {bw:.1f} GB/s\n")
+    if args.part in ("all", "linear"):
+        linear_figures(bw, repeats, args.quick)
+    if args.part in ("all", "attention"):
+        print()
+        attention_figures(max(bw, read_bandwidth(repeats)), repeats, not args.quick)
 
+
+def linear_figures(bw, repeats, quick):
     frame = {}
     header = f"{'shape':>8} {'N x K':>11} {'fmt':>4} {'MB':>6} {'kernels ms':>11} {'GB/s':>6}"
     print(header + f" {'stock ms':>9} {'GB/s':>6} {'speedup':>8} {'floor ms':>9} {'of floor':>8}")
@@ -187,7 +281,7 @@ def main():
             flops = 2 * 512 * n * k
             ours = timed(lambda w=w, x=x, fmt=fmt: mx.eval(apply(x, w, fmt, True)), repeats)
             line = f"  {name:>7} {fmt:>4}: kernels {flops / ours / 1e9:6.1f} GFLOP/s"
-            if name == "k/v" and not args.quick:
+            if name == "k/v" and not quick:
                 # Stock quantized matmuls crawl: time them on 64 of the rows.
                 xs = x if fmt == "bf16" else x[:64]
                 stock = timed(lambda w=w, xs=xs, fmt=fmt: mx.eval(apply(xs, w, fmt, False)), 1)

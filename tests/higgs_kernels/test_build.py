@@ -76,6 +76,9 @@ def test_no_compiler_gives_a_pure_python_wheel_that_works(tmp_path):
         "assert not hk.available() and hk.import_error is not None\n"
         "x, w = mx.ones((2, 8)), mx.ones((3, 8))\n"
         "assert mx.array_equal(hk.linear(x, w), x @ w.T)\n"
+        "q, k = mx.ones((1, 4, 3, 8)), mx.ones((1, 2, 5, 8))\n"
+        "want = mx.fast.scaled_dot_product_attention(q, k, k, scale=0.5, mask='causal')\n"
+        "assert mx.array_equal(hk.attention(q, k, k, scale=0.5, causal=True), want)\n"
         "print('stock', hk.linear(x, w).shape)\n"
     )
     done = run(python, "-c", script)

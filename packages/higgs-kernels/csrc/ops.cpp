@@ -10,6 +10,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "attention.h"
 #include "kernels.h"
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/mlx.h"
@@ -118,6 +119,72 @@ class HiggsLinear : public mx::UnaryPrimitive {
   int bits_;
 };
 
+// softmax(q k^T * scale [+ causal mask]) v over q [B, Hq, Lq, D], k and v
+// [B, Hkv, Lk, D]; see attention.h.
+class HiggsAttention : public mx::UnaryPrimitive {
+ public:
+  HiggsAttention(mx::Stream stream, float scale, bool causal)
+      : mx::UnaryPrimitive(stream), scale_(scale), causal_(causal) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    for (auto& a : inputs) encoder.set_input_array(a);
+    encoder.set_output_array(out);
+    encoder.dispatch([inputs, out = mx::array::unsafe_weak_copy(out), scale = scale_,
+                      causal = causal_]() mutable {
+      hk::AttnArgs args{};
+      std::vector<char> bufs[3];
+      const void* ptr[3];
+      int64_t* strides[3] = {args.qs, args.ks, args.vs};
+      for (int i = 0; i < 3; ++i) {
+        const mx::array& a = inputs[i];
+        // Batch, head and position axes at any stride (a KV cache's view of a
+        // larger buffer reads in place); only a strided last axis is copied.
+        if (a.shape(3) > 1 && a.strides()[3] != 1) {
+          ptr[i] = row_major(a, bufs[i]);
+          const int64_t d = a.shape(3), l = a.shape(2), h = a.shape(1);
+          strides[i][0] = h * l * d, strides[i][1] = l * d, strides[i][2] = d;
+        } else {
+          ptr[i] = a.data<void>();
+          for (int ax = 0; ax < 3; ++ax) strides[i][ax] = a.strides()[ax];
+        }
+      }
+      const mx::array& q = inputs[0];
+      const mx::array& k = inputs[1];
+      args.q = ptr[0], args.k = ptr[1], args.v = ptr[2];
+      args.out = out.data<void>();
+      args.dtype = kernel_dtype(q.dtype());
+      args.B = q.shape(0), args.Hq = q.shape(1), args.Lq = q.shape(2), args.D = q.shape(3);
+      args.Hkv = k.shape(1), args.Lk = k.shape(2);
+      args.scale = scale;
+      args.causal = causal;
+      hk::attention(args);
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("[higgs_kernels] these kernels run on the CPU only.");
+  }
+
+  const char* name() const override {
+    return "HiggsAttention";
+  }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto& o = static_cast<const HiggsAttention&>(other);
+    return scale_ == o.scale_ && causal_ == o.causal_;
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    return {inputs[0].shape()};
+  }
+
+ private:
+  float scale_;
+  bool causal_;
+};
+
 mx::Stream cpu_stream(mx::StreamOrDevice s) {
   mx::Stream stream = mx::to_stream(s, mx::Device::cpu);
   if (stream.device != mx::Device::cpu)
@@ -195,15 +262,51 @@ mx::array quantized_linear(const mx::array& x, const mx::array& w, const mx::arr
                    {x, w, scales, biases});
 }
 
+mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,
+                    bool causal, mx::StreamOrDevice s) {
+  const char* op = "[higgs_kernels.attention] ";
+  for (const mx::array* a : {&q, &k, &v}) {
+    if (a->ndim() != 4) {
+      std::ostringstream os;
+      os << op << "q, k and v must be 4-D [batch, heads, positions, head_dim], got shape "
+         << a->shape() << ".";
+      throw std::invalid_argument(os.str());
+    }
+    if (!floating(a->dtype()) || a->dtype() != q.dtype()) {
+      std::ostringstream os;
+      os << op << "q, k and v must share one dtype of float32, bfloat16 or float16, got "
+         << q.dtype() << ", " << k.dtype() << ", " << v.dtype() << ".";
+      throw std::invalid_argument(os.str());
+    }
+  }
+  if (k.shape() != v.shape() || k.shape(0) != q.shape(0) || k.shape(3) != q.shape(3) ||
+      k.shape(1) == 0 || q.shape(1) % k.shape(1) != 0) {
+    std::ostringstream os;
+    os << op << "shapes q " << q.shape() << ", k " << k.shape() << ", v " << v.shape()
+       << " do not fit: k and v must be [B, Hkv, Lk, D] for q [B, Hq, Lq, D], with Hq a "
+       << "multiple of Hkv.";
+    throw std::invalid_argument(os.str());
+  }
+  return mx::array(q.shape(), q.dtype(),
+                   std::make_shared<HiggsAttention>(cpu_stream(s), scale, causal), {q, k, v});
+}
+
 }  // namespace
 
 NB_MODULE(_ext, m) {
-  m.doc() = "CPU kernels for MLX: dense and group-quantized linear layers.";
+  m.doc() = "CPU kernels for MLX: dense and group-quantized linear layers, attention.";
   m.def("linear", &linear, "x"_a, "w"_a, nb::kw_only(), "stream"_a = nb::none(),
         "y = x @ w.T for a dense weight w [N, K], on the CPU.");
   m.def("quantized_linear", &quantized_linear, "x"_a, "w"_a, "scales"_a, "biases"_a,
         nb::kw_only(), "group_size"_a, "bits"_a, "stream"_a = nb::none(),
         "y = x @ dequantize(w).T for MLX's affine layout, on the CPU.");
+  m.def("attention", &attention, "q"_a, "k"_a, "v"_a, nb::kw_only(), "scale"_a, "causal"_a = false,
+        "stream"_a = nb::none(),
+        "softmax(q k^T * scale) v with grouped heads (q [B, Hq, Lq, D], k/v [B, Hkv, Lk, D]), "
+        "causal as with a KV cache (query i sees keys j <= Lk - Lq + i), on the CPU.");
+  m.def(
+      "set_attention_path", [](const std::string& name) { hk::set_attention_path(name.c_str()); },
+      "name"_a, "Testing aid: force 'decode' (keys split) or 'prefill' kernels, or 'auto'.");
   m.def("num_threads", &hk::num_threads, "Threads the kernels use, the caller included.");
   m.def("set_num_threads", &hk::set_num_threads, "n"_a,
         "Use n threads (n <= 0: HIGGS_KERNELS_THREADS, else every core).");

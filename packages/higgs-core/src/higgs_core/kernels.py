@@ -1,21 +1,36 @@
-"""Routing linear layers through higgs-kernels on MLX's CPU device.
+"""Routing linear layers and attention through higgs-kernels on MLX's CPU device.
 
 Stock MLX's CPU backend multiplies a bf16 matrix by a vector at a fraction of
-the memory bandwidth and runs prefill through a reference BLAS; the optional
-``higgs-kernels`` extension (Linux) does both at memory speed. It is used only
-when it is installed and the model runs on the CPU; ``HIGGS_KERNELS=0`` turns
-it off. Metal and CUDA always run stock MLX.
+the memory bandwidth, runs prefill through a reference BLAS, and attends
+over a KV cache an order of magnitude below memory speed; the optional
+``higgs-kernels`` extension (Linux) does all three at memory or compute speed. It
+is used only when it is installed and the model runs on the CPU;
+``HIGGS_KERNELS=0`` turns it off. Metal and CUDA always run stock MLX.
 """
 
 import os
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx_lm.models.base import scaled_dot_product_attention
+
+
+def kernel_attention(queries, keys, values, cache, scale: float, mask) -> mx.array:
+    """mlx-lm's ``scaled_dot_product_attention`` on higgs-kernels for the masks
+    it takes: None (one query) and ``"causal"``, what ``create_attention_mask``
+    gives for a KV cache. An array mask or a quantized cache stays stock."""
+    import higgs_kernels
+
+    causal = isinstance(mask, str) and mask == "causal"
+    if not hasattr(cache, "bits") and (mask is None or causal):
+        return higgs_kernels.attention(queries, keys, values, scale=scale, causal=causal)
+    return scaled_dot_product_attention(queries, keys, values, cache=cache, scale=scale, mask=mask)
 
 
 def use_kernels(model: nn.Module) -> str:
-    """Swap the model's linear layers for kernel-backed twins where that helps,
-    and say what runs them (the line ``higgs bench`` prints)."""
+    """Swap the model's linear layers for kernel-backed twins and its attention
+    for the kernels' where that helps, and say what runs them (the line
+    ``higgs bench`` prints)."""
     if os.environ.get("HIGGS_KERNELS", "").strip() in ("0", "false", "no", "off"):
         status = "stock MLX (higgs-kernels turned off by HIGGS_KERNELS=0)"
     elif mx.default_device() != mx.cpu:
@@ -27,10 +42,16 @@ def use_kernels(model: nn.Module) -> str:
             status = "stock MLX CPU kernels (slow): higgs-kernels is not installed"
         else:
             if not higgs_kernels.available():
-                why = higgs_kernels.import_error()
+                why = higgs_kernels.import_error
                 status = f"stock MLX CPU kernels (slow): higgs-kernels did not load ({why})"
             else:
                 higgs_kernels.patch(model)
-                status = f"higgs-kernels ({higgs_kernels.isa()}, {higgs_kernels.threads()} threads)"
+                for _, module in model.named_modules():
+                    if "attend" in module.__dict__:  # higgs_core.model.Attention
+                        module.attend = kernel_attention
+                status = (
+                    f"higgs-kernels ({higgs_kernels.isa()}, {higgs_kernels.threads()} threads; "
+                    "attention too)"
+                )
     model.kernels = status
     return status

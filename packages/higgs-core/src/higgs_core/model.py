@@ -107,6 +107,9 @@ class Attention(nn.Module):
             config.rope_scaling,
             config.max_position_embeddings,
         )
+        # mlx-lm's attention (stock MLX); on the CPU higgs_core.kernels.use_kernels
+        # swaps in higgs-kernels' one.
+        self.attend = scaled_dot_product_attention
 
     def __call__(self, x: mx.array, mask, cache: KVCache | None) -> mx.array:
         B, L, _ = x.shape
@@ -117,7 +120,7 @@ class Attention(nn.Module):
         q, k = self.rope(q, offset=offset), self.rope(k, offset=offset)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
-        out = scaled_dot_product_attention(q, k, v, cache=cache, scale=self.scale, mask=mask)
+        out = self.attend(q, k, v, cache=cache, scale=self.scale, mask=mask)
         return project(self.o_proj, out.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 

@@ -1,16 +1,17 @@
 """CPU kernels that let MLX run linear layers at memory speed on Linux.
 
 `linear` and `quantized_linear` compute ``x @ w.T`` (for MLX's affine
-group-quantized layout too) with this package's C++ kernels when they run on
-MLX's CPU device and the extension is built; anywhere else they are stock MLX.
-`patch(model)` swaps a model's `nn.Linear`/`nn.QuantizedLinear` layers for
-ones that do this.
+group-quantized layout too) and `attention` is scaled dot-product attention,
+with this package's C++ kernels when they run on MLX's CPU device and the
+extension is built; anywhere else they are stock MLX. `patch(model)` swaps a
+model's `nn.Linear`/`nn.QuantizedLinear` layers for ones that do this.
 """
 
 from .layers import KernelLinear, KernelQuantizedLinear, patch
 from .ops import (
     SUPPORTED_BITS,
     SUPPORTED_GROUP_SIZES,
+    attention,
     available,
     import_error,
     isa,
@@ -27,6 +28,7 @@ __all__ = [
     "SUPPORTED_GROUP_SIZES",
     "KernelLinear",
     "KernelQuantizedLinear",
+    "attention",
     "available",
     "import_error",
     "isa",

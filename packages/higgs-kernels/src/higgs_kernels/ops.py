@@ -13,6 +13,7 @@ else:
     import_error = None
 
 SUPPORTED_BITS = (2, 3, 4, 5, 6, 8)
+_FLOATS = (mx.float32, mx.bfloat16, mx.float16)
 SUPPORTED_GROUP_SIZES = (32, 64, 128)
 
 
@@ -77,4 +78,39 @@ def quantized_linear(
         )
     return mx.quantized_matmul(
         x, w, scales, biases, transpose=True, group_size=group_size, bits=bits, stream=stream
+    )
+
+
+def _attention_fits(q: mx.array, k: mx.array, v: mx.array, causal: bool) -> bool:
+    return (
+        q.ndim == k.ndim == v.ndim == 4
+        and q.dtype in _FLOATS
+        and q.dtype == k.dtype == v.dtype
+        and k.shape == v.shape
+        and k.shape[0] == q.shape[0]
+        and k.shape[3] == q.shape[3]
+        and k.shape[1] > 0
+        and q.shape[1] % k.shape[1] == 0
+        # Queries that see no key: leave stock MLX's convention to stock MLX.
+        and not (causal and q.shape[2] > k.shape[2])
+    )
+
+
+def attention(
+    q: mx.array, k: mx.array, v: mx.array, *, scale: float, causal: bool = False, stream=None
+) -> mx.array:
+    """``softmax(q @ k.T * scale) @ v`` per head, as ``mx.fast.scaled_dot_product_attention``.
+
+    ``q`` [B, Hq, Lq, D], ``k`` and ``v`` [B, Hkv, Lk, D] with Hq a multiple of
+    Hkv (grouped-query attention). ``causal``: query i sees keys j <= Lk - Lq + i,
+    as with a KV cache holding Lk - Lq earlier positions (MLX's ``mask="causal"``).
+    Scores, softmax and sums are fp32; the result has q's dtype. On MLX's CPU
+    device the kernels read k and v in place, views of a larger cache included;
+    elsewhere, or for inputs they do not take (mixed dtypes, Lq > Lk with
+    ``causal``), this is stock MLX.
+    """
+    if _on_cpu(stream) and _attention_fits(q, k, v, causal):
+        return _ext.attention(q, k, v, scale=scale, causal=causal, stream=stream)
+    return mx.fast.scaled_dot_product_attention(
+        q, k, v, scale=scale, mask="causal" if causal else None, stream=stream
     )
