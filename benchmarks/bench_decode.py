@@ -17,8 +17,13 @@ prints:
 
     uv run python benchmarks/bench_decode.py                     # full size, bf16, q8, q4
     uv run python benchmarks/bench_decode.py --layers 4 --frames 24 --bits 0
+    uv run python benchmarks/bench_decode.py --bits 0 --prompt 1024 --stock-attention
 
-On a Linux CPU stock MLX is slow (bf16 matrix-vector at ~2.5 GB/s; quantized
+``--stock-attention`` runs each precision twice, the second time with mlx-lm's
+attention where higgs-kernels would take it over: the before/after of the
+attention kernel in one run.
+
+On a Linux CPU without higgs-kernels stock MLX is slow (bf16 matrix-vector at ~2.5 GB/s; quantized
 matrix-vector ~8x slower still), so there use ``--layers`` and, for q8/q4, a
 short ``--prompt``: a full-size bf16 frame takes ~2.5 s, a q8 one ~20 s.
 """
@@ -39,20 +44,27 @@ def main():
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--bits", type=int, nargs="+", default=[0, 8, 4], help="0: unquantized")
     parser.add_argument("--group-size", type=int, default=64)
+    parser.add_argument(
+        "--stock-attention",
+        action="store_true",
+        help="also run each precision with mlx-lm's attention instead of higgs-kernels'",
+    )
     args = parser.parse_args()
 
     print(f"device {mx.default_device()}, mlx {mx.__version__}")
     for bits in args.bits:
-        figures = run(
-            layers=args.layers,
-            dtype=getattr(mx, args.dtype),
-            bits=bits,
-            group_size=args.group_size,
-            frames=args.frames,
-            warmup=args.warmup,
-            prompt_length=args.prompt,
-        )
-        print("\n" + "\n".join(figures.lines()))
+        for stock_attention in (False, True) if args.stock_attention else (False,):
+            figures = run(
+                layers=args.layers,
+                dtype=getattr(mx, args.dtype),
+                bits=bits,
+                group_size=args.group_size,
+                frames=args.frames,
+                warmup=args.warmup,
+                prompt_length=args.prompt,
+                stock_attention=stock_attention,
+            )
+            print("\n" + "\n".join(figures.lines()))
     print()
 
 

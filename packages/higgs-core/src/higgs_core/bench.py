@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten, tree_map
+from mlx_lm.models.base import scaled_dot_product_attention
 
 from higgs_core.config import ModelConfig
 from higgs_core.generate import generate
@@ -125,7 +126,7 @@ class Figures:
     paired_ratio: float  # median of per-frame step / floor
     frames: int
     peak_gb: float  # prefill and decode
-    kernels: str  # what runs the linear layers
+    kernels: str  # what runs the linear layers and attention
 
     @property
     def real_time_factor(self) -> float:
@@ -136,7 +137,7 @@ class Figures:
         return [
             f"[{self.label}] {self.layers}/28 layers, model {self.model_gb:.2f} GB "
             f"(built in {self.build_seconds:.1f} s)",
-            f"  linear layers  {self.kernels}",
+            f"  kernels        {self.kernels}",
             f"  prefill        {self.prefill_tokens / self.prefill_seconds:8.1f} tokens/s "
             f"({self.prefill_tokens} positions in {self.prefill_seconds:.2f} s)",
             f"  decode step    {self.step_ms:8.1f} ms/frame (median of {self.frames}, synced)",
@@ -159,13 +160,20 @@ def run(
     warmup: int = 3,
     prompt_length: int = 256,
     seed: int = 0,
+    stock_attention: bool = False,
 ) -> Figures:
-    """Build one model (``bits`` 0: unquantized) and time it."""
+    """Build one model (``bits`` 0: unquantized) and time it; ``stock_attention``
+    keeps mlx-lm's attention where higgs-kernels would take it over."""
     mx.clear_cache()
     mx.reset_peak_memory()
     t0 = time.perf_counter()
     model = build(layers, dtype, bits, group_size)
     build_seconds = time.perf_counter() - t0
+    kernels = model.kernels
+    if stock_attention and "attention too" in kernels:
+        for layer in model.layers:
+            layer.self_attn.attend = scaled_dot_product_attention
+        kernels = kernels.replace("attention too", "stock attention")
     size = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
     mx.reset_peak_memory()
 
@@ -186,7 +194,7 @@ def run(
         paired_ratio=statistics.median(a / b for a, b in zip(steps, floors, strict=True)),
         frames=frames,
         peak_gb=mx.get_peak_memory() / GB,
-        kernels=model.kernels,
+        kernels=kernels,
     )
     del model, res
     mx.clear_cache()
