@@ -157,9 +157,10 @@ void linear(const Weight& w, const void* x, DType xt, int64_t m, void* y, DType 
   const Isa& chosen = isa();
   std::vector<float> xbuf, ybuf;
   const float* xf = static_cast<const float*>(x);
-  // bf16 x bf16 products are exact in fp32: the bf16 prefill loses nothing.
-  const bool bf16_gemm = m > 8 && chosen.gemm_bf16 && !w.quantized() && w.dtype == DType::BF16 &&
-                         xt == DType::BF16;
+  // bf16 x bf16 products are exact in fp32: the bf16 prefill loses nothing on bf16
+  // weights; quantized ones are rounded to bf16, the activations' own precision.
+  const bool bf16_gemm = m > 8 && chosen.gemm_bf16 && xt == DType::BF16 &&
+                         (w.quantized() || w.dtype == DType::BF16);
   if (xt != DType::F32 && !bf16_gemm) {
     xbuf.resize(m * w.K);
     to_f32(x, xt, m * w.K, xbuf.data());
@@ -177,8 +178,7 @@ void linear(const Weight& w, const void* x, DType xt, int64_t m, void* y, DType 
   if (w.K == 0) {
     std::fill(yf, yf + m * w.N, 0.0f);
   } else if (bf16_gemm) {
-    chosen.gemm_bf16(static_cast<const uint16_t*>(w.data), w.N, w.K,
-                     static_cast<const uint16_t*>(x), m, yf);
+    chosen.gemm_bf16(w, static_cast<const uint16_t*>(x), m, yf);
   } else if (m <= 8) {
     gemv_path(chosen, w, xf, int(m), yf);
   } else {

@@ -71,18 +71,17 @@ struct Isa {
   // Reads `bytes` (a multiple of 64) and returns a value that depends on all of
   // them: the benchmark's measure of read bandwidth.
   uint64_t (*read)(const void* p, size_t bytes);
-  // Prefill for bf16 x and bf16 W ([m, K] x [N, K] -> fp32 y [m, N]) when the
-  // ISA has a faster way than fp32 panels; null otherwise.
-  void (*gemm_bf16)(const uint16_t* w, int64_t N, int64_t K, const uint16_t* x, int64_t m,
-                    float* y);
+  // Prefill for bf16 x ([m, K] x W [N, K] -> fp32 y [m, N]) with a bf16 or a
+  // quantized W, whose values are rounded to bf16 first, when the ISA has a
+  // faster way than fp32 panels; null otherwise.
+  void (*gemm_bf16)(const Weight& w, const uint16_t* x, int64_t m, float* y);
 };
 
 const Isa& isa_generic();
 #if defined(__x86_64__) || defined(_M_X64)
 const Isa& isa_avx2();
 const Isa& isa_avx512();  // isa_avx2 plus the AVX512-BF16 prefill
-void gemm_bf16_avx512(const uint16_t* w, int64_t N, int64_t K, const uint16_t* x, int64_t m,
-                      float* y);
+void gemm_bf16_avx512(const Weight& w, const uint16_t* x, int64_t m, float* y);
 #endif
 
 // Chosen at first use: the best the CPU runs of avx512 (AVX2 + AVX512-BF16),

@@ -1,7 +1,10 @@
-// Prefill for bf16 x and bf16 W on CPUs with AVX512-BF16 (AMD Zen 4 and later,
-// Intel Cooper Lake, Sapphire Rapids): vdpbf16ps multiplies pairs of bf16
-// exactly and accumulates in fp32, twice the rate of fp32 FMAs. Built with
-// AVX-512 flags for this file only; dispatch.cpp calls it after checking the CPU.
+// Prefill for bf16 x on CPUs with AVX512-BF16 (AMD Zen 4 and later, Intel
+// Cooper Lake, Sapphire Rapids): vdpbf16ps multiplies pairs of bf16 exactly and
+// accumulates in fp32, twice the rate of fp32 FMAs. W is bf16, or group-quantized
+// and dequantized to bf16 as each block of it is packed (the precision of the
+// activations; MLX's GPU kernels likewise dequantize into the input type).
+// Built with AVX-512 flags for this file only; dispatch.cpp calls it after
+// checking the CPU.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -54,10 +57,49 @@ void micro(const uint32_t* a, const uint32_t* b, int64_t kp, float* c, int64_t l
   }
 }
 
+// Values [k0, k0 + n) of quantized row `row` as bf16 (k0 and n multiples of 16,
+// as the packing hands them over: groups are 32, 64 or 128 wide).
+void dequant_bf16(const QWeight& q, int64_t K, int64_t row, int64_t k0, int64_t n,
+                  uint16_t* dst) {
+  const int64_t groups = K / q.group;
+  const uint32_t* codes = q.codes + row * (K * q.bits / 32);
+  const uint8_t* bytes = reinterpret_cast<const uint8_t*>(codes);
+  for (int64_t k = k0; k < k0 + n; k += 16) {
+    const int64_t g = row * groups + k / q.group;
+    const __m512 s = _mm512_set1_ps(load_scalar(q.scales, q.sdtype, g));
+    const __m512 b = _mm512_set1_ps(load_scalar(q.biases, q.sdtype, g));
+    __m512i v;
+    if (q.bits == 8) {
+      v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes + k)));
+    } else if (q.bits == 4) {
+      // Byte i holds codes 2i (low nibble) and 2i + 1 (high nibble).
+      const __m128i x = _mm_cvtepu8_epi16(_mm_loadl_epi64(
+          reinterpret_cast<const __m128i*>(bytes + k / 2)));
+      const __m128i lo = _mm_and_si128(x, _mm_set1_epi16(15)), hi = _mm_srli_epi16(x, 4);
+      v = _mm512_cvtepu16_epi32(
+          _mm256_set_m128i(_mm_unpackhi_epi16(lo, hi), _mm_unpacklo_epi16(lo, hi)));
+    } else {  // a little-endian bit stream; codes may straddle words
+      alignas(64) uint32_t c[16];
+      const uint32_t mask = (1u << q.bits) - 1;
+      for (int i = 0; i < 16; ++i) {
+        const int64_t bit = (k + i) * q.bits;
+        uint64_t word = codes[bit >> 5];
+        if ((bit & 31) + q.bits > 32) word |= uint64_t(codes[(bit >> 5) + 1]) << 32;
+        c[i] = uint32_t(word >> (bit & 31)) & mask;
+      }
+      v = _mm512_load_si512(c);
+    }
+    const __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), s, b);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + (k - k0)),
+                        (__m256i)_mm512_cvtneps_pbh(f));
+  }
+}
+
 }  // namespace
 
-void gemm_bf16_avx512(const uint16_t* w, int64_t N, int64_t K, const uint16_t* x, int64_t m,
-                      float* y) {
+void gemm_bf16_avx512(const Weight& weight, const uint16_t* x, int64_t m, float* y) {
+  const int64_t N = weight.N, K = weight.K;
+  const uint16_t* w = static_cast<const uint16_t*>(weight.data);
   const int64_t pairs = (K + 1) / 2;
   const int64_t panels = (m + MR - 1) / MR;
   // x in panels of 12 rows: ap[p][kp][i] = x[12p + i, 2kp .. 2kp + 1].
@@ -77,7 +119,9 @@ void gemm_bf16_avx512(const uint16_t* w, int64_t N, int64_t K, const uint16_t* x
   const int tasks = int((N + NCOLS - 1) / NCOLS);
   parallel_for(tasks, [&](int t) {
     thread_local std::vector<uint32_t> bp;
+    thread_local std::vector<uint16_t> seg;  // one quantized row's values, as bf16
     bp.resize(NCOLS * KP);
+    seg.resize(2 * KP);
     const int64_t n0 = t * NCOLS, nc = std::min(NCOLS, N - n0);
     for (int64_t q0 = 0; q0 < pairs; q0 += KP) {
       const int64_t kp = std::min(KP, pairs - q0);
@@ -88,6 +132,15 @@ void gemm_bf16_avx512(const uint16_t* w, int64_t N, int64_t K, const uint16_t* x
           const int64_t n = n0 + j0 + j;
           if (n >= N) {
             for (int64_t q = 0; q < kp; ++q) dst[q * NR + j] = 0;
+            continue;
+          }
+          if (weight.quantized()) {  // K is a multiple of the group, so even
+            dequant_bf16(weight.quant, K, n, 2 * q0, 2 * kp, seg.data());
+            for (int64_t q = 0; q < kp; ++q) {
+              uint32_t v;
+              std::memcpy(&v, seg.data() + 2 * q, 4);
+              dst[q * NR + j] = v;
+            }
             continue;
           }
           const uint16_t* row = w + n * K;
