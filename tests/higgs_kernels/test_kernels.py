@@ -94,7 +94,7 @@ def rand(shape, dtype, key):
 
 @pytest.mark.parametrize("rows", ROWS)
 @pytest.mark.parametrize("w_dtype", list(DTYPES))
-@pytest.mark.parametrize(("n", "k"), [(1, 1), (7, 5), (33, 130), (130, 77), (257, 1000)])
+@pytest.mark.parametrize(("n", "k"), [(1, 1), (7, 5), (33, 130), (130, 77), (257, 1000), (9, 8195)])
 def test_dense_matches_float64(isa, rows, w_dtype, n, k):
     key = mx.random.key(rows * 1000 + n * 7 + k)
     k1, k2 = mx.random.split(key)

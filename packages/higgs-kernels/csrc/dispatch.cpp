@@ -74,6 +74,15 @@ void from_f32(const float* src, int64_t count, void* dst, DType t) {
 constexpr int64_t KC = 256;  // depth of a packed panel (a multiple of every group size)
 constexpr int64_t NC = 64;   // output columns per task in the prefill path
 
+// Rows of W per matrix-vector task: a few tasks per thread so a late-waking
+// thread does not hold up the rest; multiples of 8 so every task runs the
+// widest tiles.
+int64_t task_rows(int64_t N) {
+  const int threads = num_threads();
+  int64_t rows = (N + 4 * threads - 1) / (4 * threads);
+  return std::max<int64_t>(16, (rows + 7) / 8 * 8);
+}
+
 void gemv_path(const Isa& isa, const Weight& w, const float* x, int m, float* y) {
   const int64_t N = w.N, K = w.K;
   std::vector<float> xsum;
@@ -90,11 +99,7 @@ void gemv_path(const Isa& isa, const Weight& w, const float* x, int m, float* y)
   const Isa& use = isa.gemv_supports(w) ? isa : isa_generic();
   std::vector<uint8_t> prepared;
   use.prepare(w, x, m, prepared);
-  // A few tasks per thread so a late-waking thread does not hold up the rest;
-  // rows in multiples of 8 so every task runs the widest tiles.
-  const int threads = num_threads();
-  int64_t rows = (N + 4 * threads - 1) / (4 * threads);
-  rows = std::max<int64_t>(16, (rows + 7) / 8 * 8);
+  const int64_t rows = task_rows(N);
   const int tasks = int((N + rows - 1) / rows);
   const float* xs = xsum.empty() ? nullptr : xsum.data();
   parallel_for(tasks, [&](int t) {
@@ -161,7 +166,12 @@ void linear(const Weight& w, const void* x, DType xt, int64_t m, void* y, DType 
   // weights; quantized ones are rounded to bf16, the activations' own precision.
   const bool bf16_gemm = m > 8 && chosen.gemm_bf16 && xt == DType::BF16 &&
                          (w.quantized() || w.dtype == DType::BF16);
-  if (xt != DType::F32 && !bf16_gemm) {
+  // One bf16 row against bf16 W: x stays bf16, half the bytes of an fp32 copy, so
+  // even down_proj's 8192 values fit in L1 beside the weight stream (an fp32 x
+  // of 32 KB streamed that shape at ~21 GB/s, bf16 at ~26; other shapes alike).
+  const bool bf16_gemv = m == 1 && chosen.gemv_bf16 && xt == DType::BF16 && !w.quantized() &&
+                         w.dtype == DType::BF16;
+  if (xt != DType::F32 && !bf16_gemm && !bf16_gemv) {
     xbuf.resize(m * w.K);
     to_f32(x, xt, m * w.K, xbuf.data());
     xf = xbuf.data();
@@ -179,6 +189,12 @@ void linear(const Weight& w, const void* x, DType xt, int64_t m, void* y, DType 
     std::fill(yf, yf + m * w.N, 0.0f);
   } else if (bf16_gemm) {
     chosen.gemm_bf16(w, static_cast<const uint16_t*>(x), m, yf);
+  } else if (bf16_gemv) {
+    const int64_t rows = task_rows(w.N);
+    parallel_for(int((w.N + rows - 1) / rows), [&](int t) {
+      const int64_t n0 = t * rows;
+      chosen.gemv_bf16(w, static_cast<const uint16_t*>(x), n0, std::min(w.N, n0 + rows), yf);
+    });
   } else if (m <= 8) {
     gemv_path(chosen, w, xf, int(m), yf);
   } else {

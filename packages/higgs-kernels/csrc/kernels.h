@@ -75,6 +75,9 @@ struct Isa {
   // quantized W, whose values are rounded to bf16 first, when the ISA has a
   // faster way than fp32 panels; null otherwise.
   void (*gemm_bf16)(const Weight& w, const uint16_t* x, int64_t m, float* y);
+  // One bf16 row of x against rows [n0, n1) of a bf16 W, x kept in bf16: for a
+  // long x, whose fp32 copy would crowd the weight stream out of L1; or null.
+  void (*gemv_bf16)(const Weight& w, const uint16_t* x, int64_t n0, int64_t n1, float* y);
 };
 
 const Isa& isa_generic();

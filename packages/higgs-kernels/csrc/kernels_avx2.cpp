@@ -88,6 +88,31 @@ void dense_rows(const Weight& w, const float* x, int64_t n0, int64_t n1, float* 
   for (; n < n1; ++n) dense_block<T, R, 1, ACC>(w.data, w.K, x, n, y, ldy);
 }
 
+// One bf16 row of x against bf16 rows of W, x read as bf16 (half the bytes of
+// an fp32 copy, so a long x still fits in L1 beside the weight stream).
+void gemv_bf16(const Weight& w, const uint16_t* x, int64_t n0, int64_t n1, float* y) {
+  constexpr int ACC = 8;
+  const int64_t K = w.K;
+  for (int64_t n = n0; n < n1; ++n) {
+    __m256 acc[ACC];
+    for (int a = 0; a < ACC; ++a) acc[a] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 * ACC <= K; k += 8 * ACC)
+      for (int a = 0; a < ACC; ++a)
+        acc[a] = _mm256_fmadd_ps(load8<DType::BF16>(x, k + 8 * a),
+                                 load8<DType::BF16>(w.data, n * K + k + 8 * a), acc[a]);
+    for (; k + 8 <= K; k += 8)
+      acc[0] = _mm256_fmadd_ps(load8<DType::BF16>(x, k), load8<DType::BF16>(w.data, n * K + k),
+                               acc[0]);
+    __m256 a = acc[0];
+    for (int t = 1; t < ACC; ++t) a = _mm256_add_ps(a, acc[t]);
+    float s = hsum(a);
+    const auto* wr = static_cast<const uint16_t*>(w.data) + n * K;
+    for (; k < K; ++k) s += bf16_to_f32(x[k]) * bf16_to_f32(wr[k]);
+    y[n] = s;
+  }
+}
+
 // ---- quantized weights ----
 
 // Eight codes (values 8c .. 8c + 7 of a row) as fp32, in order.
@@ -599,12 +624,14 @@ uint64_t read(const void* p, size_t bytes) {
 }  // namespace
 
 const Isa& isa_avx2() {
-  static const Isa isa{"avx2", prepare, gemv, pack, micro, gemv_supports, read, nullptr};
+  static const Isa isa{"avx2",         prepare, gemv, pack, micro, gemv_supports, read, nullptr,
+                       gemv_bf16};
   return isa;
 }
 
 const Isa& isa_avx512() {
-  static const Isa isa{"avx512", prepare, gemv, pack, micro, gemv_supports, read, gemm_bf16_avx512};
+  static const Isa isa{"avx512",         prepare, gemv, pack, micro, gemv_supports, read,
+                       gemm_bf16_avx512, gemv_bf16};
   return isa;
 }
 

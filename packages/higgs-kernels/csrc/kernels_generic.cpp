@@ -155,7 +155,7 @@ uint64_t read(const void* p, size_t bytes) {
 }  // namespace
 
 const Isa& isa_generic() {
-  static const Isa isa{"generic", prepare, gemv, pack, micro, supports_all, read, nullptr};
+  static const Isa isa{"generic", prepare, gemv, pack, micro, supports_all, read, nullptr, nullptr};
   return isa;
 }
 
