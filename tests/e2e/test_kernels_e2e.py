@@ -25,7 +25,7 @@ def logits(model, ids, audio):
 
 
 def test_logits_match_the_stock_path(monkeypatch, tiny_model):
-    """Linear layers and attention on the kernels against HIGGS_KERNELS=0.
+    """Linear layers, attention and SwiGLU on the kernels against HIGGS_KERNELS=0.
 
     float32: within 1e-5 of the largest logit (fp32 sums in another order).
     bfloat16: stock MLX rounds attention scores and probabilities to bf16 where
@@ -44,6 +44,9 @@ def test_logits_match_the_stock_path(monkeypatch, tiny_model):
         assert "stock" in stock.kernels and "higgs-kernels" in fast.kernels
         assert all(layer.self_attn.attend is kernel_attention for layer in fast.layers)
         assert not any(layer.self_attn.attend is kernel_attention for layer in stock.layers)
+        mlps = [m for layer in fast.layers for m in (layer.mlp, layer.audio_mlp)]
+        assert all(mlp.act is kernels.swiglu for mlp in mlps)
+        assert not any(layer.audio_mlp.act is kernels.swiglu for layer in stock.layers)
         runs[dtype] = logits(stock, ids, audio), logits(fast, ids, audio)
     for want, got in zip(*runs["float32"], strict=True):
         assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()

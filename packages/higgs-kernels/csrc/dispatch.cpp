@@ -203,6 +203,20 @@ void linear(const Weight& w, const void* x, DType xt, int64_t m, void* y, DType 
   if (yt != DType::F32) from_f32(yf, m * w.N, y, yt);
 }
 
+void swiglu(const void* g, const void* u, DType t, int64_t n, void* out) {
+  const Isa& chosen = isa();
+  if (poison_outputs) std::memset(out, 0xff, n * dtype_size(t));
+  // A decode step's 8192 values take microseconds: split only prefill-sized work.
+  constexpr int64_t piece = int64_t(1) << 16;
+  if (n <= piece) return chosen.swiglu(g, u, t, n, out);
+  const size_t item = dtype_size(t);
+  parallel_for(int((n + piece - 1) / piece), [&](int p) {
+    const int64_t i0 = p * piece, len = std::min(piece, n - i0);
+    chosen.swiglu(static_cast<const char*>(g) + i0 * item, static_cast<const char*>(u) + i0 * item,
+                  t, len, static_cast<char*>(out) + i0 * item);
+  });
+}
+
 double read_seconds(const void* p, size_t bytes) {
   const Isa& chosen = isa();
   constexpr size_t piece = size_t(4) << 20;

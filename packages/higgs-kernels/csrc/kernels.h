@@ -78,6 +78,8 @@ struct Isa {
   // One bf16 row of x against rows [n0, n1) of a bf16 W, x kept in bf16: for a
   // long x, whose fp32 copy would crowd the weight stream out of L1; or null.
   void (*gemv_bf16)(const Weight& w, const uint16_t* x, int64_t n0, int64_t n1, float* y);
+  // out[i] = silu(g[i]) * u[i] for i < n, computed in fp32, stored in dtype t.
+  void (*swiglu)(const void* g, const void* u, DType t, int64_t n, void* out);
 };
 
 const Isa& isa_generic();
@@ -98,6 +100,9 @@ extern bool poison_outputs;
 
 // The entry points: y = x @ W^T for x [m, K] of dtype xt, y [m, N] of dtype yt.
 void linear(const Weight& w, const void* x, DType xt, int64_t m, void* y, DType yt);
+
+// out = silu(g) * u elementwise over n values of dtype t, in fp32 inside.
+void swiglu(const void* g, const void* u, DType t, int64_t n, void* out);
 
 // Seconds to read `bytes` at p with every thread of the pool (bytes split in
 // 64-byte aligned pieces): the memory-bandwidth floor the benchmark compares to.

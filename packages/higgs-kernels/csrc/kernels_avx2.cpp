@@ -113,6 +113,78 @@ void gemv_bf16(const Weight& w, const uint16_t* x, int64_t n0, int64_t n1, float
   }
 }
 
+// ---- silu(g) * u ----
+
+// e^x for fp32 lanes: x = n ln2 + r with |r| <= ln2 / 2, e^r by a degree-6
+// polynomial (Cephes' expf coefficients, ~1 ulp), 2^n through the exponent bits.
+// Inputs are clamped to [-87.3, 88] so 2^n stays a normal number; NaN passes.
+inline __m256 exp8(__m256 x) {
+  x = _mm256_min_ps(_mm256_set1_ps(88.0f), x);
+  x = _mm256_max_ps(_mm256_set1_ps(-87.3365478515625f), x);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n),
+                                                       _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+template <DType T>
+inline void store8(void* out, int64_t i, __m256 v) {
+  if constexpr (T == DType::F32) {
+    _mm256_storeu_ps(static_cast<float*>(out) + i, v);
+  } else if constexpr (T == DType::F16) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint16_t*>(out) + i),
+                     _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+  } else {
+    alignas(32) float f[8];
+    _mm256_store_ps(f, v);
+    auto* o = static_cast<uint16_t*>(out) + i;
+    for (int j = 0; j < 8; ++j) o[j] = f32_to_bf16(f[j]);
+  }
+}
+
+template <DType T>
+void swiglu_t(const void* g, const void* u, int64_t n, void* out) {
+  int64_t i = 0;
+  const __m256 sign = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f);
+  for (; i + 8 <= n; i += 8) {
+    // sigmoid(x) from t = e^-|x| <= 1, which cannot overflow: 1 / (1 + t) for
+    // x >= 0, t / (1 + t) below.
+    const __m256 x = load8<T>(g, i), neg = _mm256_or_ps(x, sign);
+    // Past exp8's clamp e^-|x| underflows: 0, so silu(x) -> -0 for very negative x.
+    const __m256 t = _mm256_andnot_ps(_mm256_cmp_ps(neg, _mm256_set1_ps(-87.3f), _CMP_LT_OQ),
+                                      exp8(neg));
+    const __m256 s = _mm256_div_ps(
+        _mm256_blendv_ps(t, one, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GE_OQ)),
+        _mm256_add_ps(one, t));
+    store8<T>(out, i, _mm256_mul_ps(_mm256_mul_ps(x, s), load8<T>(u, i)));
+  }
+  for (; i < n; ++i) {
+    const float x = load_scalar(g, T, i);
+    const float y = x / (1.0f + std::exp(-x)) * load_scalar(u, T, i);
+    if constexpr (T == DType::F32) {
+      static_cast<float*>(out)[i] = y;
+    } else {
+      static_cast<uint16_t*>(out)[i] = T == DType::BF16 ? f32_to_bf16(y) : f32_to_f16(y);
+    }
+  }
+}
+
+void swiglu_avx2(const void* g, const void* u, DType t, int64_t n, void* out) {
+  if (t == DType::F32) return swiglu_t<DType::F32>(g, u, n, out);
+  if (t == DType::BF16) return swiglu_t<DType::BF16>(g, u, n, out);
+  return swiglu_t<DType::F16>(g, u, n, out);
+}
+
 // ---- quantized weights ----
 
 // Eight codes (values 8c .. 8c + 7 of a row) as fp32, in order.
@@ -625,13 +697,13 @@ uint64_t read(const void* p, size_t bytes) {
 
 const Isa& isa_avx2() {
   static const Isa isa{"avx2",         prepare, gemv, pack, micro, gemv_supports, read, nullptr,
-                       gemv_bf16};
+                       gemv_bf16,      swiglu_avx2};
   return isa;
 }
 
 const Isa& isa_avx512() {
   static const Isa isa{"avx512",         prepare, gemv, pack, micro, gemv_supports, read,
-                       gemm_bf16_avx512, gemv_bf16};
+                       gemm_bf16_avx512, gemv_bf16, swiglu_avx2};
   return isa;
 }
 

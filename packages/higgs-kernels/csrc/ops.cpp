@@ -185,6 +185,42 @@ class HiggsAttention : public mx::UnaryPrimitive {
   bool causal_;
 };
 
+// silu(gate) * up elementwise (a SwiGLU MLP's activation), fp32 inside. MLX's
+// CPU exp is scalar; this one is vectorised.
+class HiggsSwiglu : public mx::UnaryPrimitive {
+ public:
+  explicit HiggsSwiglu(mx::Stream stream) : mx::UnaryPrimitive(stream) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    for (auto& a : inputs) encoder.set_input_array(a);
+    encoder.set_output_array(out);
+    encoder.dispatch([inputs, out = mx::array::unsafe_weak_copy(out)]() mutable {
+      std::vector<char> bufs[2];
+      const void* g = row_major(inputs[0], bufs[0]);
+      const void* u = row_major(inputs[1], bufs[1]);
+      hk::swiglu(g, u, kernel_dtype(out.dtype()), out.size(), out.data<void>());
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("[higgs_kernels] these kernels run on the CPU only.");
+  }
+
+  const char* name() const override {
+    return "HiggsSwiglu";
+  }
+
+  bool is_equivalent(const mx::Primitive&) const override {
+    return true;
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    return {inputs[0].shape()};
+  }
+};
+
 mx::Stream cpu_stream(mx::StreamOrDevice s) {
   mx::Stream stream = mx::to_stream(s, mx::Device::cpu);
   if (stream.device != mx::Device::cpu)
@@ -291,10 +327,22 @@ mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, 
                    std::make_shared<HiggsAttention>(cpu_stream(s), scale, causal), {q, k, v});
 }
 
+mx::array swiglu(const mx::array& gate, const mx::array& up, mx::StreamOrDevice s) {
+  if (gate.shape() != up.shape() || gate.dtype() != up.dtype() || !floating(gate.dtype())) {
+    std::ostringstream os;
+    os << "[higgs_kernels.swiglu] gate and up must share one shape and one dtype of float32, "
+       << "bfloat16 or float16, got " << gate.shape() << " of " << gate.dtype() << " and "
+       << up.shape() << " of " << up.dtype() << ".";
+    throw std::invalid_argument(os.str());
+  }
+  return mx::array(gate.shape(), gate.dtype(), std::make_shared<HiggsSwiglu>(cpu_stream(s)),
+                   {gate, up});
+}
+
 }  // namespace
 
 NB_MODULE(_ext, m) {
-  m.doc() = "CPU kernels for MLX: dense and group-quantized linear layers, attention.";
+  m.doc() = "CPU kernels for MLX: dense and group-quantized linear layers, attention, SwiGLU.";
   m.def("linear", &linear, "x"_a, "w"_a, nb::kw_only(), "stream"_a = nb::none(),
         "y = x @ w.T for a dense weight w [N, K], on the CPU.");
   m.def("quantized_linear", &quantized_linear, "x"_a, "w"_a, "scales"_a, "biases"_a,
@@ -304,6 +352,8 @@ NB_MODULE(_ext, m) {
         "stream"_a = nb::none(),
         "softmax(q k^T * scale) v with grouped heads (q [B, Hq, Lq, D], k/v [B, Hkv, Lk, D]), "
         "causal as with a KV cache (query i sees keys j <= Lk - Lq + i), on the CPU.");
+  m.def("swiglu", &swiglu, "gate"_a, "up"_a, nb::kw_only(), "stream"_a = nb::none(),
+        "silu(gate) * up elementwise, fp32 inside, on the CPU.");
   m.def(
       "set_attention_path", [](const std::string& name) { hk::set_attention_path(name.c_str()); },
       "name"_a, "Testing aid: force 'decode' (keys split) or 'prefill' kernels, or 'auto'.");

@@ -1,11 +1,13 @@
-"""Routing linear layers and attention through higgs-kernels on MLX's CPU device.
+"""Routing linear layers, attention and the MLP's activation through
+higgs-kernels on MLX's CPU device.
 
 Stock MLX's CPU backend multiplies a bf16 matrix by a vector at a fraction of
-the memory bandwidth, runs prefill through a reference BLAS, and attends
-over a KV cache an order of magnitude below memory speed; the optional
-``higgs-kernels`` extension (Linux) does all three at memory or compute speed. It
-is used only when it is installed and the model runs on the CPU;
-``HIGGS_KERNELS=0`` turns it off. Metal and CUDA always run stock MLX.
+the memory bandwidth, runs prefill through a reference BLAS, attends over a KV
+cache an order of magnitude below memory speed and computes silu with a scalar
+exp; the optional ``higgs-kernels`` extension (Linux) does all of these at
+memory or compute speed. It is used only when it is installed and the model
+runs on the CPU; ``HIGGS_KERNELS=0`` turns it off. Metal and CUDA always run
+stock MLX.
 """
 
 import os
@@ -29,8 +31,8 @@ def kernel_attention(queries, keys, values, cache, scale: float, mask) -> mx.arr
 
 def use_kernels(model: nn.Module) -> str:
     """Swap the model's linear layers for kernel-backed twins and its attention
-    for the kernels' where that helps, and say what runs them (the line
-    ``higgs bench`` prints)."""
+    and SwiGLU activation for the kernels' where that helps, and say what runs
+    them (the line ``higgs bench`` prints)."""
     if os.environ.get("HIGGS_KERNELS", "").strip() in ("0", "false", "no", "off"):
         status = "stock MLX (higgs-kernels turned off by HIGGS_KERNELS=0)"
     elif mx.default_device() != mx.cpu:
@@ -49,6 +51,8 @@ def use_kernels(model: nn.Module) -> str:
                 for _, module in model.named_modules():
                     if "attend" in module.__dict__:  # higgs_core.model.Attention
                         module.attend = kernel_attention
+                    if "act" in module.__dict__:  # higgs_core.model.MLP
+                        module.act = higgs_kernels.swiglu
                 status = (
                     f"higgs-kernels ({higgs_kernels.isa()}, {higgs_kernels.threads()} threads; "
                     "attention too)"

@@ -131,9 +131,12 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(dim, hidden, bias=False)
         self.up_proj = nn.Linear(dim, hidden, bias=False)
         self.down_proj = nn.Linear(hidden, dim, bias=False)
+        # mlx-lm's silu(gate) * up; on the CPU use_kernels swaps in higgs-kernels'
+        # one (MLX's CPU exp is scalar: 150 us per 8192 values, 28 times a frame).
+        self.act = swiglu
 
     def __call__(self, x: mx.array) -> mx.array:
-        hidden = swiglu(project(self.gate_proj, x), project(self.up_proj, x))
+        hidden = self.act(project(self.gate_proj, x), project(self.up_proj, x))
         return project(self.down_proj, hidden)
 
 

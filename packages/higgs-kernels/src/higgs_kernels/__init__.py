@@ -1,10 +1,11 @@
 """CPU kernels that let MLX run linear layers at memory speed on Linux.
 
 `linear` and `quantized_linear` compute ``x @ w.T`` (for MLX's affine
-group-quantized layout too) and `attention` is scaled dot-product attention,
-with this package's C++ kernels when they run on MLX's CPU device and the
-extension is built; anywhere else they are stock MLX. `patch(model)` swaps a
-model's `nn.Linear`/`nn.QuantizedLinear` layers for ones that do this.
+group-quantized layout too), `attention` is scaled dot-product attention and
+`swiglu` a SwiGLU MLP's activation, with this package's C++ kernels when they
+run on MLX's CPU device and the extension is built; anywhere else they are
+stock MLX. `patch(model)` swaps a model's `nn.Linear`/`nn.QuantizedLinear`
+layers for ones that do this.
 """
 
 from .layers import KernelLinear, KernelQuantizedLinear, patch
@@ -18,6 +19,7 @@ from .ops import (
     linear,
     quantized_linear,
     set_threads,
+    swiglu,
     threads,
 )
 
@@ -36,5 +38,6 @@ __all__ = [
     "patch",
     "quantized_linear",
     "set_threads",
+    "swiglu",
     "threads",
 ]

@@ -114,3 +114,14 @@ def attention(
     return mx.fast.scaled_dot_product_attention(
         q, k, v, scale=scale, mask="causal" if causal else None, stream=stream
     )
+
+
+def swiglu(gate: mx.array, up: mx.array, *, stream=None) -> mx.array:
+    """``silu(gate) * up``, the activation of a SwiGLU MLP, computed in fp32 and
+    returned in the inputs' dtype. On MLX's CPU device (same shape and dtype) the
+    kernels run it with a vectorised exp; elsewhere it is stock MLX."""
+    if _on_cpu(stream) and gate.shape == up.shape and gate.dtype == up.dtype in _FLOATS:
+        return _ext.swiglu(gate, up, stream=stream)
+    return mx.multiply(
+        mx.multiply(gate, mx.sigmoid(gate, stream=stream), stream=stream), up, stream=stream
+    )
