@@ -19,9 +19,9 @@ prints:
     uv run python benchmarks/bench_decode.py --layers 4 --frames 24 --bits 0
     uv run python benchmarks/bench_decode.py --bits 0 --prompt 1024 --stock-attention
 
-``--stock-attention`` runs each precision twice, the second time with mlx-lm's
-attention where higgs-kernels would take it over: the before/after of the
-attention kernel in one run.
+``--stock-attention`` (``--stock-swiglu``) runs each precision again with
+mlx-lm's attention (MLP activation) where higgs-kernels would take it over: the
+before/after of that kernel in one run.
 
 On a Linux CPU without higgs-kernels stock MLX is slow (bf16 matrix-vector at ~2.5 GB/s; quantized
 matrix-vector ~8x slower still), so there use ``--layers`` and, for q8/q4, a
@@ -49,11 +49,19 @@ def main():
         action="store_true",
         help="also run each precision with mlx-lm's attention instead of higgs-kernels'",
     )
+    parser.add_argument(
+        "--stock-swiglu",
+        action="store_true",
+        help="also run each precision with mlx-lm's swiglu instead of higgs-kernels'",
+    )
     args = parser.parse_args()
 
     print(f"device {mx.default_device()}, mlx {mx.__version__}")
     for bits in args.bits:
-        for stock_attention in (False, True) if args.stock_attention else (False,):
+        variants = [{}]
+        variants += [{"stock_attention": True}] if args.stock_attention else []
+        variants += [{"stock_swiglu": True}] if args.stock_swiglu else []
+        for variant in variants:
             figures = run(
                 layers=args.layers,
                 dtype=getattr(mx, args.dtype),
@@ -62,7 +70,7 @@ def main():
                 frames=args.frames,
                 warmup=args.warmup,
                 prompt_length=args.prompt,
-                stock_attention=stock_attention,
+                **variant,
             )
             print("\n" + "\n".join(figures.lines()))
     print()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten, tree_map
+from mlx_lm.models.activations import swiglu
 from mlx_lm.models.base import scaled_dot_product_attention
 
 from higgs_core.config import ModelConfig
@@ -161,9 +162,11 @@ def run(
     prompt_length: int = 256,
     seed: int = 0,
     stock_attention: bool = False,
+    stock_swiglu: bool = False,
 ) -> Figures:
     """Build one model (``bits`` 0: unquantized) and time it; ``stock_attention``
-    keeps mlx-lm's attention where higgs-kernels would take it over."""
+    and ``stock_swiglu`` keep mlx-lm's attention or MLP activation where
+    higgs-kernels would take them over (for before/after figures in one run)."""
     mx.clear_cache()
     mx.reset_peak_memory()
     t0 = time.perf_counter()
@@ -174,6 +177,10 @@ def run(
         for layer in model.layers:
             layer.self_attn.attend = scaled_dot_product_attention
         kernels = kernels.replace("attention too", "stock attention")
+    if stock_swiglu and "attention too" in model.kernels:
+        for layer in model.layers:
+            layer.mlp.act = layer.audio_mlp.act = swiglu
+        kernels += ", stock swiglu"
     size = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
     mx.reset_peak_memory()
 
