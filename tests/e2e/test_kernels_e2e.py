@@ -6,7 +6,7 @@ import pytest
 
 import higgs_core
 from higgs_cli.pipeline import Higgs
-from higgs_core.kernels import kernel_attention
+from higgs_core.kernels import KernelRoPE, kernel_attention
 
 kernels = pytest.importorskip("higgs_kernels")
 pytestmark = pytest.mark.skipif(
@@ -25,7 +25,7 @@ def logits(model, ids, audio):
 
 
 def test_logits_match_the_stock_path(monkeypatch, tiny_model):
-    """Linear layers, attention and SwiGLU on the kernels against HIGGS_KERNELS=0.
+    """Linear layers, attention, RoPE and SwiGLU on the kernels against HIGGS_KERNELS=0.
 
     float32: within 1e-5 of the largest logit (fp32 sums in another order).
     bfloat16: stock MLX rounds attention scores and probabilities to bf16 where
@@ -47,6 +47,8 @@ def test_logits_match_the_stock_path(monkeypatch, tiny_model):
         mlps = [m for layer in fast.layers for m in (layer.mlp, layer.audio_mlp)]
         assert all(mlp.act is kernels.swiglu for mlp in mlps)
         assert not any(layer.audio_mlp.act is kernels.swiglu for layer in stock.layers)
+        assert all(isinstance(layer.self_attn.rope, KernelRoPE) for layer in fast.layers)
+        assert not any(isinstance(layer.self_attn.rope, KernelRoPE) for layer in stock.layers)
         runs[dtype] = logits(stock, ids, audio), logits(fast, ids, audio)
     for want, got in zip(*runs["float32"], strict=True):
         assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()

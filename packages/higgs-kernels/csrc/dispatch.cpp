@@ -2,6 +2,7 @@
 // thread pool: matrix x vector for up to 8 rows, packed panels for more.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -215,6 +216,49 @@ void swiglu(const void* g, const void* u, DType t, int64_t n, void* out) {
     chosen.swiglu(static_cast<const char*>(g) + i0 * item, static_cast<const char*>(u) + i0 * item,
                   t, len, static_cast<char*>(out) + i0 * item);
   });
+}
+
+void rope(const void* x, DType t, int64_t rows, int64_t L, int64_t D, int64_t dims,
+          const float* inv_freq, int64_t offset, float scale, void* out) {
+  const int64_t half = dims / 2;
+  // cos and sin per position, shared by every row (a decode step: 1 position,
+  // 24 or 8 heads). The angle is rounded to fp32 as MLX rounds it.
+  std::vector<float> cs(L * half * 2);
+  for (int64_t l = 0; l < L; ++l) {
+    const float pos = float(offset + l) * scale;
+    for (int64_t i = 0; i < half; ++i) {
+      const float theta = pos * inv_freq[i];
+      cs[(l * half + i) * 2] = std::cos(theta);
+      cs[(l * half + i) * 2 + 1] = std::sin(theta);
+    }
+  }
+  if (poison_outputs) std::memset(out, 0xff, rows * L * D * dtype_size(t));
+  auto load = [&](int64_t i) { return load_scalar(x, t, i); };
+  auto store = [&](int64_t i, float v) {
+    if (t == DType::F32) {
+      static_cast<float*>(out)[i] = v;
+    } else {
+      static_cast<uint16_t*>(out)[i] = t == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v);
+    }
+  };
+  auto run = [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t l = 0; l < L; ++l) {
+        const int64_t base = (r * L + l) * D;
+        const float* c = cs.data() + l * half * 2;
+        for (int64_t i = 0; i < half; ++i) {
+          const float a = load(base + i), b = load(base + half + i);
+          store(base + i, a * c[2 * i] - b * c[2 * i + 1]);
+          store(base + half + i, a * c[2 * i + 1] + b * c[2 * i]);
+        }
+        for (int64_t i = dims; i < D; ++i) store(base + i, load(base + i));
+      }
+    }
+  };
+  // A decode step's few rows take a microsecond or two: split only prefill work.
+  if (rows * L * D <= (int64_t(1) << 16)) return run(0, rows);
+  const int tasks = int(std::min<int64_t>(rows, 4 * num_threads()));
+  parallel_for(tasks, [&](int k) { run(rows * k / tasks, rows * (k + 1) / tasks); });
 }
 
 double read_seconds(const void* p, size_t bytes) {

@@ -104,6 +104,13 @@ void linear(const Weight& w, const void* x, DType xt, int64_t m, void* y, DType 
 // out = silu(g) * u elementwise over n values of dtype t, in fp32 inside.
 void swiglu(const void* g, const void* u, DType t, int64_t n, void* out);
 
+// Rotary embedding (rotate-half layout, as mx.fast.rope with traditional=False)
+// of x [rows, L, D] (row-major) into out: position l of every row turns its
+// first `dims` values by theta_i = (offset + l) * scale * inv_freq[i], i < dims / 2;
+// values past `dims` are copied. fp32 inside.
+void rope(const void* x, DType t, int64_t rows, int64_t L, int64_t D, int64_t dims,
+          const float* inv_freq, int64_t offset, float scale, void* out);
+
 // Seconds to read `bytes` at p with every thread of the pool (bytes split in
 // 64-byte aligned pieces): the memory-bandwidth floor the benchmark compares to.
 double read_seconds(const void* p, size_t bytes);

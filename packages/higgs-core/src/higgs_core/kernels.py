@@ -1,13 +1,13 @@
-"""Routing linear layers, attention and the MLP's activation through
+"""Routing linear layers, attention, RoPE and the MLP's activation through
 higgs-kernels on MLX's CPU device.
 
 Stock MLX's CPU backend multiplies a bf16 matrix by a vector at a fraction of
 the memory bandwidth, runs prefill through a reference BLAS, attends over a KV
-cache an order of magnitude below memory speed and computes silu with a scalar
-exp; the optional ``higgs-kernels`` extension (Linux) does all of these at
-memory or compute speed. It is used only when it is installed and the model
-runs on the CPU; ``HIGGS_KERNELS=0`` turns it off. Metal and CUDA always run
-stock MLX.
+cache an order of magnitude below memory speed, runs RoPE as a dozen separate
+ops and computes silu with a scalar exp; the optional ``higgs-kernels``
+extension (Linux) does all of these at memory or compute speed. It is used only
+when it is installed and the model runs on the CPU; ``HIGGS_KERNELS=0`` turns
+it off. Metal and CUDA always run stock MLX.
 """
 
 import os
@@ -29,10 +29,33 @@ def kernel_attention(queries, keys, values, cache, scale: float, mask) -> mx.arr
     return scaled_dot_product_attention(queries, keys, values, cache=cache, scale=scale, mask=mask)
 
 
+class KernelRoPE(nn.Module):
+    """mlx-lm's Llama3RoPE (rotate-half, given frequencies) on higgs-kernels:
+    MLX's CPU backend runs ``mx.fast.rope`` as a dozen separate ops."""
+
+    def __init__(self, rope: nn.Module):
+        super().__init__()
+        self.dims = rope.dims
+        self._freqs = rope._freqs
+
+    def __call__(self, x: mx.array, offset: int = 0) -> mx.array:
+        import higgs_kernels
+
+        return higgs_kernels.rope(x, self.dims, freqs=self._freqs, offset=offset)
+
+
+def _kernel_rope(rope):
+    """The kernels' twin of an mlx-lm RoPE module, or None where they do not fit."""
+    freqs = getattr(rope, "_freqs", None)
+    if freqs is None or getattr(rope, "traditional", True) or freqs.dtype != mx.float32:
+        return None
+    return KernelRoPE(rope)
+
+
 def use_kernels(model: nn.Module) -> str:
-    """Swap the model's linear layers for kernel-backed twins and its attention
-    and SwiGLU activation for the kernels' where that helps, and say what runs
-    them (the line ``higgs bench`` prints)."""
+    """Swap the model's linear layers for kernel-backed twins and its attention,
+    RoPE and SwiGLU activation for the kernels' where that helps, and say what
+    runs them (the line ``higgs bench`` prints)."""
     if os.environ.get("HIGGS_KERNELS", "").strip() in ("0", "false", "no", "off"):
         status = "stock MLX (higgs-kernels turned off by HIGGS_KERNELS=0)"
     elif mx.default_device() != mx.cpu:
@@ -51,6 +74,8 @@ def use_kernels(model: nn.Module) -> str:
                 for _, module in model.named_modules():
                     if "attend" in module.__dict__:  # higgs_core.model.Attention
                         module.attend = kernel_attention
+                        if (twin := _kernel_rope(module.rope)) is not None:
+                            module.rope = twin
                     if "act" in module.__dict__:  # higgs_core.model.MLP
                         module.act = higgs_kernels.swiglu
                 status = (

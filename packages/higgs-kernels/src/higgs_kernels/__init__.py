@@ -1,11 +1,11 @@
 """CPU kernels that let MLX run linear layers at memory speed on Linux.
 
 `linear` and `quantized_linear` compute ``x @ w.T`` (for MLX's affine
-group-quantized layout too), `attention` is scaled dot-product attention and
-`swiglu` a SwiGLU MLP's activation, with this package's C++ kernels when they
-run on MLX's CPU device and the extension is built; anywhere else they are
-stock MLX. `patch(model)` swaps a model's `nn.Linear`/`nn.QuantizedLinear`
-layers for ones that do this.
+group-quantized layout too), `attention` is scaled dot-product attention,
+`swiglu` a SwiGLU MLP's activation and `rope` a rotary embedding, with this
+package's C++ kernels when they run on MLX's CPU device and the extension is
+built; anywhere else they are stock MLX. `patch(model)` swaps a model's
+`nn.Linear`/`nn.QuantizedLinear` layers for ones that do this.
 """
 
 from .layers import KernelLinear, KernelQuantizedLinear, patch
@@ -18,6 +18,7 @@ from .ops import (
     isa,
     linear,
     quantized_linear,
+    rope,
     set_threads,
     swiglu,
     threads,
@@ -37,6 +38,7 @@ __all__ = [
     "linear",
     "patch",
     "quantized_linear",
+    "rope",
     "set_threads",
     "swiglu",
     "threads",

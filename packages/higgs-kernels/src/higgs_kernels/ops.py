@@ -125,3 +125,30 @@ def swiglu(gate: mx.array, up: mx.array, *, stream=None) -> mx.array:
     return mx.multiply(
         mx.multiply(gate, mx.sigmoid(gate, stream=stream), stream=stream), up, stream=stream
     )
+
+
+def rope(
+    x: mx.array, dims: int, *, freqs: mx.array, offset: int, scale: float = 1.0, stream=None
+) -> mx.array:
+    """``mx.fast.rope(x, dims, traditional=False, base=None, scale=scale,
+    offset=offset, freqs=freqs)``: the rotate-half rotary embedding with given
+    frequencies (angle = (offset + position) * scale / freqs), computed in fp32.
+    On MLX's CPU device with an int offset the kernels run it; elsewhere it is
+    stock MLX."""
+    if (
+        _on_cpu(stream)
+        and isinstance(offset, int)
+        and x.dtype in _FLOATS
+        and freqs.dtype == mx.float32
+    ):
+        return _ext.rope(x, dims, freqs=freqs, offset=offset, scale=scale, stream=stream)
+    return mx.fast.rope(
+        x,
+        dims,
+        traditional=False,
+        base=None,
+        scale=scale,
+        offset=offset,
+        freqs=freqs,
+        stream=stream,
+    )
