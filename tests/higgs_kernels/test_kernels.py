@@ -28,22 +28,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def runnable_isas():
-    """Every instruction set this CPU runs, the best last."""
-    if not hk.available():
-        return []
-    found = []
-    for name in ("generic", "avx2", "avx512"):
-        try:
-            hk._ext.set_isa(name)
-        except ValueError:
-            continue
-        found.append(name)
-    hk._ext.set_isa("auto")
-    return found
-
-
-ISAS = runnable_isas()
 ROWS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 23]
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 OUT_ULP = {mx.float32: 0.0, mx.bfloat16: 2.0**-8, mx.float16: 2.0**-11}
@@ -56,12 +40,6 @@ def poisoned_outputs():
     hk._ext.set_poison(False)
     hk._ext.set_isa("auto")
     hk.set_threads(None)
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    hk._ext.set_isa(request.param)
-    return request.param
 
 
 def f64(a):
