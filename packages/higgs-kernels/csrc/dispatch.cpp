@@ -234,13 +234,7 @@ void rope(const void* x, DType t, int64_t rows, int64_t L, int64_t D, int64_t di
   }
   if (poison_outputs) std::memset(out, 0xff, rows * L * D * dtype_size(t));
   auto load = [&](int64_t i) { return load_scalar(x, t, i); };
-  auto store = [&](int64_t i, float v) {
-    if (t == DType::F32) {
-      static_cast<float*>(out)[i] = v;
-    } else {
-      static_cast<uint16_t*>(out)[i] = t == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v);
-    }
-  };
+  auto store = [&](int64_t i, float v) { store_scalar(out, t, i, v); };
   auto run = [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       for (int64_t l = 0; l < L; ++l) {

@@ -145,4 +145,12 @@ inline float load_scalar(const void* p, DType t, int64_t i) {
   }
 }
 
+inline void store_scalar(void* p, DType t, int64_t i, float v) {
+  if (t == DType::F32) {
+    static_cast<float*>(p)[i] = v;
+  } else {
+    static_cast<uint16_t*>(p)[i] = t == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v);
+  }
+}
+
 }  // namespace hk

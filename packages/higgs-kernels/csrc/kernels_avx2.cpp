@@ -170,12 +170,7 @@ void swiglu_t(const void* g, const void* u, int64_t n, void* out) {
   }
   for (; i < n; ++i) {
     const float x = load_scalar(g, T, i);
-    const float y = x / (1.0f + std::exp(-x)) * load_scalar(u, T, i);
-    if constexpr (T == DType::F32) {
-      static_cast<float*>(out)[i] = y;
-    } else {
-      static_cast<uint16_t*>(out)[i] = T == DType::BF16 ? f32_to_bf16(y) : f32_to_f16(y);
-    }
+    store_scalar(out, T, i, x / (1.0f + std::exp(-x)) * load_scalar(u, T, i));
   }
 }
 

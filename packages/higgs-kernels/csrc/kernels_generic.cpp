@@ -155,12 +155,7 @@ uint64_t read(const void* p, size_t bytes) {
 void swiglu_generic(const void* g, const void* u, DType t, int64_t n, void* out) {
   for (int64_t i = 0; i < n; ++i) {
     const float x = load_scalar(g, t, i);
-    const float y = x / (1.0f + std::exp(-x)) * load_scalar(u, t, i);
-    if (t == DType::F32) {
-      static_cast<float*>(out)[i] = y;
-    } else {
-      static_cast<uint16_t*>(out)[i] = t == DType::BF16 ? f32_to_bf16(y) : f32_to_f16(y);
-    }
+    store_scalar(out, t, i, x / (1.0f + std::exp(-x)) * load_scalar(u, t, i));
   }
 }
 
