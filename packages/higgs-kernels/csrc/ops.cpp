@@ -8,6 +8,7 @@
 #include <cstring>
 #include <sstream>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include "attention.h"
@@ -60,19 +61,44 @@ const void* row_major(const mx::array& a, std::vector<char>& buf) {
   return buf.data();
 }
 
-class HiggsLinear : public mx::UnaryPrimitive {
+// A primitive these kernels evaluate on the CPU stream; its output has the
+// first input's shape unless it says otherwise.
+class CpuPrimitive : public mx::UnaryPrimitive {
  public:
-  // group == 0: a dense weight; else affine-quantized with `group` and `bits`.
-  HiggsLinear(mx::Stream stream, int group, int bits)
-      : mx::UnaryPrimitive(stream), group_(group), bits_(bits) {}
+  using mx::UnaryPrimitive::UnaryPrimitive;
 
-  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error("[higgs_kernels] these kernels run on the CPU only.");
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    return {inputs[0].shape()};
+  }
+
+ protected:
+  // Allocates `out`, registers the arrays with the stream's encoder and queues
+  // run(out) on it (with a weak copy of out: the graph keeps the array alive).
+  template <typename F>
+  void enqueue(const std::vector<mx::array>& inputs, mx::array& out, F&& run) {
     out.set_data(mx::allocator::malloc(out.nbytes()));
     auto& encoder = mx::cpu::get_command_encoder(stream());
     for (auto& a : inputs) encoder.set_input_array(a);
     encoder.set_output_array(out);
-    encoder.dispatch([inputs, out = mx::array::unsafe_weak_copy(out), group = group_,
-                      bits = bits_]() mutable {
+    encoder.dispatch(
+        [run = std::forward<F>(run), out = mx::array::unsafe_weak_copy(out)]() mutable {
+          run(out);
+        });
+  }
+};
+
+class HiggsLinear : public CpuPrimitive {
+ public:
+  // group == 0: a dense weight; else affine-quantized with `group` and `bits`.
+  HiggsLinear(mx::Stream stream, int group, int bits)
+      : CpuPrimitive(stream), group_(group), bits_(bits) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    enqueue(inputs, out, [inputs, group = group_, bits = bits_](mx::array& out) {
       std::vector<char> bufs[4];
       const void* ptr[4];
       for (size_t i = 0; i < inputs.size(); ++i) ptr[i] = row_major(inputs[i], bufs[i]);
@@ -93,10 +119,6 @@ class HiggsLinear : public mx::UnaryPrimitive {
       hk::linear(weight, ptr[0], kernel_dtype(x.dtype()), m, out.data<void>(),
                  kernel_dtype(out.dtype()));
     });
-  }
-
-  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
-    throw std::runtime_error("[higgs_kernels] these kernels run on the CPU only.");
   }
 
   const char* name() const override {
@@ -121,18 +143,13 @@ class HiggsLinear : public mx::UnaryPrimitive {
 
 // softmax(q k^T * scale [+ causal mask]) v over q [B, Hq, Lq, D], k and v
 // [B, Hkv, Lk, D]; see attention.h.
-class HiggsAttention : public mx::UnaryPrimitive {
+class HiggsAttention : public CpuPrimitive {
  public:
   HiggsAttention(mx::Stream stream, float scale, bool causal)
-      : mx::UnaryPrimitive(stream), scale_(scale), causal_(causal) {}
+      : CpuPrimitive(stream), scale_(scale), causal_(causal) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    for (auto& a : inputs) encoder.set_input_array(a);
-    encoder.set_output_array(out);
-    encoder.dispatch([inputs, out = mx::array::unsafe_weak_copy(out), scale = scale_,
-                      causal = causal_]() mutable {
+    enqueue(inputs, out, [inputs, scale = scale_, causal = causal_](mx::array& out) {
       hk::AttnArgs args{};
       std::vector<char> bufs[3];
       const void* ptr[3];
@@ -163,10 +180,6 @@ class HiggsAttention : public mx::UnaryPrimitive {
     });
   }
 
-  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
-    throw std::runtime_error("[higgs_kernels] these kernels run on the CPU only.");
-  }
-
   const char* name() const override {
     return "HiggsAttention";
   }
@@ -176,10 +189,6 @@ class HiggsAttention : public mx::UnaryPrimitive {
     return scale_ == o.scale_ && causal_ == o.causal_;
   }
 
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
-    return {inputs[0].shape()};
-  }
-
  private:
   float scale_;
   bool causal_;
@@ -187,25 +196,17 @@ class HiggsAttention : public mx::UnaryPrimitive {
 
 // silu(gate) * up elementwise (a SwiGLU MLP's activation), fp32 inside. MLX's
 // CPU exp is scalar; this one is vectorised.
-class HiggsSwiglu : public mx::UnaryPrimitive {
+class HiggsSwiglu : public CpuPrimitive {
  public:
-  explicit HiggsSwiglu(mx::Stream stream) : mx::UnaryPrimitive(stream) {}
+  explicit HiggsSwiglu(mx::Stream stream) : CpuPrimitive(stream) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    for (auto& a : inputs) encoder.set_input_array(a);
-    encoder.set_output_array(out);
-    encoder.dispatch([inputs, out = mx::array::unsafe_weak_copy(out)]() mutable {
+    enqueue(inputs, out, [inputs](mx::array& out) {
       std::vector<char> bufs[2];
       const void* g = row_major(inputs[0], bufs[0]);
       const void* u = row_major(inputs[1], bufs[1]);
       hk::swiglu(g, u, kernel_dtype(out.dtype()), out.size(), out.data<void>());
     });
-  }
-
-  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
-    throw std::runtime_error("[higgs_kernels] these kernels run on the CPU only.");
   }
 
   const char* name() const override {
@@ -215,26 +216,18 @@ class HiggsSwiglu : public mx::UnaryPrimitive {
   bool is_equivalent(const mx::Primitive&) const override {
     return true;
   }
-
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
-    return {inputs[0].shape()};
-  }
 };
 
 // Rotary embedding with given frequencies (mx.fast.rope's `freqs`, rotate-half
 // layout): MLX's CPU backend runs it as a dozen separate ops, ~60 us a call.
-class HiggsRope : public mx::UnaryPrimitive {
+class HiggsRope : public CpuPrimitive {
  public:
   HiggsRope(mx::Stream stream, int dims, int64_t offset, float scale)
-      : mx::UnaryPrimitive(stream), dims_(dims), offset_(offset), scale_(scale) {}
+      : CpuPrimitive(stream), dims_(dims), offset_(offset), scale_(scale) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    for (auto& a : inputs) encoder.set_input_array(a);
-    encoder.set_output_array(out);
-    encoder.dispatch([inputs, out = mx::array::unsafe_weak_copy(out), dims = dims_,
-                      offset = offset_, scale = scale_]() mutable {
+    enqueue(inputs, out,
+            [inputs, dims = dims_, offset = offset_, scale = scale_](mx::array& out) {
       std::vector<char> bufs[2];
       const mx::array& x = inputs[0];
       const void* xp = row_major(x, bufs[0]);
@@ -248,10 +241,6 @@ class HiggsRope : public mx::UnaryPrimitive {
     });
   }
 
-  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
-    throw std::runtime_error("[higgs_kernels] these kernels run on the CPU only.");
-  }
-
   const char* name() const override {
     return "HiggsRope";
   }
@@ -259,10 +248,6 @@ class HiggsRope : public mx::UnaryPrimitive {
   bool is_equivalent(const mx::Primitive& other) const override {
     auto& o = static_cast<const HiggsRope&>(other);
     return dims_ == o.dims_ && offset_ == o.offset_ && scale_ == o.scale_;
-  }
-
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
-    return {inputs[0].shape()};
   }
 
  private:
