@@ -232,6 +232,23 @@ inline float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
+// bias_term[r][j] = sum over groups of bias[n + j, g] * xsum[r, g]: how the
+// biases meet x (through its per-group sums), for rows n .. n + NB - 1.
+template <int R, int NB>
+inline void bias_terms(const QWeight& q, int64_t groups, int64_t n, const float* xsum,
+                       float (&bias_term)[R][NB]) {
+  float biases[1024];
+  for (int j = 0; j < NB; ++j)
+    for (int64_t g0 = 0; g0 < groups; g0 += 1024) {
+      const int64_t len = groups - g0 < 1024 ? groups - g0 : 1024;
+      to_f32(q.biases, q.sdtype, (n + j) * groups + g0, len, biases);
+      for (int r = 0; r < R; ++r) {
+        float t = dot(biases, xsum + r * groups + g0, len);
+        bias_term[r][j] = g0 ? bias_term[r][j] + t : t;
+      }
+    }
+}
+
 // NB rows of W against R rows of x, groups of G values: per group, the codes
 // meet x in registers and the group's scale multiplies the partial sum once; the
 // biases meet x only through its per-group sums.
@@ -251,18 +268,7 @@ inline void quant_block(const Weight& w, const float* x, const float* xsum, int6
   // this on the stack (groups <= 32768).
   float scales[NB][1024];
   float bias_term[R][NB];
-  {
-    float biases[1024];
-    for (int j = 0; j < NB; ++j)
-      for (int64_t g0 = 0; g0 < groups; g0 += 1024) {
-        const int64_t len = groups - g0 < 1024 ? groups - g0 : 1024;
-        to_f32(q.biases, q.sdtype, (n + j) * groups + g0, len, biases);
-        for (int r = 0; r < R; ++r) {
-          float t = dot(biases, xsum + r * groups + g0, len);
-          bias_term[r][j] = g0 ? bias_term[r][j] + t : t;
-        }
-      }
-  }
+  bias_terms<R, NB>(q, groups, n, xsum, bias_term);
 
   __m256 total[R][NB];
   for (int r = 0; r < R; ++r)
@@ -417,18 +423,7 @@ inline void int_block(const Weight& w, const float* xsum, const void* prepared, 
 
   float scales[NB][1024];
   float bias_term[R][NB];
-  {
-    float biases[1024];
-    for (int j = 0; j < NB; ++j)
-      for (int64_t g0 = 0; g0 < groups; g0 += 1024) {
-        const int64_t len = groups - g0 < 1024 ? groups - g0 : 1024;
-        to_f32(q.biases, q.sdtype, (n + j) * groups + g0, len, biases);
-        for (int r = 0; r < R; ++r) {
-          float t = dot(biases, xsum + r * groups + g0, len);
-          bias_term[r][j] = g0 ? bias_term[r][j] + t : t;
-        }
-      }
-  }
+  bias_terms<R, NB>(q, groups, n, xsum, bias_term);
   __m256 total[R][NB];
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < NB; ++j) total[r][j] = _mm256_setzero_ps();
