@@ -36,3 +36,48 @@ def tts(tiny_model, tiny_codec, tmp_path_factory):
     return Higgs.from_pretrained(
         tiny_model, tiny_codec, voices_dir=tmp_path_factory.mktemp("voices")
     )
+
+
+@pytest.fixture
+def steer(monkeypatch):
+    """``steer(n)``: every generation from here on ends on its own after frame ``n``;
+    ``steer([n0, n1, ...])``: the i-th generation after ``n_i`` (the last one repeats).
+
+    The tiny model's weights are random, so it stops (on EOS) after well under a
+    second. This pushes its audio logits: stream EOS is ruled out before frame
+    ``n`` and made certain on codebook 0 from then on; the real sampler, RAS and
+    ramp-out do the rest. ``steer(None)`` stops steering.
+    """
+    import mlx.core as mx
+
+    from higgs_core.model import HiggsAudioModel
+
+    real = HiggsAudioModel.step
+    after: dict = {"n": None}
+    steps: dict[int, int] = {}  # decode steps so far, per generation (its cache)
+    order: dict[int, int] = {}  # which generation a cache belongs to
+
+    def step(self, frame, cache):
+        logits = real(self, frame, cache)
+        if after["n"] is None:
+            return logits
+        order.setdefault(id(cache), len(order))
+        steps[id(cache)] = t = steps.get(id(cache), 0) + 1  # this is frame t + 1
+        n = after["n"][min(order[id(cache)], len(after["n"]) - 1)]
+        K, V = logits.shape
+        eos = self.config.audio_stream_eos_id
+        is_eos = mx.arange(V)[None, :] == eos
+        if t + 1 >= n:
+            push = mx.where(is_eos & (mx.arange(K)[:, None] == 0), 1e4, 0.0)
+        else:
+            push = mx.where(is_eos, -1e4, 0.0)
+        return logits + push.astype(logits.dtype)
+
+    monkeypatch.setattr(HiggsAudioModel, "step", step)
+
+    def set_after(n):
+        after["n"] = None if n is None else list(n) if isinstance(n, list | tuple) else [n]
+        steps.clear()
+        order.clear()
+
+    return set_after

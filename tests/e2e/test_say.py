@@ -64,10 +64,11 @@ def test_stream_matches_the_whole_decode(home, tmp_path):
 
 
 def test_stream_api_yields_pieces_that_add_up(tts):
-    result = []
-    pieces = list(tts.stream(TEXT, seed=4, max_seconds=3, result=result))
+    stream = tts.stream(TEXT, seed=4, max_seconds=3)
+    assert stream.speech is None
+    pieces = list(stream)
     assert len(pieces) > 1  # audio left before the end
-    speech = result[0]
+    speech = stream.speech
     assert np.array_equal(np.concatenate(pieces), speech.samples)
     whole = tts.say(TEXT, seed=4, max_seconds=3)
     assert np.array_equal(whole.codes, speech.codes)
@@ -155,7 +156,13 @@ def _contains(ids, sub):
         (["Hi.", "--ref-audio", "/no/ref.wav", "--ref-text", "x"], "/no/ref.wav does not exist"),
         (["Hi.", "--ref-audio", "REF"], "1 --ref-audio but 0 --ref-text"),
         (["Hi.", "-o", "/no/such/dir/x.wav"], "folder /no/such/dir does not exist"),
-        (["Hi.", "--top-p", "0"], "top_p must be in (0, 1]"),
+        (["Hi.", "--top-p", "0"], "'--top-p': 0.0 is not in the range 0<x<=1"),
+        (["Hi.", "--temperature", "-1"], "'--temperature': -1.0 is not in the range x>=0"),
+        (["Hi.", "--seed", "-1"], "'--seed'"),
+        (["Hi.", "--chunk-words", "0"], "'--chunk-words'"),
+        (["Hi.", "--max-seconds", "0"], "'--max-seconds'"),
+        (["[SPEAKER0] a\n[SPEAKER1] b", "--voice", "en_man"], "1 voice(s) were given"),
+        (["[SPEAKER99999999] Hi."], "at most 8 speakers"),
         (["Hi.", "--model", "/no/such/model"], "/no/such/model"),
         (["Hi.", "--stream", "-o", "-", "--format", "flac"], "cannot stream to stdout"),
     ],

@@ -16,6 +16,7 @@ import pytest
 import soundfile as sf
 from starlette.testclient import TestClient
 
+from higgs_cli.pipeline import SpeechStream
 from higgs_cli.serve import Limits, create_app
 from higgs_cli.voices import VoiceStore
 
@@ -98,13 +99,20 @@ def test_streaming_sends_audio_before_generation_ends(app_tts, monkeypatch):
     real = app_tts.stream
 
     def paced(*args, **kwargs):
-        for i, pcm in enumerate(real(*args, **kwargs)):
-            if i == 0:
-                events.append("first audio generated")
-            yield pcm
-            if i == 0:
-                gate.wait(10)  # generation holds here until the client has heard something
-        events.append("generation done")
+        inner = real(*args, **kwargs)
+
+        def pieces():
+            for i, pcm in enumerate(inner):
+                if i == 0:
+                    events.append("first audio generated")
+                yield pcm
+                if i == 0:
+                    gate.wait(10)  # generation holds here until the client has heard something
+            events.append("generation done")
+            outer.speech = inner.speech
+
+        outer = SpeechStream(pieces())
+        return outer
 
     monkeypatch.setattr(app_tts, "stream", paced)
     body = {"input": "Good morning. How are you?", "response_format": "wav", "stream": True}
@@ -125,8 +133,7 @@ def test_streamed_pcm_equals_the_stream_api(app_tts):
     body = {"input": "Good morning.", "response_format": "pcm", "stream": True, "seed": 4}
     with client(app_tts) as c:
         r = c.post(SPEECH, json=body)
-    result = []
-    pieces = list(app_tts.stream("Good morning.", seed=4, result=result))
+    pieces = list(app_tts.stream("Good morning.", seed=4))
     from higgs_cli.output import pcm16
 
     assert r.content == pcm16(np.concatenate(pieces))

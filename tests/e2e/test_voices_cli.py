@@ -25,7 +25,8 @@ def hidden(folder):
     return [p.name for p in folder.iterdir() if p.name.startswith(".")] if folder.exists() else []
 
 
-def test_builtin_voice_is_pinned_once_and_reused(home, tmp_path):
+def test_builtin_voice_is_pinned_once_and_reused(home, tmp_path, steer):
+    steer(100)  # the model ends the pin itself after 4 s
     a, b = tmp_path / "a.wav", tmp_path / "b.wav"
     r = run("say", "Hello there.", "--voice", "en_woman", "-o", str(a), "--max-seconds", "2")
     assert r.exit_code == 0, r.stderr
@@ -38,6 +39,67 @@ def test_builtin_voice_is_pinned_once_and_reused(home, tmp_path):
     assert sf.read(a)[0].tolist() == sf.read(b)[0].tolist()  # same pin, same seed, same audio
     shown = run("voices", "show", "en_woman").stdout
     assert "built-in" in shown and pins[0].stem.removeprefix("codes-") in shown
+    assert "made by" in shown and "tiny-model" in shown and "seed 11" in shown
+
+
+def test_a_pin_serves_every_model_with_the_same_codec(home, tmp_path, tiny_model, steer):
+    # bf16, quantized, a re-download elsewhere: a pin is codes plus a transcript, so
+    # the first model to need it makes it and every later one reuses it.
+    steer(100)
+    copy = tmp_path / "elsewhere"
+    copy.mkdir()
+    for f in tiny_model.iterdir():
+        (copy / f.name).symlink_to(f.resolve())
+    out = tmp_path / "x.wav"
+    assert (
+        run("say", "Hi.", "--voice", "en_man", "-o", str(out), "--max-seconds", "1").exit_code == 0
+    )
+    pin = next((home / "voices" / "en_man").glob("codes-pin-*.npy"))
+    before = pin.stat().st_mtime_ns
+    steer(None)  # a second pin would now be rejected: reuse shows as no rebuild and no warning
+    r = run("say", "Hi.", "--voice", "en_man", "--model", str(copy), "-o", str(out))
+    assert r.exit_code == 0 and "warning" not in r.stderr, r.stderr
+    assert pin.stat().st_mtime_ns == before
+    assert len(list((home / "voices" / "en_man").glob("codes-pin-*.npy"))) == 1
+    q8 = tmp_path / "q8"
+    assert run("convert", str(tiny_model), str(q8), "--bits", "8").exit_code == 0
+    r = run("say", "Hi.", "--voice", "en_man", "--model", str(q8), "-o", str(out))
+    assert r.exit_code == 0 and "warning" not in r.stderr, r.stderr
+    assert pin.stat().st_mtime_ns == before
+
+
+def test_a_pin_the_model_did_not_end_well_is_not_kept(home, tmp_path, steer):
+    # Unsteered, the tiny model stops on EOS after under a second: below the 2 s a pin
+    # needs. Each seed is tried, then one take serves this run only, with a warning.
+    out = tmp_path / "x.wav"
+    r = run("say", "Hi.", "--voice", "en_woman", "-o", str(out), "--max-seconds", "1")
+    assert r.exit_code == 0
+    assert r.stderr.count("4 tries at pinning 'en_woman' gave no clean take") == 1, r.stderr
+    assert not list(home.glob("voices/en_woman/codes-pin-*"))
+    # Too long is no better: a pin that runs to its 12 s budget is refused too.
+    steer(10_000)
+    r = run("say", "Hi.", "--voice", "en_woman", "-o", str(out), "--max-seconds", "1")
+    assert "max_frames at 12.0 s" in r.stderr, r.stderr
+    assert not list(home.glob("voices/en_woman/codes-pin-*"))
+    # The next seed is tried when a take is refused: here the second one is kept.
+    steer([10_000, 100])
+    r = run("say", "Hi.", "--voice", "en_woman", "-o", str(out))
+    assert r.exit_code == 0 and "tries at pinning" not in r.stderr, r.stderr
+    assert "seed 12" in run("voices", "show", "en_woman").stdout
+
+
+def test_an_unwritable_home_does_not_break_a_builtin_voice(home, tmp_path, monkeypatch, steer):
+    # A HIGGS_HOME that cannot be written (read-only, full, or, here, under a file so
+    # that even root cannot create it): the pin is used from memory, with a warning.
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("HIGGS_HOME", str(blocker / "home"))
+    steer(100)
+    out = tmp_path / "x.wav"
+    r = run("say", "Hi. Again.", "--voice", "en_man", "-o", str(out), "--chunk-words", "1")
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr.count("cannot store the pin of 'en_man'") == 1, r.stderr  # once, two chunks
+    assert sf.info(out).frames > 0
 
 
 def test_pin_is_the_same_from_run_to_run(home, tts, tmp_path):
@@ -119,7 +181,8 @@ def test_damaged_entries_are_reported(home, tmp_path):
     assert run("voices", "remove", "me").exit_code == 0
 
 
-def test_damaged_pin_is_made_again_with_a_warning(home, tmp_path):
+def test_damaged_pin_is_made_again_with_a_warning(home, tmp_path, steer):
+    steer(100)
     out = tmp_path / "x.wav"
     assert (
         run("say", "Hi.", "--voice", "en_man", "-o", str(out), "--max-seconds", "1").exit_code == 0

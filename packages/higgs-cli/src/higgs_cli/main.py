@@ -22,6 +22,12 @@ from higgs_cli.output import (
 from higgs_cli.pipeline import DEFAULT_CODEC, DEFAULT_MODEL, Settings
 
 DEFAULTS = Settings()
+SAMPLING = DEFAULTS.sampling
+BUILTIN_NOTE = (
+    "The built-in voices en_woman, en_man and en_man_deep are this project's own text "
+    "descriptions, spoken once and then cloned; they are not the release's recordings "
+    "of similar names."
+)
 
 
 class Failure(click.ClickException):
@@ -31,8 +37,33 @@ class Failure(click.ClickException):
         click.echo(f"higgs: error: {self.format_message()}", err=True)
 
 
+class UsageFailure(Failure):
+    """A command line click cannot parse (exit status 2), also on one line."""
+
+    exit_code = 2
+
+
 def fail(message: str):
     raise Failure(message)
+
+
+class Commands(click.Group):
+    """The ``higgs`` group: click's usage errors (a bad option value, an unknown
+    command) come out as one line naming the flag, like every other error."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            raise UsageFailure(e.format_message()) from e
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:
+            if isinstance(e, Failure):
+                raise
+            raise UsageFailure(e.format_message()) from e
 
 
 def friendly(fn):
@@ -75,7 +106,7 @@ def model_options(fn):
     )(fn)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="higgs")
 def cli():
     """Higgs Audio v2 text-to-speech on MLX."""
@@ -125,10 +156,17 @@ class StatusLine:
             click.echo("\r" + " " * self.width + "\r", err=True, nl=False)
 
 
-@cli.command()
+@cli.command(epilog=BUILTIN_NOTE)
 @click.argument("text", required=False)
-@click.option("-f", "--file", "file", help="Read the text from FILE ('-' for stdin).")
-@click.option("-o", "--output", help="Output file, or '-' for stdout. [default: from the text]")
+@click.option(
+    "-f", "--file", "file", metavar="PATH", help="Read the text from PATH ('-' for stdin)."
+)
+@click.option(
+    "-o",
+    "--output",
+    metavar="PATH",
+    help="Output file, or '-' for stdout. [default: from the text]",
+)
 @click.option(
     "--format",
     "fmt",
@@ -136,45 +174,84 @@ class StatusLine:
     help="Output format. [default: from -o, else wav]",
 )
 @click.option(
-    "--voice", "voices", multiple=True, help="Voice name (repeat for SPEAKER0, SPEAKER1, ...)."
+    "--voice",
+    "voices",
+    multiple=True,
+    metavar="NAME",
+    help="Voice name (repeat for SPEAKER0, SPEAKER1, ...). Without one the model picks.",
 )
 @click.option(
     "--ref-audio",
     multiple=True,
     type=click.Path(),
+    metavar="PATH",
     help="Reference recording to clone (repeatable).",
 )
 @click.option("--ref-text", multiple=True, help="Transcript of each --ref-audio, in order.")
 @click.option(
+    "--ref-in-system",
+    is_flag=True,
+    help="Put the reference voices in the system turn as audio in (the release's "
+    "--ref_audio_in_system_message), instead of as earlier turns.",
+)
+@click.option(
     "--scene", default=DEFAULTS.scene, show_default=True, help="Scene description ('' for none)."
 )
-@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True)
+@click.option(
+    "--seed",
+    type=click.IntRange(0, 2**64 - 1),
+    default=DEFAULTS.seed,
+    show_default=True,
+    help="Random seed (0 .. 2^64-1).",
+)
 @click.option(
     "--temperature",
-    type=float,
-    default=DEFAULTS.temperature,
+    type=click.FloatRange(0),
+    default=SAMPLING.temperature,
     show_default=True,
-    help="0 is greedy.",
+    help="0 is greedy. Sampling defaults are the release README's.",
 )
-@click.option("--top-k", type=int, default=DEFAULTS.top_k, show_default=True, help="0 disables.")
-@click.option("--top-p", type=float, default=DEFAULTS.top_p, show_default=True)
 @click.option(
-    "--ras-window", type=int, default=DEFAULTS.ras_window, show_default=True, help="0 disables."
+    "--top-k",
+    type=click.IntRange(0),
+    default=SAMPLING.top_k,
+    show_default=True,
+    help="0 disables.",
 )
-@click.option("--ras-max-repeat", type=int, default=DEFAULTS.ras_max_repeat, show_default=True)
+@click.option(
+    "--top-p",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=SAMPLING.top_p,
+    show_default=True,
+    help="Nucleus mass kept; 1 disables.",
+)
+@click.option(
+    "--ras-window",
+    type=click.IntRange(0),
+    default=SAMPLING.ras_window,
+    show_default=True,
+    help="Repetition-aware sampling window; 0 disables.",
+)
+@click.option(
+    "--ras-max-repeat",
+    type=click.IntRange(1),
+    default=SAMPLING.ras_max_repeat,
+    show_default=True,
+    help="Repeats in the window that trigger a redraw.",
+)
 @click.option(
     "--max-seconds",
-    type=float,
+    type=click.FloatRange(0, min_open=True),
     default=DEFAULTS.max_seconds,
     show_default=True,
-    help="Most audio to make.",
+    help="Most audio to make for the whole text.",
 )
 @click.option(
     "--chunk-words",
-    type=int,
+    type=click.IntRange(1),
     default=DEFAULTS.chunk_words,
     show_default=True,
-    help="Long-text chunk size.",
+    help="Long-text chunk size, in words.",
 )
 @click.option("--stream", is_flag=True, help="Write (or play) audio while it is generated.")
 @click.option("--play", is_flag=True, help="Play through the speakers (needs the 'play' extra).")
@@ -190,6 +267,7 @@ def say(
     voices,
     ref_audio,
     ref_text,
+    ref_in_system,
     scene,
     seed,
     temperature,
@@ -207,6 +285,9 @@ def say(
     verbose,
 ):
     """Speak TEXT (or -f FILE, or stdin) into an audio file."""
+    from higgs_cli.pipeline import Request
+    from higgs_sampling import SamplingParams
+
     text = read_text(text, file).strip()
     if not text:
         fail("there is no text to speak")
@@ -215,9 +296,6 @@ def say(
             f"{len(ref_audio)} --ref-audio but {len(ref_text)} --ref-text: "
             "give one transcript per recording"
         )
-    for path in ref_audio:
-        if not Path(path).is_file():
-            fail(f"reference audio {path} does not exist")
     if output is None and not play:
         output = str(default_path(text, fmt or "wav"))
     fmt = format_for(output or "", fmt) if output else fmt
@@ -225,18 +303,29 @@ def say(
         fail(f"{fmt} cannot stream to stdout; use --format wav or pcm")
     if output and output != "-" and not Path(output).parent.is_dir():
         fail(f"cannot write {output}: folder {Path(output).parent} does not exist")
-    settings = dict(
+    settings = Settings(
+        sampling=SamplingParams(
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            ras_window=ras_window,
+            ras_max_repeat=ras_max_repeat,
+        ),
         seed=seed,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        ras_window=ras_window,
-        ras_max_repeat=ras_max_repeat,
         max_seconds=max_seconds,
         chunk_words=chunk_words,
         scene=scene or None,
+        ref_in_system=ref_in_system,
     )
-    Settings(**settings).params()  # validate before loading anything
+    # Everything that can be checked is, before loading anything.
+    request = Request(text, tuple(voices), tuple(zip(ref_audio, ref_text, strict=True)), settings)
+    request.check()
+    if voices:
+        from higgs_cli.voices import VoiceStore
+
+        store = VoiceStore()
+        for name in voices:
+            store.get(name)
     if play:
         Player.check()
 
@@ -250,28 +339,19 @@ def say(
     load_s = time.perf_counter() - t0
     status = StatusLine(not quiet and sys.stderr.isatty())
     warn = lambda m: (status.clear(), say_(f"higgs: warning: {m}"))  # noqa: E731
-    refs = list(zip(ref_audio, ref_text, strict=True))
     player = Player(tts.sample_rate) if play else None  # fail before generating, not after
     writer = None
     try:
         if stream:
             writer = Writer(output, fmt, tts.sample_rate) if output else None
-            result = []
-            for pcm in tts.stream(
-                text,
-                voices=voices,
-                refs=refs,
-                progress=status,
-                warn=warn,
-                result=result,
-                **settings,
-            ):
+            pcm_stream = tts.stream(request, progress=status, warn=warn)
+            for pcm in pcm_stream:
                 for sink in (writer, player):
                     if sink:
                         sink.write(pcm)
-            speech = result[0]
+            speech = pcm_stream.speech
         else:
-            speech = tts.say(text, voices=voices, refs=refs, progress=status, warn=warn, **settings)
+            speech = tts.say(request, progress=status, warn=warn)
             status.clear()
             if output:
                 write_clip(output, speech.samples, tts.sample_rate, fmt)
@@ -290,7 +370,7 @@ def say(
         )
     if verbose and not quiet:
         say_(f"  model load     {load_s:.2f} s")
-        say_(f"  chunks         {len(speech.chunks)} (stop: {', '.join(speech.stop_reasons)})")
+        say_(f"  chunks         {len(speech.chunks)} (stop: {speech.stops()})")
         say_(f"  prompt tokens  {speech.prompt_tokens}")
         say_(f"  frames         {speech.frames}")
         say_(f"  audio          {speech.duration:.2f} s")
@@ -301,7 +381,7 @@ def say(
 # voices --------------------------------------------------------------------------
 
 
-@cli.group()
+@cli.group(epilog=BUILTIN_NOTE)
 def voices():
     """List, add, show and remove voices."""
 
@@ -313,6 +393,7 @@ def voices_list():
     from higgs_cli.voices import VoiceStore
 
     store = VoiceStore()
+    click.echo(BUILTIN_NOTE, err=True)
     for v in store.list():
         if v.problem:
             click.echo(f"{v.name:<20} damaged   {v.problem}")
@@ -346,6 +427,13 @@ def voices_show(name):
     folder = store.root / name
     stored = sorted(p.stem.removeprefix("codes-") for p in folder.glob("codes-*.npy"))
     click.echo(f"stored codes {', '.join(stored) or 'none yet'}")
+    if v.kind == "builtin":
+        for key, made in store.pins(name).items():
+            how = ", ".join(f"{k} {made[k]}" for k in ("seed", "seconds") if k in made)
+            click.echo(
+                f"pin {key} made by {made.get('model', 'an unnoted model')}"
+                + (f" ({how})" if how else "")
+            )
 
 
 @voices.command("add")
@@ -536,7 +624,7 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     tts = Higgs.from_pretrained(model, codec)
     if warmup:
-        tts.say("Hello.", max_seconds=0.5)
+        tts.say("Hello.", max_seconds=0.5, warn=lambda _: None)
     limits = Limits(
         max_input_chars=max_input_chars,
         max_body_bytes=int(max_body_mb * 2**20),

@@ -2,58 +2,141 @@
 
 >>> tts = Higgs.from_pretrained()
 >>> speech = tts.say("Good morning.", voice="en_woman")
->>> for pcm in tts.stream("A longer text ...", voice="en_man"): ...
+>>> stream = tts.stream("A longer text ...", voice="en_man")
+>>> for pcm in stream: ...
+>>> stream.speech  # the whole Speech, once the stream is exhausted
 """
 
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 
-from higgs_cli.prompt import DEFAULT_SCENE, SPEAKER_TAG, Speaker, conversation, encode_prompt
-from higgs_cli.text import chunk_text, count_words, normalize
+from higgs_cli.prompt import (
+    DEFAULT_SCENE,
+    Prompt,
+    Speaker,
+    conversation,
+    encode_prompt,
+    speaker_tags,
+)
+from higgs_cli.text import chunk_text, count_words, normalize, sound_events
 from higgs_cli.voices import BUILTINS, PIN_TEXT, VoiceError, VoiceStore, check_name, fingerprint
-from higgs_sampling import SamplingParams, revert_delay
+from higgs_sampling import CodeColumns, SamplingParams
 
 DEFAULT_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"
 DEFAULT_CODEC = "bosonai/higgs-audio-v2-tokenizer"
 # Frames of codes handed to the stream decoder at a time.
 PUSH_FRAMES = 4
-# Voices given to [SPEAKERn] tags that no --voice names, in turn.
-DEFAULT_SPEAKERS = ("en_woman", "en_man", "en_man_deep")
+# Most [SPEAKERn] tags a text may use when no voices are named (SPEAKER0..SPEAKER7).
+MAX_SPEAKERS = 8
+# A chunk's frame budget guards against runaway generation: ~1 s per word is 2-3x a
+# natural pace. Sound events (humming, music, laughter) are not words: each gets its
+# own allowance, up to the 2048 frames the release allows one call (max_new_tokens).
+BASE_SECONDS, WORD_SECONDS, EVENT_SECONDS, EVENT_FRAMES_CAP = 5.0, 1.0, 20.0, 2048
+# A built-in voice's pin is kept only if the model ended it itself, at a sane length;
+# otherwise the next seed is tried, this many times in all.
+PIN_ATTEMPTS, PIN_SECONDS = 4, (2.0, 12.0)
+SEED_LIMIT = 2**64
 
 
 class HiggsError(Exception):
     """A problem the user can fix: the message says what and how."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Settings:
-    """How to speak: sampling, budgets and long-text handling."""
+    """How to speak: sampling, the seed, budgets and long-text handling.
 
-    temperature: float = 0.7
-    top_k: int = 50
-    top_p: float = 0.95
-    ras_window: int = 7
-    ras_max_repeat: int = 2
+    The one set of defaults for the library, the CLI and the server; the
+    sampling defaults are :class:`higgs_sampling.SamplingParams`' (the release's).
+    """
+
+    sampling: SamplingParams = field(default_factory=SamplingParams)
     seed: int = 0
     max_seconds: float = 300.0  # the whole text
-    chunk_words: int = 60  # long text is split into chunks of at most this many words
+    chunk_words: int = 60  # long text is split into chunks of about this many words
     context_chunks: int = 2  # earlier chunks replayed as context (references always are)
     scene: str | None = DEFAULT_SCENE
+    ref_in_system: bool = False  # references as audio in the system turn (release mode)
 
-    def params(self) -> SamplingParams:
-        return SamplingParams(
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            ras_window=self.ras_window,
-            ras_max_repeat=self.ras_max_repeat,
+    def __post_init__(self):
+        if not (isinstance(self.seed, int) and 0 <= self.seed < SEED_LIMIT):
+            raise ValueError(f"seed must be an integer in 0..2**64-1, got {self.seed}")
+        if not (self.max_seconds > 0 and np.isfinite(self.max_seconds)):
+            raise ValueError(f"max_seconds must be > 0, got {self.max_seconds}")
+        if not (isinstance(self.chunk_words, int) and self.chunk_words >= 1):
+            raise ValueError(f"chunk_words must be an integer >= 1, got {self.chunk_words}")
+        if not (isinstance(self.context_chunks, int) and self.context_chunks >= 0):
+            raise ValueError(f"context_chunks must be an integer >= 0, got {self.context_chunks}")
+
+    def but(self, **changes) -> "Settings":
+        """A copy with some settings changed; sampling fields (``temperature``,
+        ``top_k``, ...) may be given by name."""
+        names = {f.name for f in fields(SamplingParams)}
+        sampling = {k: changes.pop(k) for k in list(changes) if k in names}
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        if sampling:
+            changes["sampling"] = replace(changes.get("sampling", self.sampling), **sampling)
+        return replace(self, **changes)
+
+    def chunk_seed(self, chunk: int) -> int:
+        """Each chunk draws from its own seed, derived from the run's."""
+        return (self.seed + 1000003 * chunk) % SEED_LIMIT
+
+
+@dataclass(frozen=True)
+class Request:
+    """One text to speak, with its voices and settings: what ``say``, ``stream``,
+    the server and ``higgs batch`` all hand the pipeline.
+
+    ``voices`` name stored voices for SPEAKER0, SPEAKER1, ...; ``refs`` are
+    ``(audio file, transcript)`` recordings cloned without storing, after them.
+    """
+
+    text: str
+    voices: tuple[str, ...] = ()
+    refs: tuple[tuple[str, str], ...] = ()
+    settings: Settings = field(default_factory=Settings)
+
+    def check(self) -> "Request":
+        """Everything that can be checked without the model; raises HiggsError."""
+        if not self.text or not self.text.strip():
+            raise HiggsError("there is no text to speak")
+        for name in self.voices:
+            check_name(name)
+        for audio, transcript in self.refs:
+            if not Path(audio).is_file():
+                raise HiggsError(f"reference audio {audio} does not exist")
+            if not " ".join((transcript or "").split()):
+                raise HiggsError(f"reference audio {audio} needs its transcript (--ref-text)")
+        check_speakers(self.text, len(self.voices) + len(self.refs))
+        return self
+
+
+def check_speakers(text: str, voices: int):
+    """The text's [SPEAKERn] tags against the voices given for them."""
+    tags = speaker_tags(text)
+    numbers = sorted(int(t.removeprefix("SPEAKER")) for t in tags)
+    if not numbers:
+        return
+    if voices:
+        if numbers[-1] >= voices:
+            raise HiggsError(
+                f"the text has [SPEAKER{numbers[-1]}] but {voices} voice(s) were given, "
+                f"for SPEAKER0..SPEAKER{voices - 1}; give one voice per speaker"
+            )
+    elif numbers[-1] >= MAX_SPEAKERS:
+        raise HiggsError(
+            f"the text has [SPEAKER{numbers[-1]}]: without named voices, use at most "
+            f"{MAX_SPEAKERS} speakers, SPEAKER0..SPEAKER{MAX_SPEAKERS - 1}"
         )
 
 
@@ -98,14 +181,52 @@ class Speech:
         """Processing time / audio duration (below 1 is faster than real time)."""
         return self.seconds / self.duration if self.duration else float("inf")
 
+    def stops(self) -> str:
+        """The chunks' stop reasons in a few words: "eos", "3 eos, 1 max_frames"."""
+        counts: dict[str, int] = {}
+        for reason in self.stop_reasons:
+            counts[reason] = counts.get(reason, 0) + 1
+        if len(counts) == 1 and len(self.stop_reasons) == 1:
+            return self.stop_reasons[0]
+        return ", ".join(f"{n} {reason}" for reason, n in counts.items())
+
 
 @dataclass
-class _Chunk:
+class Chunk:
+    """One chunk being generated: iterate for its delayed frames ``[K]``; read
+    ``result`` (higgs_core's GenerationResult) once they are exhausted."""
+
+    index: int
+    count: int
     text: str
-    codes: np.ndarray
-    stop: str
-    prompt_tokens: int
-    frames: int
+    prompt: Prompt
+    max_frames: int
+    frames: Iterator[mx.array]  # higgs_core's FrameGenerator
+    report: Callable[[int], None] | None = None  # called with the frame count every 5 frames
+
+    def __iter__(self) -> Iterator[mx.array]:
+        for n, frame in enumerate(self.frames, 1):
+            if self.report and n % 5 == 0:
+                self.report(n)
+            yield frame
+
+    @property
+    def result(self):
+        return self.frames.result
+
+
+class SpeechStream:
+    """Float32 PCM pieces as the codec makes them final; ``speech`` once exhausted."""
+
+    def __init__(self, pieces: Iterator[np.ndarray]):
+        self._pieces = pieces
+        self.speech: Speech | None = None
+
+    def __iter__(self) -> "SpeechStream":
+        return self
+
+    def __next__(self) -> np.ndarray:
+        return next(self._pieces)
 
 
 class Higgs:
@@ -119,6 +240,7 @@ class Higgs:
         self.codec_source = codec_path
         self.voices = voices or VoiceStore()
         self._encoder = None
+        self._pins: dict[str, np.ndarray] = {}  # pins made here that could not be stored
         cfg = model.config
         self.num_codebooks = cfg.num_codebooks
         self.sample_rate = codec.sample_rate
@@ -183,7 +305,9 @@ class Higgs:
 
     @cached_property
     def pin_key(self) -> str:
-        return f"pin-{fingerprint(self.model_path)}-{fingerprint(self.codec.path)}"
+        """A pin is codes plus a transcript, so it depends on the codec alone: any
+        model (bf16, q8, another folder) reuses the pin the first one made."""
+        return f"pin-{fingerprint(self.codec.path)}"
 
     # audio in -------------------------------------------------------------------
 
@@ -216,116 +340,138 @@ class Higgs:
         if voice.kind == "recording":
             if codes is None:
                 codes = self.encode_file(voice.audio)
-                self.voices.save_codes(name, key, codes)
+                try:
+                    self.voices.save_codes(name, key, codes)
+                except OSError as e:
+                    warn(f"cannot store the codes of voice {name!r} ({e}); using them unstored")
             return Speaker(transcript=voice.transcript, codes=codes)
         if codes is None:
-            codes = self._pin(name)
+            codes = self._pins.get(name)
+        if codes is None:
+            codes = self._pin(name, warn)
         return Speaker(transcript=PIN_TEXT, codes=codes)
 
-    def _pin(self, name: str) -> np.ndarray:
-        """Speak the pin sentence once in the described voice, with the voice's seed."""
+    def _pin(self, name: str, warn: Callable[[str], None]) -> np.ndarray:
+        """Speak the pin sentence in the described voice until the model ends it
+        itself at a sane length (the voice's seed, then the next ones), and keep it."""
         builtin = BUILTINS[name]
-        chunk = self._generate_chunk(
-            PIN_TEXT,
-            [Speaker(description=builtin.description)],
-            [],
-            Settings(seed=builtin.seed),
-            15 * self.frame_rate,  # the pin sentence takes about 5 s
+        low, high = PIN_SECONDS
+        max_frames = int(high * self.frame_rate) + self.num_codebooks + 1
+        tries = []
+        for attempt in range(PIN_ATTEMPTS):
+            seed = builtin.seed + attempt
+            chunk = self._generate_chunk(
+                PIN_TEXT,
+                [Speaker(description=builtin.description)],
+                [],
+                Settings(seed=seed),
+                seed,
+                max_frames,
+            )
+            for _ in chunk:
+                pass
+            res = chunk.result
+            codes = np.array(res.codes, dtype=np.int32)
+            seconds = codes.shape[1] / self.frame_rate
+            tries.append((codes, res.stop_reason, seconds))
+            if res.stop_reason == "eos" and low <= seconds <= high:
+                made_by = {"model": str(self.model_path), "seed": seed, "seconds": seconds}
+                try:
+                    self.voices.pin(name, self.pin_key, codes, PIN_TEXT, made_by=made_by)
+                except OSError as e:
+                    warn(f"cannot store the pin of {name!r} ({e}); it lasts until exit")
+                    self._pins[name] = codes
+                return codes
+        codes = next((t for t in tries if t[1] == "eos"), tries[0])[0]
+        warn(
+            f"{PIN_ATTEMPTS} tries at pinning {name!r} gave no clean take (stopped on "
+            f"{', '.join(f'{t[1]} at {t[2]:.1f} s' for t in tries)}); using one for this "
+            "run only"
         )
-        for event in chunk:
-            if isinstance(event, _Chunk):
-                self.voices.pin(name, self.pin_key, event.codes, PIN_TEXT)
-                return event.codes
-        raise AssertionError("generation ended without a result")
+        self._pins[name] = codes
+        return codes
 
-    def speakers(self, text, voices=(), refs=(), warn=lambda _: None) -> list[Speaker]:
-        """Voices for SPEAKER0, SPEAKER1, ...: named voices, then (audio, text) references;
-        tags that nothing names get the default voices in turn."""
-        out = [self.speaker(v, warn) for v in voices]
-        for audio, transcript in refs:
-            transcript = " ".join((transcript or "").split())
-            if not transcript:
-                raise HiggsError(f"reference audio {audio} needs its transcript (--ref-text)")
-            out.append(Speaker(transcript=transcript, codes=self.encode_file(audio)))
-        tags = {int(n) for n in SPEAKER_TAG.findall(text)}
-        for i in range(len(out), max(tags, default=-1) + 1):
-            out.append(self.speaker(DEFAULT_SPEAKERS[i % len(DEFAULT_SPEAKERS)], warn))
+    def speakers(self, request: Request, warn=lambda _: None) -> list[Speaker]:
+        """Voices for SPEAKER0, SPEAKER1, ...: named voices, then the references.
+        With none, the prompt lets the model pick (one voice, or for a dialogue
+        the release's alternating feminine/masculine descriptions)."""
+        out = [self.speaker(v, warn) for v in request.voices]
+        for audio, transcript in request.refs:
+            out.append(
+                Speaker(transcript=" ".join(transcript.split()), codes=self.encode_file(audio))
+            )
         return out
+
+    def request(self, text, *, voice=None, voices=(), refs=(), settings=None, **overrides):
+        """The :class:`Request` for keyword arguments (``say``/``stream`` take either)."""
+        if isinstance(text, Request):
+            if voice or voices or refs or settings or overrides:
+                raise TypeError("give either a Request or the text and its options")
+            return text.check()
+        settings = (settings or Settings()).but(**overrides)
+        voices = ((voice,) if voice else ()) + tuple(voices)
+        refs = tuple((str(a), t) for a, t in refs)
+        return Request((text or "").strip(), voices, refs, settings).check()
 
     # speech out -----------------------------------------------------------------
 
-    def say(
-        self, text: str, *, voice=None, voices=(), refs=(), progress=None, warn=None, **settings
-    ) -> Speech:
-        """Speak ``text``; all chunks' codes are decoded together at the end."""
+    def say(self, text, *, progress=None, warn=None, **options) -> Speech:
+        """Speak ``text`` (or a :class:`Request`); all chunks' codes are decoded
+        together at the end, as the release does."""
         start = time.perf_counter()
         chunks = []
-        for event in self._generate(text, voice, voices, refs, progress, warn, settings):
-            if isinstance(event, _Chunk):
-                chunks.append(event)
-        codes = np.concatenate([c.codes for c in chunks], axis=1)
+        for chunk in self.chunks(self.request(text, **options), progress, warn):
+            for _ in chunk:
+                pass
+            chunks.append(chunk)
+        codes = self._codes(chunks)
         samples = np.array(self.codec.decode(mx.array(codes)), dtype=np.float32)
         return self._speech(samples, codes, chunks, time.perf_counter() - start)
 
-    def stream(
-        self,
-        text: str,
-        *,
-        voice=None,
-        voices=(),
-        refs=(),
-        progress=None,
-        warn=None,
-        result: list | None = None,
-        **settings,
-    ) -> Iterator[np.ndarray]:
-        """Speak ``text``, yielding float32 PCM as soon as the codec has it final.
+    def stream(self, text, *, progress=None, warn=None, **options) -> SpeechStream:
+        """Speak ``text`` (or a :class:`Request`), yielding float32 PCM as soon as
+        the codec has it final; the stream's ``speech`` is set once it ends."""
+        request = self.request(text, **options)
+        stream = SpeechStream(iter(()))
+        stream._pieces = self._stream(request, progress, warn, stream)
+        return stream
 
-        Pass a list as ``result`` to receive the :class:`Speech` (whose
-        ``samples`` are everything yielded) once the stream ends.
-        """
+    def _stream(self, request, progress, warn, stream: SpeechStream):
         start = time.perf_counter()
         decoder = self.codec.stream_decoder()
-        K = self.num_codebooks
         chunks, pieces = [], []
-        bos = mx.full((K,), self.model.config.audio_stream_bos_id, dtype=mx.int32)
-        frames, sent = [bos], 0  # this chunk's delayed frames; its code columns pushed
 
         def push(codes):
-            pcm = np.array(decoder.push(mx.array(codes)), dtype=np.float32)
+            pcm = np.array(decoder.push(codes), dtype=np.float32)
             if pcm.size:
                 pieces.append(pcm)
             return pcm
 
-        for event in self._generate(text, voice, voices, refs, progress, warn, settings):
-            if isinstance(event, _Chunk):
-                # The chunk's exact codes, minus the columns already sent.
-                if event.codes.shape[1] > sent and (pcm := push(event.codes[:, sent:])).size:
+        for chunk in self.chunks(request, progress, warn):
+            columns = CodeColumns(self.num_codebooks, self.codec.codebook_size)
+            columns.push(mx.full((self.num_codebooks,), self.model.config.audio_stream_bos_id))
+            for frame in chunk:
+                columns.push(frame)
+                # A few columns a push: the stream decoder's cost per push is mostly
+                # fixed (5 frames a push run 2x faster than 1), for 160 ms more latency.
+                if (codes := columns.take(PUSH_FRAMES)) is not None and (pcm := push(codes)).size:
                     yield pcm
-                chunks.append(event)
-                frames, sent = [bos], 0
-                continue
-            frames.append(event)
-            # Code column c is reverted column c + 1 (column 0 is BOS), final once frame
-            # c + 1 + (K - 1) exists. Hold the newest final column back: when the chunk
-            # ends on EOS it is the EOS column, not audio.
-            ready = len(frames) - K - 1
-            # Push a few columns at a time: the stream decoder's cost per push is mostly
-            # fixed (5 frames a push run 2x faster than 1), for 160 ms more latency.
-            if ready - sent >= PUSH_FRAMES:
-                window = mx.stack(frames[sent + 1 : ready + K], axis=1)  # [K, ready - sent + K - 1]
-                codes = mx.clip(revert_delay(window), 0, self.codec.codebook_size - 1)
-                if (pcm := push(codes)).size:
-                    yield pcm
-                sent = ready
+            if (codes := columns.take()) is not None and (pcm := push(codes)).size:
+                yield pcm
+            chunks.append(chunk)
         tail = np.array(decoder.flush(), dtype=np.float32)
         if tail.size:
             pieces.append(tail)
             yield tail
-        if result is not None:
-            codes = np.concatenate([c.codes for c in chunks], axis=1)
-            samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
-            result.append(self._speech(samples, codes, chunks, time.perf_counter() - start))
+        samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+        stream.speech = self._speech(
+            samples, self._codes(chunks), chunks, time.perf_counter() - start
+        )
+
+    def _codes(self, chunks: list[Chunk]) -> np.ndarray:
+        if not chunks:
+            return np.zeros((self.num_codebooks, 0), np.int32)
+        return np.concatenate([np.array(c.result.codes, dtype=np.int32) for c in chunks], axis=1)
 
     def _speech(self, samples, codes, chunks, seconds) -> Speech:
         return Speech(
@@ -333,92 +479,125 @@ class Higgs:
             sample_rate=self.sample_rate,
             codes=codes,
             chunks=[c.text for c in chunks],
-            stop_reasons=[c.stop for c in chunks],
-            prompt_tokens=sum(c.prompt_tokens for c in chunks),
-            frames=sum(c.frames for c in chunks),
+            stop_reasons=[c.result.stop_reason for c in chunks],
+            prompt_tokens=sum(len(c.prompt.input_ids) for c in chunks),
+            frames=sum(c.result.num_frames for c in chunks),
             seconds=seconds,
         )
 
-    def _generate(self, text, voice, voices, refs, progress, warn, overrides):
-        """Yield every sampled frame ([K] arrays) and, after each chunk, a _Chunk."""
-        settings = Settings(**overrides)
+    def chunk_frames(self, text: str) -> int:
+        """A chunk's frame budget: time for its words, and for its sound events."""
+        words = BASE_SECONDS + WORD_SECONDS * count_words(text)
+        events = EVENT_SECONDS * sound_events(text)
+        seconds = max(words, min(words + events, EVENT_FRAMES_CAP / self.frame_rate))
+        return max(1, int(seconds * self.frame_rate))
+
+    def chunks(self, request: Request, progress=None, warn=None) -> Iterator[Chunk]:
+        """The request's chunks in order, each ready to be iterated for its frames.
+
+        A chunk must be exhausted before the next is asked for: its codes become
+        the next one's context.
+        """
+        settings = request.settings
         warn = warn or (lambda _: None)
-        text = (text or "").strip()
-        if not text:
-            raise HiggsError("there is no text to speak")
-        voices = ([voice] if voice else []) + list(voices)
-        speakers = self.speakers(text, voices, refs, warn)
-        pieces = chunk_text(text, settings.chunk_words)
-        budget = settings.max_seconds
+        speakers = self.speakers(request, warn)
+        pieces = chunk_text(normalize(request.text), settings.chunk_words)
+        budget = int(settings.max_seconds * self.frame_rate)  # frames left for the text
         context: list[tuple[str, np.ndarray]] = []
         audio_seconds, start = 0.0, time.perf_counter()
 
-        def report(chunk, frames, max_frames, seconds, done=False):
+        def report(i, frames, max_frames, seconds, done=False):
             if progress:
                 elapsed = time.perf_counter() - start
-                progress(Progress(chunk, len(pieces), frames, max_frames, seconds, elapsed, done))
+                progress(Progress(i, len(pieces), frames, max_frames, seconds, elapsed, done))
 
         for i, piece in enumerate(pieces):
-            piece = normalize(piece)
-            if budget <= 0:
-                warn(f"--max-seconds reached: {len(pieces) - i} chunk(s) left unspoken")
-                break
-            # Guard against runaway generation: ~1 s per word is 2-3x a natural pace.
-            limit = min(budget, 5.0 + 1.0 * count_words(piece))
-            frames, max_frames = 0, max(1, int(limit * self.frame_rate))
-            for event in self._generate_chunk(
-                piece, speakers, context, replace_seed(settings, i), max_frames
-            ):
-                if isinstance(event, _Chunk):
-                    seconds = event.codes.shape[1] / self.frame_rate
-                    audio_seconds += seconds
-                    budget -= seconds
-                    keep = max(settings.context_chunks, 0)
-                    context = [*context, (piece, event.codes)][-keep:] if keep else []
-                    report(i, frames, max_frames, audio_seconds, done=True)
-                else:
-                    frames += 1
-                    if frames % 5 == 0:
-                        report(i, frames, max_frames, audio_seconds + frames / self.frame_rate)
-                yield event
+            if budget < 1:
+                warn(
+                    f"--max-seconds {settings.max_seconds:g} reached: {len(pieces) - i} of "
+                    f"{len(pieces)} chunks left unspoken"
+                )
+                return
+            own = self.chunk_frames(piece)
+            max_frames = min(budget, own)
+            chunk = self._generate_chunk(
+                piece,
+                speakers,
+                context,
+                settings,
+                settings.chunk_seed(i),
+                max_frames,
+                i,
+                len(pieces),
+            )
+            chunk.report = lambda n, i=i, m=max_frames, s=audio_seconds: report(
+                i, n, m, s + n / self.frame_rate
+            )
+            yield chunk
+            res = chunk.result
+            seconds = res.codes.shape[1] / self.frame_rate
+            audio_seconds += seconds
+            budget -= res.num_frames
+            keep = settings.context_chunks
+            context = [*context, (piece, np.array(res.codes, np.int32))][-keep:] if keep else []
+            report(i, res.num_frames, max_frames, audio_seconds, done=True)
+            if res.stop_reason == "max_frames":
+                where = f"chunk {i + 1}/{len(pieces)} ({_opening(piece)})"
+                if max_frames < own:
+                    left = len(pieces) - i - 1
+                    warn(
+                        f"--max-seconds {settings.max_seconds:g} reached in {where}: it is cut "
+                        f"short" + (f" and {left} more chunk(s) left unspoken" if left else "")
+                    )
+                    return
+                warn(
+                    f"{where} reached its budget of {own / self.frame_rate:.1f} s before the "
+                    "model ended it; it may be cut short"
+                )
             mx.clear_cache()
 
-    def _generate_chunk(self, text, speakers, context, settings, max_frames):
+    def _generate_chunk(
+        self, text, speakers, context, settings, seed, max_frames, index=0, count=1
+    ) -> Chunk:
         from higgs_core import generate_frames
 
         cfg = self.model.config
-        messages = conversation(text, speakers, scene=settings.scene, context=context)
+        messages = conversation(
+            text,
+            speakers,
+            scene=settings.scene,
+            context=context,
+            refs_in_system=settings.ref_in_system,
+        )
+        refs_in = settings.ref_in_system and any(s.cloned for s in speakers)
+        if refs_in and not cfg.encode_audio_in_tokens:
+            raise HiggsError(
+                "this model does not read audio in its system turn "
+                "(encode_audio_in_tokens is off in its config); clone without --ref-in-system"
+            )
         prompt = encode_prompt(
             self.tokenizer,
             messages,
             audio_out_id=cfg.audio_out_token_id,
+            audio_in_id=cfg.audio_in_token_id,
             stream_bos=cfg.audio_stream_bos_id,
             stream_eos=cfg.audio_stream_eos_id,
         )
-        gen = generate_frames(
+        frames = generate_frames(
             self.model,
-            mx.array(prompt.input_ids, dtype=mx.int32),
+            np.array(prompt.input_ids, dtype=np.int32),
             mx.array(prompt.audio_ids) if len(prompt.audio_ids) else None,
-            params=settings.params(),
+            history=prompt.history,  # audio out only, as the release's RAS window
+            params=settings.sampling,
             max_frames=max_frames,
-            seed=settings.seed,
+            seed=seed,
         )
-        yield from gen
-        res = gen.result
-        yield _Chunk(
-            text,
-            np.array(res.codes, dtype=np.int32),
-            res.stop_reason,
-            len(prompt.input_ids),
-            res.num_frames,
-        )
+        return Chunk(index, count, text, prompt, max_frames, frames)
 
 
-def replace_seed(settings: Settings, chunk: int) -> Settings:
-    """Each chunk draws from its own seed, derived from the run's."""
-    from dataclasses import replace
-
-    return replace(settings, seed=settings.seed + 1000003 * chunk)
+def _opening(text: str, words: int = 5) -> str:
+    head = text.split()
+    return '"' + " ".join(head[:words]) + ("…" if len(head) > words else "") + '"'
 
 
 def codec_key(codec) -> str:

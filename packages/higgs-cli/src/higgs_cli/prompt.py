@@ -15,69 +15,136 @@ import numpy as np
 from higgs_sampling import build_delay_pattern
 
 INSTRUCTION = "Generate audio following instruction."
-# Our wording of the release's multi-speaker instruction: tags pick voices and are not read.
+# The release's MULTISPEAKER_DEFAULT_SYSTEM_MESSAGE (examples/generation.py), verbatim.
 MULTI_SPEAKER_INSTRUCTION = (
-    "You are an AI assistant that turns text into speech.\n"
-    "A [SPEAKER*] tag in the user's message selects the voice for the text after it; "
-    "do not read the tag aloud.\n"
-    "Where no tag is given, pick a fitting voice yourself."
+    "You are an AI assistant designed to convert text into speech.\n"
+    "If the user's message includes a [SPEAKER*] tag, do not read out the tag and generate "
+    "speech for the following text, using the specified voice.\n"
+    "If no speaker tag is present, select a suitable voice on your own."
 )
+# examples/scene_prompts/quiet_indoor.txt, the release's default scene.
 DEFAULT_SCENE = "Audio is recorded from a quiet room."
+# The release's smart multi-speaker voices, alternating over the sorted tags.
+SMART_VOICES = ("feminine", "masculine")
 
 AUDIO_OUT = "<|AUDIO_OUT|>"
+AUDIO_IN = "<|AUDIO|>"
 AUDIO_OUT_BOS = "<|audio_out_bos|>"
+AUDIO_BOS = "<|audio_bos|>"
 AUDIO_EOS = "<|audio_eos|>"
 GENERATION_PREFIX = f"<|start_header_id|>assistant<|end_header_id|>\n\n{AUDIO_OUT_BOS}"
+
+Clip = np.ndarray  # codes [K, T] of one piece of audio
 
 
 @dataclass
 class Message:
-    """One turn. ``audio`` (codes ``[K, T]``) belongs to assistant turns."""
+    """One turn: ``text`` then ``audio`` (codes ``[K, T]``), or interleaved ``parts``.
+
+    Audio in an assistant turn is audio out (``<|audio_out_bos|><|AUDIO_OUT|>
+    <|audio_eos|>``), anywhere else audio in (``<|audio_bos|><|AUDIO|>
+    <|audio_eos|>``), as the release's ``prepare_chatml_sample`` renders them.
+    """
 
     role: str
     text: str = ""
-    audio: np.ndarray | None = None
+    audio: Clip | None = None
+    parts: tuple[str | Clip, ...] = ()
 
     def __post_init__(self):
         if self.role not in ("system", "user", "assistant"):
             raise ValueError(f"unknown role {self.role!r}")
-        if self.audio is not None and self.role != "assistant":
-            raise ValueError("only assistant turns carry audio")
+        if self.parts and (self.text or self.audio is not None):
+            raise ValueError("give a message either text and audio, or parts")
+
+    def content(self) -> tuple[str | Clip, ...]:
+        if self.parts:
+            return self.parts
+        return tuple(p for p in (self.text or None, self.audio) if p is not None)
+
+    def __eq__(self, other):
+        if not isinstance(other, Message):
+            return NotImplemented
+        mine, theirs = self.content(), other.content()
+        return (
+            self.role == other.role
+            and len(mine) == len(theirs)
+            and all(
+                a == b if isinstance(a, str) else not isinstance(b, str) and np.array_equal(a, b)
+                for a, b in zip(mine, theirs, strict=True)
+            )
+        )
 
 
 @dataclass
 class Prompt:
     """What the model is fed: ``input_ids`` and the codes of its audio positions."""
 
-    text: str  # rendered, with one <|AUDIO_OUT|> per clip
+    text: str  # rendered, with one <|AUDIO_OUT|> or <|AUDIO|> per clip
     input_ids: list[int]
-    audio_ids: np.ndarray  # [N, K] delayed codes, N = input_ids.count(audio_out_id)
+    audio_ids: np.ndarray  # [N, K] delayed codes, one row per audio position, in order
+    audio_out: np.ndarray  # [N] bool: which rows are audio out (the rest audio in)
+
+    @property
+    def history(self) -> np.ndarray:
+        """``[N_out, K]`` the audio-out rows: what repetition-aware sampling looks back on.
+
+        The release's RAS window reads its ``audio_out_ids`` only, never audio-in codes.
+        """
+        return self.audio_ids[self.audio_out]
 
 
-def scene_block(scene: str | None, speakers: list[str]) -> str:
-    """The scene description, with ``SPEAKERn: ...`` lines for described voices."""
-    parts = [p for p in (scene, "\n".join(speakers)) if p]
-    if not parts:
-        return ""
-    return "<|scene_desc_start|>\n" + "\n\n".join(parts) + "\n<|scene_desc_end|>"
+def scene_block(scene: str | None, lines: list) -> list:
+    """The scene description and ``SPEAKERn: ...`` lines, as parts.
+
+    A line is a string, or a list of parts when it holds a reference clip.
+    """
+    body: list = [scene] if scene else []
+    if lines and body:
+        body.append("\n\n")
+    for i, line in enumerate(lines):
+        body += (["\n"] if i else []) + (line if isinstance(line, list) else [line])
+    return ["<|scene_desc_start|>\n", *body, "\n<|scene_desc_end|>"] if body else []
 
 
-def system_message(instruction: str, scene: str | None, speakers: list[str]) -> Message:
+def system_message(instruction: str, scene: str | None, speakers: list) -> Message:
     block = scene_block(scene, speakers)
-    return Message("system", f"{instruction}\n\n{block}" if block else instruction)
+    parts = _join_text([instruction, "\n\n", *block] if block else [instruction])
+    if all(isinstance(p, str) for p in parts):
+        return Message("system", "".join(parts))
+    return Message("system", parts=tuple(parts))
+
+
+def _join_text(parts: list) -> list:
+    """Merge neighbouring strings (and drop empty ones), so each text run is tokenized once."""
+    out: list = []
+    for p in parts:
+        if isinstance(p, str):
+            if not p:
+                continue
+            if out and isinstance(out[-1], str):
+                out[-1] += p
+                continue
+        out.append(p)
+    return out
 
 
 def _pieces(messages: list[Message]):
-    """Yield ``(text, clip)`` pieces in order; clip is codes for one audio turn."""
+    """Yield ``(text, clip)`` pieces in order; clip is the codes of one audio placeholder."""
     for i, m in enumerate(messages):
         start = "<|begin_of_text|>" if i == 0 else ""
         yield f"{start}<|start_header_id|>{m.role}<|end_header_id|>\n\n", None
-        if m.text:
-            yield m.text, None
-        if m.audio is not None:
-            yield AUDIO_OUT_BOS, None
-            yield AUDIO_OUT, m.audio
-            yield AUDIO_EOS, None
+        for part in m.content():
+            if isinstance(part, str):
+                yield part, None
+            elif m.role == "assistant":
+                yield AUDIO_OUT_BOS, None
+                yield AUDIO_OUT, part
+                yield AUDIO_EOS, None
+            else:
+                yield AUDIO_BOS, None
+                yield AUDIO_IN, part
+                yield AUDIO_EOS, None
         # Consecutive assistant turns are joined by <|eom_id|>, as in the release.
         nxt = messages[i + 1].role if i + 1 < len(messages) else None
         yield ("<|eom_id|>" if m.role == nxt == "assistant" else "<|eot_id|>"), None
@@ -85,7 +152,7 @@ def _pieces(messages: list[Message]):
 
 
 def render(messages: list[Message]) -> str:
-    """The prompt as text, each clip shown as a single ``<|AUDIO_OUT|>``."""
+    """The prompt as text, each clip shown as a single ``<|AUDIO_OUT|>`` or ``<|AUDIO|>``."""
     return "".join(text for text, _ in _pieces(messages))
 
 
@@ -96,28 +163,36 @@ def encode_prompt(
     audio_out_id: int,
     stream_bos: int,
     stream_eos: int,
+    audio_in_id: int | None = None,
 ) -> Prompt:
     """Tokenize ``messages`` piece by piece, as the release does.
 
-    Each clip's ``<|AUDIO_OUT|>`` becomes ``T + 2 + K - 1`` positions: the codes
-    wrapped in stream BOS/EOS and delayed.
+    Each clip's placeholder (``<|AUDIO_OUT|>``, or ``<|AUDIO|>`` for audio in)
+    becomes ``T + 2 + K - 1`` positions: the codes wrapped in stream BOS/EOS and
+    delayed, as the release's collator does for both kinds.
     """
     ids: list[int] = []
     clips: list[np.ndarray] = []
+    is_out: list[bool] = []
     for text, clip in _pieces(messages):
         if clip is None:
             ids.extend(tokenizer.encode(text, add_special_tokens=False).ids)
             continue
-        clip = mx.array(clip, dtype=mx.int32)
-        delayed = np.array(build_delay_pattern(clip, stream_bos, stream_eos))
-        ids.extend([audio_out_id] * delayed.shape[1])
+        if text == AUDIO_IN and audio_in_id is None:
+            raise ValueError("the prompt holds audio in, but no audio_in_id was given")
+        delayed = np.array(
+            build_delay_pattern(mx.array(clip, dtype=mx.int32), stream_bos, stream_eos)
+        )
+        n = delayed.shape[1]
+        ids.extend([audio_out_id if text == AUDIO_OUT else audio_in_id] * n)
         clips.append(delayed.T)
+        is_out += [text == AUDIO_OUT] * n
     K = clips[0].shape[1] if clips else 0
     audio_ids = np.concatenate(clips).astype(np.int32) if clips else np.zeros((0, K), np.int32)
-    return Prompt(render(messages), ids, audio_ids)
+    return Prompt(render(messages), ids, audio_ids, np.array(is_out, dtype=bool))
 
 
-SPEAKER_TAG = re.compile(r"\[SPEAKER(\d+)\]")
+SPEAKER_TAG = re.compile(r"\[(SPEAKER(\d+))\]")
 
 
 @dataclass
@@ -136,40 +211,55 @@ class Speaker:
         return self.codes is not None
 
 
+def speaker_tags(text: str) -> list[str]:
+    """The distinct ``SPEAKERn`` tags of a text, sorted as the release sorts them (as strings)."""
+    return sorted({m.group(1) for m in SPEAKER_TAG.finditer(text)})
+
+
 def conversation(
     text: str,
     speakers: list[Speaker],
     *,
     scene: str | None = DEFAULT_SCENE,
     context: list[tuple[str, np.ndarray]] = (),
+    refs_in_system: bool = False,
 ) -> list[Message]:
-    """The messages that ask for ``text`` in the layouts of the release.
+    """The messages that ask for ``text``, as the release's ``prepare_generation_context``
+    builds them (``examples/generation.py``).
 
-    - smart voice (no speakers): the instruction, the optional scene, the text;
-    - described voices: ``SPEAKERn: description`` lines in the scene block;
-    - cloned voices: a user turn with each reference transcript (tagged
-      ``[SPEAKERn]`` when several speakers talk) and an assistant turn with its
-      codes; with no scene and no described voice there is no system turn;
-    - several speakers and no reference: the multi-speaker instruction.
+    - cloned voices: a user turn with each reference transcript (prefixed
+      ``[SPEAKERn] `` only when there are several speakers) and an assistant turn
+      with its codes; the system turn only when there is a scene;
+    - ``refs_in_system`` (the release's ``--ref_audio_in_system_message``), or
+      any described voice (the release's ``profile:`` voices, which switch that
+      mode on): ``SPEAKERn: <audio in>`` / ``SPEAKERn: description`` lines in
+      the scene block, and no reference turns;
+    - no speakers and more than one distinct tag: the multi-speaker instruction
+      with ``SPEAKERn: feminine`` / ``masculine`` lines, alternating;
+    - otherwise (smart voice): the instruction and the optional scene.
 
     ``context``: earlier ``(text, codes)`` chunks of the same long text, replayed
     as user/assistant turns so the voice carries on.
     """
-    multi = len(speakers) > 1 or bool(SPEAKER_TAG.search(text))
-    refs = [(i, s) for i, s in enumerate(speakers) if s.cloned]
-    described = [
-        f"SPEAKER{i}: {s.description}"
-        for i, s in enumerate(speakers)
-        if not s.cloned and s.description
-    ]
     messages = []
-    if multi and not refs:
-        messages.append(system_message(MULTI_SPEAKER_INSTRUCTION, scene, described))
-    elif scene or described or not refs:
-        messages.append(system_message(INSTRUCTION, scene, described))
-    for i, s in refs:
-        said = f"[SPEAKER{i}] {s.transcript}" if multi else s.transcript
-        messages += [Message("user", said), Message("assistant", audio=s.codes)]
+    if speakers and (refs_in_system or any(not s.cloned for s in speakers)):
+        lines = [
+            [f"SPEAKER{i}: ", s.codes] if s.cloned else f"SPEAKER{i}: {s.description}"
+            for i, s in enumerate(speakers)
+        ]
+        messages.append(system_message(INSTRUCTION, scene, lines))
+    elif speakers:
+        if scene:
+            messages.append(system_message(INSTRUCTION, scene, []))
+        several = len(speakers) > 1
+        for i, s in enumerate(speakers):
+            said = f"[SPEAKER{i}] {s.transcript}" if several else s.transcript
+            messages += [Message("user", said), Message("assistant", audio=s.codes)]
+    elif len(tags := speaker_tags(text)) > 1:
+        lines = [f"{tag}: {SMART_VOICES[i % 2]}" for i, tag in enumerate(tags)]
+        messages.append(system_message(MULTI_SPEAKER_INSTRUCTION, scene, lines))
+    else:
+        messages.append(system_message(INSTRUCTION, scene, []))
     for said, codes in context:
         messages += [Message("user", said), Message("assistant", audio=codes)]
     messages.append(Message("user", text))

@@ -27,6 +27,7 @@ from starlette.routing import Route
 
 from higgs_cli.output import FORMATS, MEDIA_TYPES, STREAMABLE, encode, pcm16, wav_header
 from higgs_cli.pipeline import HiggsError, Settings, add_voice
+from higgs_cli.pipeline import Request as SpeakRequest
 from higgs_cli.voices import VoiceError, check_name
 
 log = logging.getLogger("higgs.serve")
@@ -175,11 +176,14 @@ def field(body: dict, name: str, kind, default=None):
 
 @dataclass
 class SpeechRequest:
-    text: str
+    request: SpeakRequest
     voice: str | None
     fmt: str
     stream: bool
-    settings: dict
+
+    @property
+    def text(self) -> str:
+        return self.request.text
 
 
 def parse_speech(body: dict, app) -> SpeechRequest:
@@ -230,10 +234,11 @@ def parse_speech(body: dict, app) -> SpeechRequest:
         if value is not None:
             settings[name] = value
     try:
-        Settings(**settings).params()
-    except ValueError as e:
+        request = SpeakRequest(text, (voice,) if voice else (), (), Settings().but(**settings))
+        request.check()
+    except (ValueError, HiggsError, VoiceError) as e:
         raise ApiError(400, str(e), code="invalid_value") from e
-    return SpeechRequest(text, voice, fmt, stream, settings)
+    return SpeechRequest(request, voice, fmt, stream)
 
 
 # handlers -------------------------------------------------------------------------
@@ -252,7 +257,6 @@ async def speech(request: Request):
         raise ApiError(400, "the body must be a JSON object", code="invalid_json")
     req = parse_speech(body, app)
     tts = app.state.tts
-    voices = [req.voice] if req.voice else []
 
     def record(status, speech=None):
         seconds = speech.duration if speech else 0.0
@@ -270,7 +274,7 @@ async def speech(request: Request):
     if not req.stream:
 
         def run(job):
-            job.emit(tts.say(req.text, voices=voices, progress=job.check, **req.settings))
+            job.emit(tts.say(req.request, progress=job.check))
 
         job = Job(run, app.state.limits.request_timeout)
         app.state.worker.submit(job)
@@ -291,10 +295,10 @@ async def speech(request: Request):
     result = []
 
     def run(job):
-        for pcm in tts.stream(
-            req.text, voices=voices, progress=job.check, result=result, **req.settings
-        ):
+        pcm_stream = tts.stream(req.request, progress=job.check)
+        for pcm in pcm_stream:
             job.emit(pcm)
+        result.append(pcm_stream.speech)
 
     job = Job(run, app.state.limits.request_timeout)
     app.state.worker.submit(job)

@@ -1,4 +1,9 @@
-"""Text before it becomes a prompt: normalisation and long-text chunking."""
+"""Text before it becomes a prompt: normalisation, then long-text chunking.
+
+As in the release (``examples/generation.py``), the whole text is normalised
+once and only then split into chunks, so the final period it may add goes at
+the very end of the text, never at the end of a chunk.
+"""
 
 import re
 
@@ -16,50 +21,65 @@ SOUND_EVENTS = {
     "[cheering]": "<SE>[Cheering]</SE>",
     "[cough]": "<SE>[Cough]</SE>",
 }
-# Full-width punctuation the model reads better in its ASCII form.
-FULL_WIDTH = str.maketrans(
-    {
-        "，": ", ",
-        "。": ".",
-        "：": ":",
-        "；": ";",
-        "？": "?",
-        "！": "!",
-        "（": "(",
-        "）": ")",
-        "【": "[",
-        "】": "]",
-        "“": '"',
-        "”": '"',
-        "‘": "'",
-        "’": "'",
-        "、": ",",
-        "—": "-",
-        "…": "...",
-        "「": '"',
-        "」": '"',
-    }
-)
+# The release's normalize_chinese_punctuation table: full-width marks to ASCII.
+FULL_WIDTH = {
+    "，": ", ",
+    "。": ".",
+    "：": ":",
+    "；": ";",
+    "？": "?",
+    "！": "!",
+    "（": "(",
+    "）": ")",
+    "【": "[",
+    "】": "]",
+    "《": "<",
+    "》": ">",
+    "“": '"',
+    "”": '"',
+    "‘": "'",
+    "’": "'",
+    "、": ",",
+    "—": "-",
+    "…": "...",
+    "·": ".",
+    "「": '"',
+    "」": '"',
+    "『": '"',
+    "』": '"',
+}
 FINAL = (".", "!", "?", ",", ";", '"', "'", "</SE_e>", "</SE>")
 SPEAKER_LINE = re.compile(r"^\s*(\[SPEAKER\d+\])\s*")
+SPAN_START, SPAN_END = "<SE_s>", "<SE_e>"
+SOUND_EVENT = re.compile(r"<SE(?:_s)?>")  # one event: a point event or the start of a span
 ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "st", "vs", "etc", "e.g", "i.e", "jr", "sr", "no"}
 CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
 
 
 def normalize(text: str) -> str:
-    """The release examples' clean-up, on one chunk of text.
+    """The release examples' clean-up of a whole text.
 
-    Full-width punctuation to ASCII, parentheses to spaces, temperature units
-    spelled out, sound-event tags to their tokens, whitespace collapsed (line
-    breaks kept, blank lines dropped), and a final period where the text ends
-    without punctuation.
+    Full-width punctuation to ASCII (the release's table, applied in its
+    order), parentheses to spaces, temperature units spelled out, sound-event
+    tags to their tokens, whitespace collapsed within each line, and a final
+    period where the text ends without punctuation.
+
+    One difference: the release drops blank lines; here each run of blank
+    lines stays as one, a paragraph break, which :func:`chunk_text` uses to
+    end a chunk. No chunk holds one, so the model sees the same text.
     """
-    text = text.translate(FULL_WIDTH)
+    for zh, en in FULL_WIDTH.items():
+        text = text.replace(zh, en)
     text = text.replace("(", " ").replace(")", " ")
     text = text.replace("°F", " degrees Fahrenheit").replace("°C", " degrees Celsius")
     for tag, token in SOUND_EVENTS.items():
         text = text.replace(tag, token)
-    text = "\n".join(" ".join(line.split()) for line in text.splitlines() if line.strip())
+    paragraphs = []
+    for paragraph in re.split(r"\n[ \t\r\f\v]*\n", text):
+        lines = [" ".join(line.split()) for line in paragraph.splitlines() if line.strip()]
+        if lines:
+            paragraphs.append("\n".join(lines))
+    text = "\n\n".join(paragraphs)
     if text and not text.endswith(FINAL):
         text += "."
     return text
@@ -68,6 +88,11 @@ def normalize(text: str) -> str:
 def count_words(text: str) -> int:
     """Words, counting each CJK character as one."""
     return len(CJK.sub(" ", text).split()) + len(CJK.findall(text))
+
+
+def sound_events(text: str) -> int:
+    """How many sound events (``<SE>`` points and ``<SE_s>`` spans) a normalised text holds."""
+    return len(SOUND_EVENT.findall(text))
 
 
 def split_sentences(text: str) -> list[str]:
@@ -90,7 +115,10 @@ def _split_long(sentence: str, max_words: int) -> list[str]:
     clauses = [c.strip() for c in re.split(r"(?<=[,;:])\s+", sentence) if c.strip()]
     if len(clauses) == 1:
         words = sentence.split()
-        if len(words) == 1:  # one long CJK run: cut between characters
+        if len(words) == 1:
+            if "<SE" in sentence:  # never cut inside a sound-event token
+                return [sentence]
+            # one long CJK run: cut between characters
             return [sentence[i : i + max_words] for i in range(0, len(sentence), max_words)]
         return [" ".join(words[i : i + max_words]) for i in range(0, len(words), max_words)]
     out = []
@@ -103,40 +131,46 @@ def _split_long(sentence: str, max_words: int) -> list[str]:
 
 
 def chunk_text(text: str, max_words: int = 60) -> list[str]:
-    """Split text into chunks of at most ``max_words`` words for long-form speech.
+    """Split normalised text into chunks of about ``max_words`` words for long-form speech.
 
     Chunks end at sentence ends, never inside a word; a paragraph break (blank
-    line) always ends a chunk. Lines starting with a ``[SPEAKERn]`` tag begin a
+    line) ends a chunk. Lines starting with a ``[SPEAKERn]`` tag begin a
     speaker turn: a chunk may hold several turns, and a chunk that starts inside
-    a turn repeats the turn's tag so the voice is known.
+    a turn repeats the turn's tag so the voice is known. A sound-event span
+    (``<SE_s>`` ... ``<SE_e>``, e.g. music under speech) is never split: a
+    chunk that holds its start runs on to its end, whatever its length.
     """
     if max_words < 1:
         raise ValueError(f"max_words must be >= 1, got {max_words}")
     chunks: list[str] = []
+    current, words, speaker, open_spans = "", 0, None, 0
     for paragraph in re.split(r"\n\s*\n", text.strip()):
-        current, words, speaker = "", 0, None
+        if current and not open_spans:  # a paragraph break ends the chunk
+            chunks.append(current)
+            current, words = "", 0
+        speaker = None
         for line in paragraph.splitlines():
             m = SPEAKER_LINE.match(line)
             if m:
                 speaker, line = m.group(1), line[m.end() :]
-                turn_start = True
-            else:
-                turn_start = False
+            turn_start = bool(m)
             for sentence in split_sentences(line):
-                for piece in _split_long(sentence, max_words):
+                pieces = [sentence] if open_spans else _split_long(sentence, max_words)
+                for piece in pieces:
                     n = count_words(piece)
-                    if current and words + n > max_words:
+                    if current and words + n > max_words and not open_spans:
                         chunks.append(current)
                         current, words = "", 0
                         turn_start = True  # a new chunk inside a turn repeats the tag
+                    sep = " "
                     if turn_start and speaker:
-                        piece = f"{speaker} {piece}"
-                        sep = "\n"
-                    else:
-                        sep = " "
+                        piece, sep = f"{speaker} {piece}", "\n"
                     current = f"{current}{sep}{piece}" if current else piece
                     words += n
                     turn_start = False
-        if current:
-            chunks.append(current)
+                    open_spans = max(
+                        0, open_spans + piece.count(SPAN_START) - piece.count(SPAN_END)
+                    )
+    if current:
+        chunks.append(current)
     return chunks

@@ -1,10 +1,15 @@
 """Voices: built-in descriptions pinned on first use, and users' recordings.
 
 Each voice is a folder ``<voices>/<name>/`` holding ``voice.json`` and, for a
-recording, a copy of the audio. Codes are stored per fingerprint: a recording's
-codes per codec, a built-in voice's pin per model and codec, so a pin made by
-one model is never replayed with another. Every write goes to a temporary file
-or folder first and is renamed into place.
+recording, a copy of the audio. Codes are stored per codec fingerprint: a
+recording's codes, and a built-in voice's pin, which is codes plus a transcript
+and so serves every model (bf16, quantized, any folder) alike; a pin's
+``.json`` beside it says which model made it. Every write goes to a temporary
+file or folder first and is renamed into place.
+
+The built-in voices ``en_woman``, ``en_man`` and ``en_man_deep`` are this
+project's own text descriptions, spoken once by the model and then cloned; they
+are not the recordings of similar names in the release's ``voice_prompts``.
 """
 
 import hashlib
@@ -223,14 +228,32 @@ class VoiceStore:
             shutil.rmtree(staging, ignore_errors=True)
         return self.get(name)
 
-    def pin(self, name: str, key: str, codes: np.ndarray, transcript: str):
-        """Record the codes a built-in voice was pinned to for fingerprint ``key``."""
+    def pin(
+        self, name: str, key: str, codes: np.ndarray, transcript: str, made_by: dict | None = None
+    ):
+        """Record the codes a built-in voice was pinned to for fingerprint ``key``,
+        and (``made_by``) how: the model, seed and length."""
         folder = self.root / check_name(name)
         folder.mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT, "kind": "builtin", "transcript": transcript}
+        if made_by is not None:
+            _write_atomic(folder / f"codes-{key}.json", json.dumps(made_by, indent=2).encode())
         self.save_codes(name, key, codes)
         if not (folder / "voice.json").exists():
             _write_atomic(folder / "voice.json", json.dumps(meta, indent=2).encode())
+
+    def pins(self, name: str) -> dict[str, dict]:
+        """What made each stored pin of ``name``: ``{key: {"model", "seed", "seconds"}}``
+        (an empty record where nothing was noted)."""
+        folder = self.root / check_name(name)
+        out = {}
+        for path in sorted(folder.glob("codes-pin-*.npy")):
+            key = path.stem.removeprefix("codes-")
+            try:
+                out[key] = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                out[key] = {}
+        return out
 
     def save_codes(self, name: str, key: str, codes: np.ndarray):
         folder = self.root / check_name(name)

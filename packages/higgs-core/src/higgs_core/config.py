@@ -60,6 +60,9 @@ class ModelConfig:
     audio_out_bos_token_id: int = 128013
     audio_eos_token_id: int = 128012
     audio_delay_token_id: int | None = None  # transformers' extra audio placeholder
+    # Whether <|AUDIO|> (audio in) positions carry codes, as in the released config;
+    # they then route like audio out (same embedding, the audio FFN path).
+    encode_audio_in_tokens: bool = False
     pad_token_id: int = 128001
     bos_token_id: int = 128000
     eos_token_id: int = 128009
@@ -74,10 +77,18 @@ class ModelConfig:
 
     @property
     def audio_placeholder_ids(self) -> tuple[int, ...]:
-        """Token ids whose positions carry an audio frame."""
+        """Token ids whose positions carry an audio frame.
+
+        Audio-in positions count when the checkpoint encodes audio-in tokens: the
+        release embeds their codes with the same table and marks them in
+        ``audio_discrete_codes_mask`` (``audio_in_discrete_codes_mask |
+        audio_out_mask``), which sends them through the audio FFN path.
+        """
         ids = (self.audio_out_token_id,)
         if self.audio_delay_token_id is not None:
             ids += (self.audio_delay_token_id,)
+        if self.encode_audio_in_tokens:
+            ids += (self.audio_in_token_id,)
         return ids
 
     @classmethod
@@ -157,6 +168,8 @@ class ModelConfig:
             "audio_stream_bos_id": self.audio_stream_bos_id,
             "audio_stream_eos_id": self.audio_stream_eos_id,
             "audio_in_token_idx": self.audio_in_token_id,
+            "encode_audio_in_tokens": self.encode_audio_in_tokens,
+            "encode_whisper_embed": False,
             "audio_out_token_idx": self.audio_out_token_id,
             "audio_out_bos_token_id": self.audio_out_bos_token_id,
             "audio_eos_token_id": self.audio_eos_token_id,
@@ -241,6 +254,8 @@ def _from_original(config: dict) -> dict:
         audio_out_bos_token_id=config.get("audio_out_bos_token_id", 128013),
         audio_eos_token_id=config.get("audio_eos_token_id", 128012),
         audio_delay_token_id=config.get("audio_delay_token_id"),
+        # HiggsAudioConfig's default is False; the released checkpoint sets it.
+        encode_audio_in_tokens=bool(config.get("encode_audio_in_tokens", False)),
         pad_token_id=config.get("pad_token_id", 128001),
         bos_token_id=_first(text.get("bos_token_id"), 128000),
         eos_token_id=_first(text.get("eos_token_id"), 128009),

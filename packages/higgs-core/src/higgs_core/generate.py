@@ -70,6 +70,7 @@ class FrameGenerator:
         max_frames: int,
         seed: int = 0,
         prefill_step: int = 512,
+        history=None,
     ):
         cfg = model.config
         ids = np.asarray(input_ids.tolist() if isinstance(input_ids, mx.array) else input_ids)
@@ -89,10 +90,19 @@ class FrameGenerator:
         if audio is not None and (audio.ndim != 2 or audio.shape[1] != K):
             raise ValueError(f"audio_ids must be [N, {K}], got shape {tuple(audio.shape)}")
         model.route(ids, audio)  # every audio position has a frame
+        if history is not None:
+            history = mx.array(history).astype(mx.int32)
+            if history.size == 0:
+                history = None
+            elif history.ndim != 2 or history.shape[1] != K:
+                raise ValueError(f"history must be [N, {K}], got shape {tuple(history.shape)}")
+        elif audio is not None:
+            history = audio
 
         self.model = model
         self.ids = ids.astype(np.int64)
         self.audio = audio
+        self.history = history
         self.prefill_step = prefill_step
         self.sampler = FrameSampler(
             K, cfg.audio_stream_bos_id, cfg.audio_stream_eos_id, params, max_frames=max_frames
@@ -115,7 +125,7 @@ class FrameGenerator:
         # The synthetic BOS frame rides at the end of the prefill: its logits give frame 1.
         t0 = time.perf_counter()
         first, state = sampler.start(
-            mx.random.key(self.seed), history=None if self.audio is None else self.audio.T
+            mx.random.key(self.seed), history=None if self.history is None else self.history.T
         )
         ids = np.append(self.ids, cfg.audio_out_token_id)
         audio = first[None] if self.audio is None else mx.concatenate([self.audio, first[None]])
@@ -160,7 +170,7 @@ class FrameGenerator:
 
         stacked = mx.stack(frames[: handed + 1], axis=1)  # [K, F]
         if stacked.shape[1] > D:
-            codes = sampler.to_codes(stacked, stop_reason)
+            codes = sampler.to_codes(stacked)
         else:  # stopped before every codebook got past its delay: no whole column yet
             codes = mx.zeros((cfg.num_codebooks, 0), dtype=mx.int32)
         mx.eval(stacked, codes)
@@ -184,14 +194,17 @@ def generate_frames(
     max_frames: int,
     seed: int = 0,
     prefill_step: int = 512,
+    history=None,
 ) -> FrameGenerator:
     """Stream audio frames for a prompt.
 
     ``input_ids``: 1-D token ids ending with ``<|audio_out_bos|>``; every
     audio placeholder position takes the next row of ``audio_ids [N, K]``
-    (delayed-layout codes). Repetition-aware sampling looks back over those
-    prompt codes and then the generated frames. Iterate for the frames; read
-    ``.result`` afterwards. Runs with the same seed give the same frames.
+    (delayed-layout codes). Repetition-aware sampling looks back over
+    ``history [M, K]`` (default: all of ``audio_ids``; the release passes its
+    audio-out codes only, not audio in) and then the generated frames. Iterate
+    for the frames; read ``.result`` afterwards. Runs with the same seed give
+    the same frames.
     """
     return FrameGenerator(
         model,
@@ -201,6 +214,7 @@ def generate_frames(
         max_frames=max_frames,
         seed=seed,
         prefill_step=prefill_step,
+        history=history,
     )
 
 

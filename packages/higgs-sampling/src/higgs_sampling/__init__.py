@@ -2,7 +2,13 @@
 
 from importlib.metadata import version as _version
 
-from higgs_sampling.delay import apply_delay, build_delay_pattern, default_delays, revert_delay
+from higgs_sampling.delay import (
+    CodeColumns,
+    apply_delay,
+    build_delay_pattern,
+    default_delays,
+    revert_delay,
+)
 from higgs_sampling.frames import FrameSampler, FrameState, StopReason
 from higgs_sampling.samplers import (
     SamplingParams,
@@ -16,6 +22,7 @@ from higgs_sampling.samplers import (
 __version__ = _version("higgs-sampling")
 
 __all__ = [
+    "CodeColumns",
     "FrameSampler",
     "FrameState",
     "SamplingParams",

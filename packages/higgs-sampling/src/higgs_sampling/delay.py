@@ -91,3 +91,41 @@ def build_delay_pattern(
         axis=-1,
     )
     return apply_delay(wrapped, delays, lead=bos, trail=eos)
+
+
+class CodeColumns:
+    """Turns a delayed stream, frame by frame, into finished code columns.
+
+    Push every frame ``[K]`` of a stream as it is made, the synthetic BOS frame
+    first; :meth:`take` hands out the code columns ``[K, n]`` that no later
+    frame can change, with the delay reverted and values clipped into
+    ``0..codebook_size-1``. Like :meth:`FrameSampler.to_codes` (and the release,
+    which keeps ``[:, 1:-1]``), the BOS column is never handed out and the
+    newest final column is held back, since the stream's last column is
+    dropped whatever ended it. So the columns taken over a whole stream are
+    exactly ``to_codes`` of its frames.
+    """
+
+    def __init__(self, num_codebooks: int, codebook_size: int, delays: Sequence[int] | None = None):
+        self.delays = _check_delays(delays, num_codebooks)
+        self.codebook_size = codebook_size
+        self.frames: list[mx.array] = []
+        self.sent = 0  # reverted columns 1..sent are handed out (column 0 is BOS)
+
+    def push(self, frame: mx.array) -> None:
+        self.frames.append(frame)
+
+    @property
+    def ready(self) -> int:
+        """The last column that can be handed out now (final, and not the newest final)."""
+        return len(self.frames) - max(self.delays) - 2
+
+    def take(self, at_least: int = 1) -> mx.array | None:
+        """The next finished columns ``[K, n]``, once at least ``at_least`` are ready."""
+        ready = self.ready
+        if ready - self.sent < max(at_least, 1):
+            return None
+        D = max(self.delays)
+        window = mx.stack(self.frames[self.sent + 1 : ready + D + 1], axis=-1)
+        self.sent = ready
+        return mx.clip(revert_delay(window, self.delays), 0, self.codebook_size - 1)

@@ -173,18 +173,17 @@ class FrameSampler:
         """Whether every stream has stopped (reads the state back to the host)."""
         return bool(mx.all(state.stop != StopReason.RUNNING).item())
 
-    def to_codes(
-        self, frames: mx.array, stop: StopReason | int, codebook_size: int | None = None
-    ) -> mx.array:
+    def to_codes(self, frames: mx.array, codebook_size: int | None = None) -> mx.array:
         """Delayed frames ``[K, F]`` (frame 0 the synthetic one) -> codes ``[K, T]``.
 
-        Reverts the delay, drops the BOS column and, for an EOS stop, the EOS
-        column, and clips stray BOS/EOS values into ``0..codebook_size-1``
-        (default: the codes below BOS and EOS, as in Higgs).
+        Reverts the delay, drops the first (BOS) and the last column, and clips
+        stray BOS/EOS values into ``0..codebook_size-1`` (default: the codes
+        below BOS and EOS, as in Higgs). The release drops the last column
+        whatever ended the stream (``[:, 1:-1]`` in ``examples/generation.py``):
+        after an EOS stop it is the EOS column, after a budget stop a column
+        the ramp-out never finished.
         """
         if codebook_size is None:
             codebook_size = min(self.bos, self.eos)
-        codes = revert_delay(frames, self.delays)[..., 1:]
-        if StopReason(int(stop)) == StopReason.EOS:
-            codes = codes[..., :-1]
+        codes = revert_delay(frames, self.delays)[..., 1:-1]
         return mx.clip(codes, 0, codebook_size - 1)
