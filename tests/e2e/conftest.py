@@ -52,28 +52,31 @@ def steer(monkeypatch):
 
     from higgs_core.model import HiggsAudioModel
 
-    real = HiggsAudioModel.step
+    real = HiggsAudioModel.step_rows
     after: dict = {"n": None}
-    steps: dict[int, int] = {}  # decode steps so far, per generation (its cache)
-    order: dict[int, int] = {}  # which generation a cache belongs to
+    steps: dict[int, int] = {}  # decode steps so far, per stream (its cache)
+    order: dict[int, int] = {}  # which generation a stream is
 
-    def step(self, frame, cache):
-        logits = real(self, frame, cache)
+    def push(t, n, K, V, eos):
+        is_eos = mx.arange(V)[None, :] == eos
+        if t + 1 >= n:  # this step makes frame t + 1
+            return mx.where(is_eos & (mx.arange(K)[:, None] == 0), 1e4, 0.0)
+        return mx.where(is_eos, -1e4, 0.0)
+
+    def step_rows(self, frames, caches):
+        logits = real(self, frames, caches)
         if after["n"] is None:
             return logits
-        order.setdefault(id(cache), len(order))
-        steps[id(cache)] = t = steps.get(id(cache), 0) + 1  # this is frame t + 1
-        n = after["n"][min(order[id(cache)], len(after["n"]) - 1)]
-        K, V = logits.shape
-        eos = self.config.audio_stream_eos_id
-        is_eos = mx.arange(V)[None, :] == eos
-        if t + 1 >= n:
-            push = mx.where(is_eos & (mx.arange(K)[:, None] == 0), 1e4, 0.0)
-        else:
-            push = mx.where(is_eos, -1e4, 0.0)
-        return logits + push.astype(logits.dtype)
+        _, K, V = logits.shape
+        pushes = []
+        for cache in caches:
+            order.setdefault(id(cache), len(order))
+            steps[id(cache)] = t = steps.get(id(cache), 0) + 1
+            n = after["n"][min(order[id(cache)], len(after["n"]) - 1)]
+            pushes.append(push(t, n, K, V, self.config.audio_stream_eos_id))
+        return logits + mx.stack(pushes).astype(logits.dtype)
 
-    monkeypatch.setattr(HiggsAudioModel, "step", step)
+    monkeypatch.setattr(HiggsAudioModel, "step_rows", step_rows)
 
     def set_after(n):
         after["n"] = None if n is None else list(n) if isinstance(n, list | tuple) else [n]

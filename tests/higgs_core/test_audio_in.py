@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from higgs_core import generate_frames
-from higgs_sampling import FrameSampler, SamplingParams
+from higgs_sampling import RowSampler, SamplingParams
 
 AIN, AOUT = 399, 400  # <|AUDIO|> and <|AUDIO_OUT|> in the tiny vocab
 
@@ -48,13 +48,13 @@ def test_without_the_flag_audio_in_is_an_ordinary_token(models, ref):
 
 def test_ras_history_is_what_the_caller_says(audio_in_model, ref, monkeypatch):
     seen = []
-    start = FrameSampler.start
+    start = RowSampler.start
 
-    def spy(self, key, history=None, batch_shape=()):
+    def spy(self, params, key, max_frames, history=None):
         seen.append(None if history is None else np.array(history))
-        return start(self, key, history, batch_shape)
+        return start(self, params, key, max_frames, history)
 
-    monkeypatch.setattr(FrameSampler, "start", spy)
+    monkeypatch.setattr(RowSampler, "start", spy)
     ids, audio = ref["input_ids"], ref["audio_ids"]
     params = SamplingParams(temperature=0)
     for history in (None, audio[:5], np.zeros((0, 8), np.int32)):

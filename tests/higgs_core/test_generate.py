@@ -85,13 +85,14 @@ def test_ras_looks_back_over_the_prompt_audio(model, prompt):
     ids, audio = prompt
     gen = generate_frames(model, ids, audio, params=SAMPLED, max_frames=3)
     seen = {}
-    start = gen.sampler.start
+    sampler = gen.batch.sampler
+    start = sampler.start
 
-    def spy(key, history=None, **kw):
+    def spy(params, key, max_frames, history=None):
         seen["history"] = history
-        return start(key, history, **kw)
+        return start(params, key, max_frames, history)
 
-    gen.sampler.start = spy
+    sampler.start = spy
     list(gen)
     assert np.array_equal(np.array(seen["history"]), audio.T)
 
@@ -120,13 +121,13 @@ def test_no_step_runs_past_the_end_of_the_stream(ref, monkeypatch):
     # shows, the loop knows the last frame and queues nothing beyond it.
     model = load_model(FIXTURES / "tiny-original", dtype=mx.float32)
     calls = []
-    step = HiggsAudioModel.step
+    step = HiggsAudioModel.step_rows
 
-    def counted(self, frame, cache):
-        calls.append(frame)
-        return step(self, frame, cache)
+    def counted(self, frames, caches):
+        calls.extend(frames)
+        return step(self, frames, caches)
 
-    monkeypatch.setattr(HiggsAudioModel, "step", counted)
+    monkeypatch.setattr(HiggsAudioModel, "step_rows", counted)
     res = generate(
         model,
         ref["input_ids"],

@@ -111,17 +111,31 @@ class Attention(nn.Module):
         # swaps in higgs-kernels' one.
         self.attend = scaled_dot_product_attention
 
-    def __call__(self, x: mx.array, mask, cache: KVCache | None) -> mx.array:
+    def __call__(self, x: mx.array, mask, cache: KVCache | list[KVCache] | None) -> mx.array:
+        """``x [B, L, D]`` with one cache for the batch, or a list of one cache per
+        row: a batch of decode steps (L = 1) of rows whose caches differ in length."""
         B, L, _ = x.shape
         q = project(self.q_proj, x).reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)
         k = project(self.k_proj, x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         v = project(self.v_proj, x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        if isinstance(cache, list):
+            # Each row attends over its own cache, as it would alone.
+            out = mx.concatenate(
+                [
+                    self._attend(q[b : b + 1], k[b : b + 1], v[b : b + 1], None, c)
+                    for b, c in enumerate(cache)
+                ]
+            )
+        else:
+            out = self._attend(q, k, v, mask, cache)
+        return project(self.o_proj, out.transpose(0, 2, 1, 3).reshape(B, L, -1))
+
+    def _attend(self, q, k, v, mask, cache: KVCache | None) -> mx.array:
         offset = cache.offset if cache is not None else 0
         q, k = self.rope(q, offset=offset), self.rope(k, offset=offset)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
-        out = self.attend(q, k, v, cache=cache, scale=self.scale, mask=mask)
-        return project(self.o_proj, out.transpose(0, 2, 1, 3).reshape(B, L, -1))
+        return self.attend(q, k, v, cache=cache, scale=self.scale, mask=mask)
 
 
 class MLP(nn.Module):
@@ -279,25 +293,43 @@ class HiggsAudioModel(nn.Module):
     # -- generation ---------------------------------------------------------------
 
     def prefill(
-        self, input_ids: np.ndarray, audio_ids: mx.array | None, cache: list[KVCache], step: int
+        self,
+        input_ids: np.ndarray,
+        audio_ids: mx.array | None,
+        cache: list[KVCache],
+        step: int,
+        start: int = 0,
     ) -> mx.array:
         """Run a prompt through the cache in chunks of ``step`` positions.
 
-        Returns the audio logits ``[K, codebook_size + 2]`` of its last position.
+        ``start``: positions the cache already holds (a cached prefix of this
+        prompt). Returns the audio logits ``[K, codebook_size + 2]`` of its last
+        position.
         """
         self.route(input_ids, audio_ids)  # validates the whole prompt up front
-        is_audio = self.audio_mask(input_ids)
-        n_before = np.concatenate([[0], np.cumsum(is_audio)])
-        for start in range(0, len(input_ids), step):
-            end = min(start + step, len(input_ids))
-            chunk_audio = None
-            if n_before[end] > n_before[start]:
-                chunk_audio = audio_ids[int(n_before[start]) : int(n_before[end])]
-            route = Routing.from_mask(is_audio[start:end])
-            h = self.backbone(self.embed(input_ids[start:end], chunk_audio, route), route, cache)
+        for begin in range(start, len(input_ids), step):
+            end = min(begin + step, len(input_ids))
+            logits = self.prefill_chunk(input_ids, audio_ids, cache, begin, end)
             if end < len(input_ids):
                 mx.eval([c.state for c in cache])
                 mx.clear_cache()
+        return logits
+
+    def prefill_chunk(
+        self,
+        input_ids: np.ndarray,
+        audio_ids: mx.array | None,
+        cache: list[KVCache],
+        start: int,
+        end: int,
+    ) -> mx.array:
+        """Positions ``start..end-1`` of a prompt into a cache holding ``start``
+        positions; the audio logits of position ``end - 1``."""
+        is_audio = self.audio_mask(input_ids)
+        before, upto = int(is_audio[:start].sum()), int(is_audio[:end].sum())
+        chunk_audio = audio_ids[before:upto] if upto > before else None
+        route = Routing.from_mask(is_audio[start:end])
+        h = self.backbone(self.embed(input_ids[start:end], chunk_audio, route), route, cache)
         return self.audio_logits(self.norm(h[0, -1]))
 
     def step(self, frame: mx.array, cache: list[KVCache]) -> mx.array:
@@ -308,6 +340,17 @@ class HiggsAudioModel(nn.Module):
         h = self.embed_audio(frame)[None, None]
         h = self.backbone(h, AUDIO, cache)
         return self.audio_logits(self.norm(h[0, 0]))
+
+    def step_rows(self, frames: mx.array, caches: list[list[KVCache]]) -> mx.array:
+        """One decode step for a batch of streams: frames ``[B, K]`` in, each row
+        with its own cache (``caches[b]``, one KVCache per layer); audio logits
+        ``[B, K, V]`` out. The weights are read once for all rows; each row
+        attends over its own cache."""
+        h = self.embed_audio(frames)[:, None]
+        mask = None
+        for i, layer in enumerate(self.layers):
+            h = layer(h, mask, [c[i] for c in caches], AUDIO)
+        return self.audio_logits(self.norm(h[:, 0]))
 
     # -- checkpoints --------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from higgs_sampling.delay import (
     revert_delay,
 )
 from higgs_sampling.frames import FrameSampler, FrameState, StopReason
+from higgs_sampling.rows import RowSampler, RowState
 from higgs_sampling.samplers import (
     SamplingParams,
     filter_logits,
@@ -25,6 +26,8 @@ __all__ = [
     "CodeColumns",
     "FrameSampler",
     "FrameState",
+    "RowSampler",
+    "RowState",
     "SamplingParams",
     "StopReason",
     "apply_delay",

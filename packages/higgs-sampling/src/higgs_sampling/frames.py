@@ -63,6 +63,32 @@ class FrameState:
         return [self.pos, self.eos_col, self.stop, self.history, self.key]
 
 
+def advance(codes, pos, eos_col, stop, max_frames, delays: Sequence[int], bos: int, eos: int):
+    """The state machine's step for sampled ``codes [..., K]`` at frame ``pos``: force
+    the ramp-in BOS and ramp-out EOS, and move ``pos``, ``eos_col`` and ``stop`` on.
+    ``max_frames`` is a number, or an array with one budget per stream."""
+    d = mx.array(delays, dtype=mx.int32)
+    D = max(delays)
+    live = stop == int(StopReason.RUNNING)
+    codes = mx.where(d >= pos[..., None], bos, codes)  # ramp-in
+
+    is_eos = codes == eos
+    first = mx.min(mx.where(is_eos, d, _NO_EOS), axis=-1)
+    starts = live & (eos_col == _NO_EOS) & mx.any(is_eos, axis=-1)
+    eos_col = mx.where(starts, pos - first, eos_col)
+    since = pos - eos_col  # how far past the EOS column this frame is, in delayed time
+    codes = mx.where(d < since[..., None], eos, codes)  # ramp-out
+    codes = mx.where(live[..., None], codes, eos).astype(mx.int32)
+
+    stop = mx.where(
+        live & (since >= D),
+        int(StopReason.EOS),
+        mx.where(live & (pos >= max_frames), int(StopReason.MAX_FRAMES), stop),
+    ).astype(mx.int32)
+    pos = mx.where(live, pos + 1, pos)
+    return codes, pos, eos_col, stop
+
+
 class FrameSampler:
     """Samples delayed frames one step at a time.
 
@@ -146,25 +172,9 @@ class FrameSampler:
         if self.window > 0:
             codes = repetition_aware(codes, logits, history, k_ras, p.ras_max_repeat)
 
-        d = mx.array(self.delays, dtype=mx.int32)
-        D = max(self.delays)
-        live = stop == int(StopReason.RUNNING)
-        codes = mx.where(d >= pos[..., None], self.bos, codes)  # ramp-in
-
-        is_eos = codes == self.eos
-        first = mx.min(mx.where(is_eos, d, _NO_EOS), axis=-1)
-        starts = live & (eos_col == _NO_EOS) & mx.any(is_eos, axis=-1)
-        eos_col = mx.where(starts, pos - first, eos_col)
-        since = pos - eos_col  # how far past the EOS column this frame is, in delayed time
-        codes = mx.where(d < since[..., None], self.eos, codes)  # ramp-out
-        codes = mx.where(live[..., None], codes, self.eos).astype(mx.int32)
-
-        stop = mx.where(
-            live & (since >= D),
-            int(StopReason.EOS),
-            mx.where(live & (pos >= self.max_frames), int(StopReason.MAX_FRAMES), stop),
-        ).astype(mx.int32)
-        pos = mx.where(live, pos + 1, pos)
+        codes, pos, eos_col, stop = advance(
+            codes, pos, eos_col, stop, self.max_frames, self.delays, self.bos, self.eos
+        )
         if self.window > 0:
             history = mx.concatenate([history[..., 1:], codes[..., None]], axis=-1)
         return codes, pos, eos_col, stop, history, key

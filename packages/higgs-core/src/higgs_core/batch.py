@@ -1,0 +1,389 @@
+"""Many streams, one model step per frame: the batched frame loop.
+
+A :class:`Batch` runs streams (a prompt each, with its own sampling settings,
+seed and frame budget) together. Each :meth:`Batch.step` queues one decode
+step for every stream in the batch (the weights read once for all of them,
+each stream attending over its own KV cache), reads the previous step back,
+and prefills one chunk of a waiting stream, which joins at the next frame
+boundary. Streams leave when they finish or are cancelled, and their cache
+goes with them. So continuous batching is just calling ``step`` while
+:attr:`Batch.busy`; one stream alone is the single-stream loop.
+
+The reads are one step behind the device: step t+1 is queued before step t is
+read, so the device never waits on Python. A stream's last frame is known
+ahead (its budget, or its EOS column plus the largest delay once its ramp-out
+shows), so no step is queued past it, except when a ramp-out starts and ends in
+the same frame (the extra frame is dropped).
+"""
+
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+import numpy as np
+from mlx_lm.models.cache import KVCache
+
+from higgs_core.model import HiggsAudioModel
+from higgs_sampling import FrameSampler, RowSampler, RowState, SamplingParams, StopReason
+
+_NO_EOS = 1 << 30  # the sampler's eos_col before a ramp-out (higgs_sampling)
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """What a finished stream produced.
+
+    frames: ``[K, F]`` delayed codes; frame 0 is the synthetic all-BOS frame.
+    codes: ``[K, T]`` the audio codes (delay reverted, first and last columns
+        dropped, as the release does).
+    stop_reason: "eos", "max_frames" or "cancelled".
+    num_frames: sampled frames (``F - 1``).
+    prefill_seconds: the prompt's prefill and the first frame's sampling.
+    decode_seconds: wall time from there to the end, including the time the
+        caller spent between frames.
+    """
+
+    frames: mx.array
+    codes: mx.array
+    stop_reason: str
+    prompt_tokens: int
+    prefill_seconds: float
+    decode_seconds: float
+    cached_tokens: int = 0  # prompt positions taken from a prefix cache
+
+    @property
+    def num_frames(self) -> int:
+        return self.frames.shape[1] - 1
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.num_frames / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+
+@dataclass
+class Prefix:
+    """The KV state of a prompt's constant beginning (a voice's system turn and
+    reference turns), to start other prompts from.
+
+    ``ids`` and ``audio`` are the positions it holds (audio: their frames
+    ``[N, K]``); ``cache`` one KVCache per layer, trimmed to them.
+    """
+
+    ids: np.ndarray
+    audio: mx.array | None
+    cache: list[KVCache]
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.cache)
+
+    def fresh_cache(self) -> list[KVCache]:
+        """A cache holding the prefix, for one stream to extend (the prefix stays as it is)."""
+        out = []
+        for c in self.cache:
+            new = KVCache()
+            # New array objects: the stream's in-place updates never reach the prefix.
+            new.keys, new.values = c.keys[..., : c.offset, :], c.values[..., : c.offset, :]
+            new.offset = c.offset
+            out.append(new)
+        return out
+
+
+def make_prefix(model: HiggsAudioModel, input_ids, audio_ids=None, *, step: int = 512) -> Prefix:
+    """Prefill ``input_ids`` (a prompt's constant beginning) once, for :class:`Prefix` reuse."""
+    ids = np.asarray(input_ids, dtype=np.int64)
+    if ids.ndim != 1 or ids.size == 0:
+        raise ValueError(f"a prefix needs a non-empty 1-D sequence of ids, got shape {ids.shape}")
+    audio = None if audio_ids is None else mx.array(audio_ids).astype(mx.int32)
+    if audio is not None and audio.size == 0:
+        audio = None
+    cache = model.make_cache()
+    model.prefill(ids, audio, cache, step)
+    for c in cache:  # drop the unused tail of the 256-step blocks
+        c.keys, c.values = c.keys[..., : c.offset, :], c.values[..., : c.offset, :]
+    mx.eval([c.state for c in cache])
+    return Prefix(ids, audio, cache)
+
+
+@dataclass(eq=False)
+class Stream:
+    """One stream in a :class:`Batch`. ``frames`` grows as frames are read back
+    (``frames[0]`` is the synthetic BOS frame); ``result`` is set when it ends."""
+
+    ids: np.ndarray  # the prompt, plus the synthetic frame's placeholder
+    audio: mx.array | None  # its audio positions' frames, the synthetic one last
+    history: mx.array | None
+    params: SamplingParams
+    seed: int
+    max_frames: int
+    prompt_tokens: int
+    cache: list[KVCache]
+    done: int = 0  # prompt positions in the cache
+    cached: int = 0  # of which from a prefix
+    frames: list[mx.array] = field(default_factory=list)
+    state: RowState | None = None  # its own, until it joins the batch
+    end: int = 0  # the last frame that can exist (tightened when EOS shows)
+    queued: int = 0  # frames queued so far (the synthetic one counts)
+    last: mx.array | None = None  # the newest frame queued
+    result: GenerationResult | None = None
+    cancelled: bool = False
+    error: BaseException | None = None
+    t0: float = 0.0
+    t1: float = 0.0
+
+    @property
+    def finished(self) -> bool:
+        return self.result is not None
+
+    def cancel(self):
+        """Leave the batch at the next step; ``result`` then holds what was made."""
+        self.cancelled = True
+
+
+class Batch:
+    """Streams decoded together, joining and leaving at frame boundaries.
+
+    Args:
+        model: the model.
+        max_batch: the most streams decoded at once; the others wait.
+        prefill_chunk: prompt positions prefilled per step while streams run
+            (the longest a running stream waits for a newcomer is one chunk).
+    """
+
+    def __init__(self, model: HiggsAudioModel, *, max_batch: int = 8, prefill_chunk: int = 512):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
+        cfg = model.config
+        self.model = model
+        self.max_batch = max_batch
+        self.prefill_chunk = prefill_chunk
+        self.sampler = RowSampler(
+            cfg.num_codebooks, cfg.audio_stream_bos_id, cfg.audio_stream_eos_id
+        )
+        self._codes = FrameSampler(
+            cfg.num_codebooks,
+            cfg.audio_stream_bos_id,
+            cfg.audio_stream_eos_id,
+            max_frames=1,
+            compile=False,
+        )
+        self.waiting: deque[Stream] = deque()
+        self.live: list[Stream] = []  # in the order of the batch's rows
+        self.state: RowState | None = None
+        self._queued: tuple[list[Stream], mx.array, RowState] | None = None
+        self._draining: list[Stream] = []
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting or self.running or self._queued or self._draining)
+
+    # -- streams in -------------------------------------------------------------
+
+    def submit(
+        self,
+        input_ids: Sequence[int] | np.ndarray | mx.array,
+        audio_ids=None,
+        *,
+        params: SamplingParams,
+        max_frames: int,
+        seed: int = 0,
+        history=None,
+        prefix: Prefix | None = None,
+    ) -> Stream:
+        """Queue a stream: ``input_ids`` ends with ``<|audio_out_bos|>``; each audio
+        placeholder takes the next row of ``audio_ids [N, K]``; RAS looks back
+        over ``history [M, K]`` (default: all of ``audio_ids``). ``prefix``: the
+        cached state of the prompt's first positions."""
+        model, cfg = self.model, self.model.config
+        ids = np.asarray(input_ids.tolist() if isinstance(input_ids, mx.array) else input_ids)
+        if ids.ndim != 1 or ids.size == 0:
+            raise ValueError(f"input_ids must be a non-empty 1-D sequence, got shape {ids.shape}")
+        if int(ids[-1]) != cfg.audio_out_bos_token_id:
+            raise ValueError(
+                f"input_ids must end with <|audio_out_bos|> ({cfg.audio_out_bos_token_id}), "
+                f"got {int(ids[-1])}"
+            )
+        if max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+        K = cfg.num_codebooks
+        audio = None if audio_ids is None else mx.array(audio_ids).astype(mx.int32)
+        if audio is not None and audio.size == 0:
+            audio = None
+        if audio is not None and (audio.ndim != 2 or audio.shape[1] != K):
+            raise ValueError(f"audio_ids must be [N, {K}], got shape {tuple(audio.shape)}")
+        model.route(ids, audio)  # every audio position has a frame, every code is in range
+        if history is not None:
+            history = mx.array(history).astype(mx.int32)
+            if history.size == 0:  # nothing to look back on
+                history = None
+            elif history.ndim != 2 or history.shape[1] != K:
+                raise ValueError(f"history must be [N, {K}], got shape {tuple(history.shape)}")
+        elif audio is not None:
+            history = audio
+        cache, done = model.make_cache(), 0
+        if prefix is not None:
+            self._check_prefix(prefix, ids, audio)
+            cache, done = prefix.fresh_cache(), prefix.length
+        # The synthetic BOS frame rides at the end of the prefill: its logits give frame 1.
+        first = mx.full((1, K), cfg.audio_stream_bos_id, dtype=mx.int32)
+        stream = Stream(
+            ids=np.append(ids.astype(np.int64), cfg.audio_out_token_id),
+            audio=first if audio is None else mx.concatenate([audio, first]),
+            history=history,
+            params=params,
+            seed=seed,
+            max_frames=max_frames,
+            prompt_tokens=len(ids),
+            cache=cache,
+            done=done,
+            cached=done,
+            end=max_frames,
+        )
+        self.waiting.append(stream)
+        return stream
+
+    def _check_prefix(self, prefix: Prefix, ids: np.ndarray, audio: mx.array | None):
+        n = prefix.length
+        if n >= len(ids) or not np.array_equal(ids[:n], prefix.ids):
+            raise ValueError("the prefix is not the beginning of this prompt")
+        n_audio = int(self.model.audio_mask(prefix.ids).sum())
+        if n_audio and (
+            audio is None
+            or prefix.audio is None
+            or not mx.array_equal(audio[:n_audio], prefix.audio)
+        ):
+            raise ValueError("the prefix's audio is not this prompt's")
+
+    # -- the loop -----------------------------------------------------------------
+
+    def step(self):
+        """Queue a decode step for the batch, read the previous one back, and
+        prefill a chunk of a waiting stream."""
+        self._drop_cancelled()
+        queued = self._queue_decode()
+        self._read_back()
+        self._queued = queued
+        self._prefill_some()
+
+    def run(self):
+        """Step until every stream has finished."""
+        while self.busy:
+            self.step()
+
+    @property
+    def running(self) -> int:
+        """Streams in the batch (not finished, not waiting)."""
+        return sum(not s.finished for s in self.live)
+
+    def _drop_cancelled(self):
+        now = time.perf_counter()
+        for s in [s for s in self.waiting if s.cancelled]:
+            self.waiting.remove(s)
+            s.t1 = s.t1 or now
+            self._finish(s, "cancelled", now)
+        for s in self.live:
+            if s.cancelled and not s.finished:
+                self._finish(s, "cancelled", now)
+
+    def _queue_decode(self):
+        """Queue the next frame of every stream that has one to come."""
+        rows = [s for s in self.live if not s.finished and s.queued <= s.end]
+        # Streams whose last frame is queued but not yet read leave the batch's rows
+        # and wait for that read.
+        self._draining = [s for s in self.live if not s.finished and s not in rows]
+        if not rows:
+            self.live, self.state = [], None
+            return None
+        if rows != self.live:
+            self.state = self.state.take([self.live.index(s) for s in rows])
+        logits = self.model.step_rows(mx.stack([s.last for s in rows]), [s.cache for s in rows])
+        codes, self.state = self.sampler.step(logits, self.state)
+        mx.async_eval(codes, *self.state.arrays())
+        for b, s in enumerate(rows):
+            s.last = codes[b]
+            s.queued += 1
+        self.live = rows
+        return rows, codes, self.state
+
+    def _read_back(self):
+        """Hand out the frames of the step queued last time; end the streams it ended."""
+        if self._queued is None:
+            return
+        rows, codes, state = self._queued
+        self._queued = None
+        stop, eos_col = np.array(state.stop), np.array(state.eos_col)
+        D = max(self.sampler.delays)
+        now = time.perf_counter()
+        for b, s in enumerate(rows):
+            if s.finished:
+                continue
+            if len(s.frames) <= s.end:  # else a frame past a ramp-out that began and ended at once
+                s.frames.append(codes[b])
+            if eos_col[b] != _NO_EOS:
+                s.end = min(s.end, int(eos_col[b]) + D)
+            if stop[b] != StopReason.RUNNING:
+                self._finish(s, StopReason(int(stop[b])).label, now)
+        for s in self._draining:  # cannot happen: a stream's last frame sets its stop flag
+            if not s.finished:
+                raise RuntimeError(f"a stream passed its last frame {s.end} without stopping")
+        self._draining = []
+
+    def _prefill_some(self):
+        """One chunk of the first waiting stream's prompt, if the batch has room;
+        a stream whose prompt is in joins the batch with its first frame."""
+        if not self.waiting or self.running >= self.max_batch:
+            return
+        s = self.waiting[0]
+        if not s.t0:
+            s.t0 = time.perf_counter()
+        end = min(s.done + self.prefill_chunk, len(s.ids))
+        logits = self.model.prefill_chunk(s.ids, s.audio, s.cache, s.done, end)
+        s.done = end
+        if end < len(s.ids):
+            mx.eval([c.state for c in s.cache])
+            return
+        self.waiting.popleft()
+        first, state = self.sampler.start(
+            s.params,
+            mx.random.key(s.seed),
+            s.max_frames,
+            None if s.history is None else s.history.T,
+        )
+        frame, state = self.sampler.step(logits[None], state)
+        mx.eval(frame, *state.arrays())
+        s.frames, s.last, s.queued = [first, frame[0]], frame[0], 2
+        s.t1 = time.perf_counter()
+        if state.stop.item() != StopReason.RUNNING:  # a budget of one frame
+            self._finish(s, StopReason(state.stop.item()).label, s.t1)
+            return
+        self.state = state if self.state is None else RowState.concat([self.state, state])
+        self.live.append(s)
+
+    def _finish(self, s: Stream, reason: str, now: float):
+        stacked = mx.stack(s.frames, axis=1) if s.frames else None
+        K, D = self.model.config.num_codebooks, max(self.sampler.delays)
+        if stacked is not None and stacked.shape[1] > D:
+            codes = self._codes.to_codes(stacked)
+        else:  # stopped before every codebook got past its delay: no whole column yet
+            codes = mx.zeros((K, 0), dtype=mx.int32)
+        if stacked is None:
+            stacked = mx.zeros((K, 0), dtype=mx.int32)
+        mx.eval(stacked, codes)
+        s.result = GenerationResult(
+            frames=stacked,
+            codes=codes,
+            stop_reason=reason,
+            prompt_tokens=s.prompt_tokens,
+            prefill_seconds=(s.t1 or now) - (s.t0 or now),
+            decode_seconds=now - (s.t1 or now),
+            cached_tokens=s.cached,
+        )
+        s.cache = []  # its KV memory goes with it

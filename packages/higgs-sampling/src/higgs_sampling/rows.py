@@ -1,0 +1,165 @@
+"""Many streams in one batch, each with settings, a seed and a budget of its own.
+
+:class:`FrameSampler` samples a batch of streams that share their settings and
+one key. A server batches clients that asked for different temperatures, seeds
+and lengths, and streams join and leave between frames; :class:`RowSampler`
+keeps every setting per row, in the state, so rows can be taken out
+(:meth:`RowState.take`) and put together (:meth:`RowState.concat`) at any
+frame. A row's frames depend on nothing but its own logits, settings and seed:
+the same in a batch of one as among seven others.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import mlx.core as mx
+
+from higgs_sampling.delay import _check_delays
+from higgs_sampling.frames import _NO_EOS, advance
+from higgs_sampling.samplers import SamplingParams, filter_logits, greedy
+
+
+@dataclass(frozen=True)
+class RowState:
+    """Per-row state and settings; every field's leading axis is the row.
+
+    pos, eos_col, stop: as in :class:`~higgs_sampling.FrameState`.
+    max_frames: each row's budget. history ``[B, K, W]``: each codebook's last
+    codes for RAS, W the widest window among the rows (-1: empty; a row looks
+    at its last ``window`` entries only). key ``[B, 2]``: each row's PRNG key.
+    """
+
+    pos: mx.array
+    eos_col: mx.array
+    stop: mx.array
+    max_frames: mx.array
+    history: mx.array
+    window: mx.array
+    max_repeat: mx.array
+    temperature: mx.array
+    top_k: mx.array
+    top_p: mx.array
+    key: mx.array
+
+    def arrays(self) -> list[mx.array]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+    @property
+    def rows(self) -> int:
+        return self.pos.shape[0]
+
+    def take(self, rows) -> "RowState":
+        """The state of some rows (a list of row indices), in that order."""
+        idx = mx.array(rows, dtype=mx.int32)
+        return RowState(*(a[idx] for a in self.arrays()))
+
+    @staticmethod
+    def concat(states: Sequence["RowState"]) -> "RowState":
+        """Rows of several states in one; histories are padded to the widest window."""
+        W = max(s.history.shape[-1] for s in states)
+
+        def widen(h):
+            pad = W - h.shape[-1]
+            return h if pad == 0 else mx.pad(h, [(0, 0), (0, 0), (pad, 0)], constant_values=-1)
+
+        out = {
+            f.name: mx.concatenate([getattr(s, f.name) for s in states])
+            for f in fields(RowState)
+            if f.name != "history"
+        }
+        return RowState(history=mx.concatenate([widen(s.history) for s in states]), **out)
+
+
+class RowSampler:
+    """Samples delayed frames for rows that each carry their own settings.
+
+    The state machine is :class:`FrameSampler`'s (synthetic BOS frame, ramp-in,
+    EOS ramp-out, budget); the sampling per row is too: temperature, top-k,
+    top-p and a Gumbel-max draw from the row's key, then RAS over the row's
+    window, with the key split the same way. So one row here gives the frames
+    of a one-stream :class:`FrameSampler` with the same settings and key.
+    """
+
+    def __init__(
+        self,
+        num_codebooks: int,
+        bos: int,
+        eos: int,
+        *,
+        delays: Sequence[int] | None = None,
+        compile: bool = True,
+    ):
+        self.num_codebooks = num_codebooks
+        self.bos, self.eos = bos, eos
+        self.delays = _check_delays(delays, num_codebooks)
+        self._step_fn = mx.compile(self._step) if compile else self._step
+
+    def start(
+        self,
+        params: SamplingParams,
+        key: mx.array,
+        max_frames: int,
+        history: mx.array | None = None,
+    ) -> tuple[mx.array, RowState]:
+        """One row: its synthetic first frame ``[K]`` (all BOS) and its state.
+
+        ``history [K, T]``: earlier delayed codes RAS should look back on.
+        """
+        if max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+        K, W = self.num_codebooks, max(params.ras_window, 0)
+        if history is not None and history.shape[0] != K:
+            raise ValueError(f"history has {history.shape[0]} codebooks, expected {K}")
+        first = mx.full((K,), self.bos, dtype=mx.int32)
+        past = [mx.full((K, W), -1, dtype=mx.int32)]
+        if history is not None:
+            past.append(history.astype(mx.int32))
+        past.append(first[:, None])
+        window = mx.concatenate(past, axis=-1)[:, mx.arange(-W, 0)] if W else past[0]
+
+        def one(value, dtype):
+            return mx.array([value], dtype=dtype)
+
+        state = RowState(
+            pos=one(1, mx.int32),
+            eos_col=one(_NO_EOS, mx.int32),
+            stop=one(0, mx.int32),
+            max_frames=one(max_frames, mx.int32),
+            history=window[None],
+            window=one(W, mx.int32),
+            max_repeat=one(params.ras_max_repeat, mx.int32),
+            temperature=one(params.temperature, mx.float32),
+            top_k=one(params.top_k, mx.int32),
+            top_p=one(params.top_p, mx.float32),
+            key=key[None],
+        )
+        return first, state
+
+    def step(self, logits: mx.array, state: RowState) -> tuple[mx.array, RowState]:
+        """Sample each row's next frame from ``logits [B, K, V]`` -> ``[B, K]`` int32."""
+        codes, *arrays = self._step_fn(logits, *state.arrays())
+        return codes, RowState(*arrays)
+
+    def _step(
+        self, logits, pos, eos_col, stop, max_frames, history, window, max_repeat, temp, k, p, key
+    ):
+        shape = logits.shape[1:]
+        keys = mx.vmap(lambda kk: mx.random.split(kk, 3))(key)
+        key, k_draw, k_ras = keys[:, 0], keys[:, 1], keys[:, 2]
+        noise = mx.vmap(lambda kk: mx.random.gumbel(shape, key=kk))(k_draw)
+        drawn = greedy(filter_logits(logits, temp, k, p) + noise)
+        codes = mx.where(temp[:, None] > 0, drawn, greedy(logits))
+        W = history.shape[-1]
+        if W > 0:  # repetition-aware sampling, each row over its own window
+            seen = (mx.arange(W) >= W - window[:, None])[:, None, :]  # [B, 1, W]
+            count = mx.sum((history == codes[..., None]) & seen, axis=-1)
+            raw = mx.vmap(lambda kk: mx.random.gumbel(shape, key=kk))(k_ras)
+            redraw = greedy(logits.astype(mx.float32) + raw)
+            again = (window[:, None] > 0) & (count >= max_repeat[:, None])
+            codes = mx.where(again, redraw, codes)
+        codes, pos, eos_col, stop = advance(
+            codes, pos, eos_col, stop, max_frames, self.delays, self.bos, self.eos
+        )
+        if W > 0:
+            history = mx.concatenate([history[..., 1:], codes[..., None]], axis=-1)
+        return codes, pos, eos_col, stop, max_frames, history, window, max_repeat, temp, k, p, key
