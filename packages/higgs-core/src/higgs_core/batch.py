@@ -310,7 +310,7 @@ class Batch:
         for b, s in enumerate(rows):
             s.last = codes[b]
             s.queued += 1
-        self.live = rows
+        self.live = list(rows)  # joins append to live, never to the rows queued
         return rows, codes, self.state
 
     def _read_back(self):

@@ -1,0 +1,122 @@
+"""The batch contract: each stream's frames are those of its single-stream run
+(same prompt, settings and seed), whoever shares the batch, joins or leaves."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from higgs_core import Batch, generate, make_prefix
+from higgs_sampling import SamplingParams
+
+K = 8
+GREEDY = SamplingParams(temperature=0, ras_window=0)
+SAMPLED = SamplingParams(temperature=1.0, top_k=50, top_p=0.95, ras_window=7)
+WARM = SamplingParams(temperature=0.6, top_k=20, top_p=0.9, ras_window=4, ras_max_repeat=1)
+
+
+def prompts(ref):
+    """Five prompts of different lengths and audio, cut from the reference prompt."""
+    ids, audio = ref["input_ids"], ref["audio_ids"]
+    ends = np.flatnonzero(ids == 396)  # <|audio_eos|> after each clip
+    out = []
+    for i, (cut, tail) in enumerate(
+        [(ends[0], [12, 7]), (ends[1], [5]), (ends[2], [9, 9, 4]), (40, [3]), (ends[0], [8, 6])]
+    ):
+        p = np.concatenate([ids[: cut + 1], [390, *tail, 391, 397]])
+        out.append((p, audio[: int((p == 400).sum())] if (p == 400).any() else None, i))
+    return out
+
+
+def settings(i):
+    return [GREEDY, SAMPLED, WARM, SAMPLED, GREEDY][i]
+
+
+def alone(model, ids, audio, i, max_frames):
+    return generate(
+        model, ids, audio, params=settings(i), max_frames=max_frames, seed=100 + i
+    )
+
+
+@pytest.mark.parametrize("max_batch", [1, 3, 8])
+def test_batched_streams_equal_their_single_runs(model, ref, max_batch):
+    budgets = [30, 18, 25, 40, 12]
+    ps = prompts(ref)
+    want = [alone(model, ids, audio, i, budgets[i]) for ids, audio, i in ps]
+    batch = Batch(model, max_batch=max_batch)
+    streams = [
+        batch.submit(ids, audio, params=settings(i), max_frames=budgets[i], seed=100 + i)
+        for ids, audio, i in ps
+    ]
+    peak = 0
+    while batch.busy:
+        batch.step()
+        peak = max(peak, batch.running)
+    assert peak == min(max_batch, len(ps))
+    for s, w in zip(streams, want, strict=True):
+        assert s.result.stop_reason == w.stop_reason
+        assert mx.array_equal(s.result.frames, w.frames)  # float32: identical codes
+        assert mx.array_equal(s.result.codes, w.codes)
+    assert not batch.live and not batch.waiting
+
+
+def test_a_newcomer_joins_between_frames_and_cancelling_removes_only_its_row(model, ref):
+    ps = prompts(ref)
+    want = [alone(model, ids, audio, i, 40) for ids, audio, i in ps[:3]]
+    batch = Batch(model, max_batch=8, prefill_chunk=32)
+    a = batch.submit(ps[0][0], ps[0][1], params=settings(0), max_frames=40, seed=100)
+    b = batch.submit(ps[1][0], ps[1][1], params=settings(1), max_frames=40, seed=101)
+    c = None
+    for _ in range(200):
+        if not batch.busy:
+            break
+        batch.step()
+        if c is None and len(a.frames) >= 6:
+            c = batch.submit(ps[2][0], ps[2][1], params=settings(2), max_frames=40, seed=102)
+            joined_at = len(a.frames)
+        if len(b.frames) == 9:
+            b.cancel()
+    assert b.result.stop_reason == "cancelled"
+    assert mx.array_equal(b.result.frames, want[1].frames[:, : b.result.frames.shape[1]])
+    assert 9 <= b.result.frames.shape[1] <= 11  # read up to a step after the cancel
+    assert mx.array_equal(a.result.frames, want[0].frames)
+    assert mx.array_equal(c.result.frames, want[2].frames)
+    assert joined_at < a.result.frames.shape[1]  # c ran alongside a
+    assert b.cache == [] and a.cache == [] and c.cache == []  # KV memory freed
+
+
+def test_a_cached_prefix_gives_the_uncached_logits(model, ref):
+    ids, audio = ref["input_ids"], ref["audio_ids"]
+    cut = int(np.flatnonzero(ids == 396)[1]) + 1  # after the second clip
+    prefix = make_prefix(model, ids[:cut], audio[: int((ids[:cut] == 400).sum())])
+    assert prefix.length == cut and prefix.nbytes > 0
+    full = model.make_cache()
+    want = model.prefill(ids, mx.array(audio), full, 512)
+    cache = prefix.fresh_cache()
+    got = model.prefill(ids, mx.array(audio), cache, 512, start=prefix.length)
+    # float32; the cached run only splits the prompt differently.
+    assert np.abs(np.array(got) - np.array(want)).max() <= 1e-4 * np.abs(np.array(want)).max()
+    # The prefix itself is untouched by the streams that start from it.
+    again = prefix.fresh_cache()
+    assert all(c.offset == prefix.length for c in again)
+    # And a stream started from it makes the uncached stream's frames.
+    res = generate(model, ids, audio, params=GREEDY, max_frames=20, prefix=prefix)
+    plain = generate(model, ids, audio, params=GREEDY, max_frames=20)
+    assert res.cached_tokens == cut and plain.cached_tokens == 0
+    assert mx.array_equal(res.frames, plain.frames)
+
+
+def test_a_prefix_that_does_not_fit_is_refused(model, ref):
+    ids, audio = ref["input_ids"], ref["audio_ids"]
+    prefix = make_prefix(model, ids[:30])
+    other = ids.copy()
+    other[5] = 7
+    batch = Batch(model)
+    with pytest.raises(ValueError, match="not the beginning"):
+        batch.submit(other, audio, params=GREEDY, max_frames=4, prefix=prefix)
+
+
+def test_bad_batch_arguments(model):
+    with pytest.raises(ValueError, match="max_batch"):
+        Batch(model, max_batch=0)
+    with pytest.raises(ValueError, match="prefill_chunk"):
+        Batch(model, prefill_chunk=0)
