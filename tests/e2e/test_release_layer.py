@@ -10,8 +10,8 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from higgs_cli.main import cli
-from higgs_cli.pipeline import Request, Settings
 from higgs_cli.serve import Limits, parse_speech
+from higgs_cli.settings import Request, Settings
 from higgs_sampling import SamplingParams
 
 
@@ -20,7 +20,8 @@ def run(*args):
 
 
 def first_prompt(tts, text, **options):
-    return next(tts.chunks(tts.request(text, **options))).prompt
+    request = tts.request(text, **options)
+    return tts._prompt(request.text, [], [], request.settings)
 
 
 # The README's documented sampling (its Python example and its CLI examples) and
@@ -88,10 +89,10 @@ def test_ref_in_system_prompt_has_audio_in_and_no_history(tts, tmp_path, monkeyp
     wav = tmp_path / "me.wav"
     sf.write(wav, 0.3 * np.sin(np.arange(24000) / 10), 24000)
     request = tts.request("Hi.", refs=[(wav, "A tone.")], ref_in_system=True)
-    speakers = tts.speakers(request)
-    chunk = tts._generate_chunk("Hi.", speakers, [], request.settings, 0, 5)
-    assert "SPEAKER0: <|audio_bos|><|AUDIO|><|audio_eos|>" in chunk.prompt.text
-    assert chunk.prompt.audio_ids.shape[0] > 0 and chunk.prompt.history.shape[0] == 0
+    speakers = tts._run(lambda batch: tts._speakers(request, batch, print), 1)
+    prompt = tts._prompt("Hi.", speakers, [], request.settings)
+    assert "SPEAKER0: <|audio_bos|><|AUDIO|><|audio_eos|>" in prompt.text
+    assert prompt.audio_ids.shape[0] > 0 and prompt.history.shape[0] == 0
 
 
 def test_sound_events_get_their_own_allowance(tts, steer):

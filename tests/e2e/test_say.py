@@ -102,13 +102,13 @@ def test_flac_and_default_file_name(home, tmp_path, monkeypatch):
 
 def test_long_text_is_chunked_with_context(tts, monkeypatch):
     calls = []
-    real = higgs_core.generate_frames
+    real = higgs_core.Batch.submit
 
-    def spy(model, input_ids, audio_ids=None, **kw):
+    def spy(self, input_ids, audio_ids=None, **kw):
         calls.append((np.array(input_ids), None if audio_ids is None else np.array(audio_ids)))
-        return real(model, input_ids, audio_ids, **kw)
+        return real(self, input_ids, audio_ids, **kw)
 
-    monkeypatch.setattr(higgs_core, "generate_frames", spy)
+    monkeypatch.setattr(higgs_core.Batch, "submit", spy)
     text = "First part is here. Second part follows now. Third part ends it."
     speech = tts.say(text, seed=1, chunk_words=4, context_chunks=1, max_seconds=30)
     assert speech.chunks == [

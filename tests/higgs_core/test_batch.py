@@ -32,9 +32,7 @@ def settings(i):
 
 
 def alone(model, ids, audio, i, max_frames):
-    return generate(
-        model, ids, audio, params=settings(i), max_frames=max_frames, seed=100 + i
-    )
+    return generate(model, ids, audio, params=settings(i), max_frames=max_frames, seed=100 + i)
 
 
 @pytest.mark.parametrize("max_batch", [1, 3, 8])

@@ -19,7 +19,8 @@ from higgs_cli.output import (
     format_for,
     write_clip,
 )
-from higgs_cli.pipeline import DEFAULT_CODEC, DEFAULT_MODEL, Settings
+from higgs_cli.pipeline import DEFAULT_CODEC, DEFAULT_MODEL
+from higgs_cli.settings import Request, Settings
 
 DEFAULTS = Settings()
 SAMPLING = DEFAULTS.sampling
@@ -285,7 +286,6 @@ def say(
     verbose,
 ):
     """Speak TEXT (or -f FILE, or stdin) into an audio file."""
-    from higgs_cli.pipeline import Request
     from higgs_sampling import SamplingParams
 
     text = read_text(text, file).strip()

@@ -5,36 +5,54 @@
 >>> stream = tts.stream("A longer text ...", voice="en_man")
 >>> for pcm in stream: ...
 >>> stream.speech  # the whole Speech, once the stream is exhausted
+>>> speeches = tts.say_many(["One text.", Request("Another.", voices=("en_man",))])
+
+A request's work is a job (:mod:`higgs_cli.runner`) that waits on a
+:class:`higgs_core.Batch`: ``say`` runs one job, ``say_many`` many at once,
+decoded together one frame per model step, and ``higgs serve`` keeps a runner
+going for its clients.
 """
 
 import os
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields, replace
+from collections import deque
+from collections.abc import Callable, Iterable
 from functools import cached_property
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 
-from higgs_cli.prompt import (
-    DEFAULT_SCENE,
-    Prompt,
-    Speaker,
-    conversation,
-    encode_prompt,
-    speaker_tags,
-)
+from higgs_cli.prompt import Prompt, Speaker, conversation, encode_prompt
+from higgs_cli.runner import Job, Runner, Work
+from higgs_cli.settings import MAX_SPEAKERS, HiggsError, Request, Settings, check_speakers
+from higgs_cli.speech import ManyStream, Progress, Speech, SpeechStream
 from higgs_cli.text import chunk_text, count_words, normalize, sound_events
 from higgs_cli.voices import BUILTINS, PIN_TEXT, VoiceError, VoiceStore, check_name, fingerprint
-from higgs_sampling import CodeColumns, SamplingParams
+from higgs_core import Batch
+from higgs_sampling import CodeColumns
+
+__all__ = [
+    "MAX_SPEAKERS",
+    "Higgs",
+    "HiggsError",
+    "ManyStream",
+    "Progress",
+    "Request",
+    "Settings",
+    "Speech",
+    "SpeechStream",
+    "add_voice",
+    "check_speakers",
+    "encode_file",
+]
 
 DEFAULT_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"
 DEFAULT_CODEC = "bosonai/higgs-audio-v2-tokenizer"
 # Frames of codes handed to the stream decoder at a time.
 PUSH_FRAMES = 4
-# Most [SPEAKERn] tags a text may use when no voices are named (SPEAKER0..SPEAKER7).
-MAX_SPEAKERS = 8
+# Prompt positions prefilled per model step while other streams run.
+PREFILL_CHUNK = 512
 # A chunk's frame budget guards against runaway generation: ~1 s per word is 2-3x a
 # natural pace. Sound events (humming, music, laughter) are not words: each gets its
 # own allowance, up to the 2048 frames the release allows one call (max_new_tokens).
@@ -42,191 +60,12 @@ BASE_SECONDS, WORD_SECONDS, EVENT_SECONDS, EVENT_FRAMES_CAP = 5.0, 1.0, 20.0, 20
 # A built-in voice's pin is kept only if the model ended it itself, at a sane length;
 # otherwise the next seed is tried, this many times in all.
 PIN_ATTEMPTS, PIN_SECONDS = 4, (2.0, 12.0)
-SEED_LIMIT = 2**64
+
+Warn = Callable[[str], None]
 
 
-class HiggsError(Exception):
-    """A problem the user can fix: the message says what and how."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    """How to speak: sampling, the seed, budgets and long-text handling.
-
-    The one set of defaults for the library, the CLI and the server; the
-    sampling defaults are :class:`higgs_sampling.SamplingParams`' (the release's).
-    """
-
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    seed: int = 0
-    max_seconds: float = 300.0  # the whole text
-    chunk_words: int = 60  # long text is split into chunks of about this many words
-    context_chunks: int = 2  # earlier chunks replayed as context (references always are)
-    scene: str | None = DEFAULT_SCENE
-    ref_in_system: bool = False  # references as audio in the system turn (release mode)
-
-    def __post_init__(self):
-        if not (isinstance(self.seed, int) and 0 <= self.seed < SEED_LIMIT):
-            raise ValueError(f"seed must be an integer in 0..2**64-1, got {self.seed}")
-        if not (self.max_seconds > 0 and np.isfinite(self.max_seconds)):
-            raise ValueError(f"max_seconds must be > 0, got {self.max_seconds}")
-        if not (isinstance(self.chunk_words, int) and self.chunk_words >= 1):
-            raise ValueError(f"chunk_words must be an integer >= 1, got {self.chunk_words}")
-        if not (isinstance(self.context_chunks, int) and self.context_chunks >= 0):
-            raise ValueError(f"context_chunks must be an integer >= 0, got {self.context_chunks}")
-
-    def but(self, **changes) -> "Settings":
-        """A copy with some settings changed; sampling fields (``temperature``,
-        ``top_k``, ...) may be given by name."""
-        names = {f.name for f in fields(SamplingParams)}
-        sampling = {k: changes.pop(k) for k in list(changes) if k in names}
-        unknown = set(changes) - {f.name for f in fields(self)}
-        if unknown:
-            raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-        if sampling:
-            changes["sampling"] = replace(changes.get("sampling", self.sampling), **sampling)
-        return replace(self, **changes)
-
-    def chunk_seed(self, chunk: int) -> int:
-        """Each chunk draws from its own seed, derived from the run's."""
-        return (self.seed + 1000003 * chunk) % SEED_LIMIT
-
-
-@dataclass(frozen=True)
-class Request:
-    """One text to speak, with its voices and settings: what ``say``, ``stream``,
-    the server and ``higgs batch`` all hand the pipeline.
-
-    ``voices`` name stored voices for SPEAKER0, SPEAKER1, ...; ``refs`` are
-    ``(audio file, transcript)`` recordings cloned without storing, after them.
-    """
-
-    text: str
-    voices: tuple[str, ...] = ()
-    refs: tuple[tuple[str, str], ...] = ()
-    settings: Settings = field(default_factory=Settings)
-
-    def check(self) -> "Request":
-        """Everything that can be checked without the model; raises HiggsError."""
-        if not self.text or not self.text.strip():
-            raise HiggsError("there is no text to speak")
-        for name in self.voices:
-            check_name(name)
-        for audio, transcript in self.refs:
-            if not Path(audio).is_file():
-                raise HiggsError(f"reference audio {audio} does not exist")
-            if not " ".join((transcript or "").split()):
-                raise HiggsError(f"reference audio {audio} needs its transcript (--ref-text)")
-        check_speakers(self.text, len(self.voices) + len(self.refs))
-        return self
-
-
-def check_speakers(text: str, voices: int):
-    """The text's [SPEAKERn] tags against the voices given for them."""
-    tags = speaker_tags(text)
-    numbers = sorted(int(t.removeprefix("SPEAKER")) for t in tags)
-    if not numbers:
-        return
-    if voices:
-        if numbers[-1] >= voices:
-            raise HiggsError(
-                f"the text has [SPEAKER{numbers[-1]}] but {voices} voice(s) were given, "
-                f"for SPEAKER0..SPEAKER{voices - 1}; give one voice per speaker"
-            )
-    elif numbers[-1] >= MAX_SPEAKERS:
-        raise HiggsError(
-            f"the text has [SPEAKER{numbers[-1]}]: without named voices, use at most "
-            f"{MAX_SPEAKERS} speakers, SPEAKER0..SPEAKER{MAX_SPEAKERS - 1}"
-        )
-
-
-@dataclass
-class Progress:
-    """Where generation stands; handed to the ``progress`` callback every few frames."""
-
-    chunk: int  # 0-based
-    chunks: int
-    frames: int  # frames of this chunk so far
-    max_frames: int  # this chunk's frame budget
-    audio_seconds: float  # audio of the whole text so far, this chunk included
-    elapsed: float
-    done: bool = False  # this chunk is finished
-
-    @property
-    def fraction(self) -> float:
-        """How much of the text is done (a chunk counts as done at its budget)."""
-        within = 1.0 if self.done else min(self.frames / max(self.max_frames, 1), 1.0)
-        return (self.chunk + within) / self.chunks
-
-
-@dataclass
-class Speech:
-    """Generated audio and how it was made."""
-
-    samples: np.ndarray  # float32 [N]
-    sample_rate: int
-    codes: np.ndarray  # [K, T] of the whole text
-    chunks: list[str] = field(default_factory=list)
-    stop_reasons: list[str] = field(default_factory=list)
-    prompt_tokens: int = 0
-    frames: int = 0
-    seconds: float = 0.0  # processing time
-
-    @property
-    def duration(self) -> float:
-        return len(self.samples) / self.sample_rate
-
-    @property
-    def real_time_factor(self) -> float:
-        """Processing time / audio duration (below 1 is faster than real time)."""
-        return self.seconds / self.duration if self.duration else float("inf")
-
-    def stops(self) -> str:
-        """The chunks' stop reasons in a few words: "eos", "3 eos, 1 max_frames"."""
-        counts: dict[str, int] = {}
-        for reason in self.stop_reasons:
-            counts[reason] = counts.get(reason, 0) + 1
-        if len(counts) == 1 and len(self.stop_reasons) == 1:
-            return self.stop_reasons[0]
-        return ", ".join(f"{n} {reason}" for reason, n in counts.items())
-
-
-@dataclass
-class Chunk:
-    """One chunk being generated: iterate for its delayed frames ``[K]``; read
-    ``result`` (higgs_core's GenerationResult) once they are exhausted."""
-
-    index: int
-    count: int
-    text: str
-    prompt: Prompt
-    max_frames: int
-    frames: Iterator[mx.array]  # higgs_core's FrameGenerator
-    report: Callable[[int], None] | None = None  # called with the frame count every 5 frames
-
-    def __iter__(self) -> Iterator[mx.array]:
-        for n, frame in enumerate(self.frames, 1):
-            if self.report and n % 5 == 0:
-                self.report(n)
-            yield frame
-
-    @property
-    def result(self):
-        return self.frames.result
-
-
-class SpeechStream:
-    """Float32 PCM pieces as the codec makes them final; ``speech`` once exhausted."""
-
-    def __init__(self, pieces: Iterator[np.ndarray]):
-        self._pieces = pieces
-        self.speech: Speech | None = None
-
-    def __iter__(self) -> "SpeechStream":
-        return self
-
-    def __next__(self) -> np.ndarray:
-        return next(self._pieces)
+def _quiet(_: str):
+    pass
 
 
 class Higgs:
@@ -328,8 +167,11 @@ class Higgs:
         """Encode a recording once and keep it (with its transcript) as voice ``name``."""
         return add_voice(self.voices, self.encoder(), name, audio, text, force=force)
 
-    def speaker(self, name: str, warn: Callable[[str], None] = lambda _: None) -> Speaker:
+    def speaker(self, name: str, warn: Warn = _quiet) -> Speaker:
         """The prompt speaker for voice ``name``, pinning a built-in voice on first use."""
+        return self._run(lambda batch: self._speaker(name, batch, warn), max_batch=1)
+
+    def _speaker(self, name: str, batch: Batch, warn: Warn) -> Work:
         voice = self.voices.get(name)
         key = self.pin_key if voice.kind == "builtin" else self.codec_key
         try:
@@ -348,29 +190,22 @@ class Higgs:
         if codes is None:
             codes = self._pins.get(name)
         if codes is None:
-            codes = self._pin(name, warn)
+            codes = yield from self._pin(name, batch, warn)
         return Speaker(transcript=PIN_TEXT, codes=codes)
 
-    def _pin(self, name: str, warn: Callable[[str], None]) -> np.ndarray:
+    def _pin(self, name: str, batch: Batch, warn: Warn) -> Work:
         """Speak the pin sentence in the described voice until the model ends it
         itself at a sane length (the voice's seed, then the next ones), and keep it."""
         builtin = BUILTINS[name]
         low, high = PIN_SECONDS
         max_frames = int(high * self.frame_rate) + self.num_codebooks + 1
+        speakers = [Speaker(description=builtin.description)]
         tries = []
         for attempt in range(PIN_ATTEMPTS):
             seed = builtin.seed + attempt
-            chunk = self._generate_chunk(
-                PIN_TEXT,
-                [Speaker(description=builtin.description)],
-                [],
-                Settings(seed=seed),
-                seed,
-                max_frames,
-            )
-            for _ in chunk:
-                pass
-            res = chunk.result
+            settings = Settings(seed=seed)
+            prompt = self._prompt(PIN_TEXT, speakers, [], settings)
+            res = yield from self._frames(batch, prompt, settings, seed, max_frames)
             codes = np.array(res.codes, dtype=np.int32)
             seconds = codes.shape[1] / self.frame_rate
             tries.append((codes, res.stop_reason, seconds))
@@ -391,15 +226,16 @@ class Higgs:
         self._pins[name] = codes
         return codes
 
-    def speakers(self, request: Request, warn=lambda _: None) -> list[Speaker]:
+    def _speakers(self, request: Request, batch: Batch, warn: Warn) -> Work:
         """Voices for SPEAKER0, SPEAKER1, ...: named voices, then the references.
         With none, the prompt lets the model pick (one voice, or for a dialogue
         the release's alternating feminine/masculine descriptions)."""
-        out = [self.speaker(v, warn) for v in request.voices]
+        out = []
+        for name in request.voices:
+            out.append((yield from self._speaker(name, batch, warn)))
         for audio, transcript in request.refs:
-            out.append(
-                Speaker(transcript=" ".join(transcript.split()), codes=self.encode_file(audio))
-            )
+            codes = self.encode_file(audio)
+            out.append(Speaker(transcript=" ".join(transcript.split()), codes=codes))
         return out
 
     def request(self, text, *, voice=None, voices=(), refs=(), settings=None, **overrides):
@@ -418,72 +254,85 @@ class Higgs:
     def say(self, text, *, progress=None, warn=None, **options) -> Speech:
         """Speak ``text`` (or a :class:`Request`); all chunks' codes are decoded
         together at the end, as the release does."""
-        start = time.perf_counter()
-        chunks = []
-        for chunk in self.chunks(self.request(text, **options), progress, warn):
-            for _ in chunk:
-                pass
-            chunks.append(chunk)
-        codes = self._codes(chunks)
-        samples = np.array(self.codec.decode(mx.array(codes)), dtype=np.float32)
-        return self._speech(samples, codes, chunks, time.perf_counter() - start)
+        request = self.request(text, **options)
+        return self._run(lambda batch: self._speak(request, batch, None, progress, warn), 1)
 
     def stream(self, text, *, progress=None, warn=None, **options) -> SpeechStream:
         """Speak ``text`` (or a :class:`Request`), yielding float32 PCM as soon as
         the codec has it final; the stream's ``speech`` is set once it ends."""
         request = self.request(text, **options)
-        stream = SpeechStream(iter(()))
-        stream._pieces = self._stream(request, progress, warn, stream)
-        return stream
+        out = SpeechStream(iter(()))
+        many = self._many([request], 1, progress, warn, streaming=True)
 
-    def _stream(self, request, progress, warn, stream: SpeechStream):
-        start = time.perf_counter()
-        decoder = self.codec.stream_decoder()
-        chunks, pieces = [], []
-
-        def push(codes):
-            pcm = np.array(decoder.push(codes), dtype=np.float32)
-            if pcm.size:
-                pieces.append(pcm)
-            return pcm
-
-        for chunk in self.chunks(request, progress, warn):
-            columns = CodeColumns(self.num_codebooks, self.codec.codebook_size)
-            columns.push(mx.full((self.num_codebooks,), self.model.config.audio_stream_bos_id))
-            for frame in chunk:
-                columns.push(frame)
-                # A few columns a push: the stream decoder's cost per push is mostly
-                # fixed (5 frames a push run 2x faster than 1), for 160 ms more latency.
-                if (codes := columns.take(PUSH_FRAMES)) is not None and (pcm := push(codes)).size:
-                    yield pcm
-            if (codes := columns.take()) is not None and (pcm := push(codes)).size:
+        def pieces():
+            for _, pcm in many:
                 yield pcm
-            chunks.append(chunk)
-        tail = np.array(decoder.flush(), dtype=np.float32)
-        if tail.size:
-            pieces.append(tail)
-            yield tail
-        samples = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
-        stream.speech = self._speech(
-            samples, self._codes(chunks), chunks, time.perf_counter() - start
-        )
+            out.speech = many.speeches[0]
 
-    def _codes(self, chunks: list[Chunk]) -> np.ndarray:
-        if not chunks:
-            return np.zeros((self.num_codebooks, 0), np.int32)
-        return np.concatenate([np.array(c.result.codes, dtype=np.int32) for c in chunks], axis=1)
+        out._pieces = pieces()
+        return out
 
-    def _speech(self, samples, codes, chunks, seconds) -> Speech:
-        return Speech(
-            samples=samples,
-            sample_rate=self.sample_rate,
-            codes=codes,
-            chunks=[c.text for c in chunks],
-            stop_reasons=[c.result.stop_reason for c in chunks],
-            prompt_tokens=sum(len(c.prompt.input_ids) for c in chunks),
-            frames=sum(c.result.num_frames for c in chunks),
-            seconds=seconds,
-        )
+    def say_many(
+        self, requests: Iterable, *, max_batch: int = 8, progress=None, warn=None
+    ) -> list[Speech]:
+        """Speak many texts (or :class:`Request` objects) at once, up to
+        ``max_batch`` streams decoded together; the speeches, in order. Each one
+        equals its own ``say``."""
+        many = self._many(list(requests), max_batch, progress, warn, streaming=False)
+        for _ in many:
+            pass
+        return many.speeches
+
+    def stream_many(
+        self, requests: Iterable, *, max_batch: int = 8, progress=None, warn=None
+    ) -> ManyStream:
+        """:meth:`say_many` as it happens: ``(index, pcm)`` pieces of every request,
+        interleaved; ``speeches`` once exhausted."""
+        return self._many(list(requests), max_batch, progress, warn, streaming=True)
+
+    def _many(self, requests, max_batch, progress, warn, *, streaming) -> ManyStream:
+        requests = [r if isinstance(r, Request) else self.request(r) for r in requests]
+        for r in requests:
+            r.check()
+        out = ManyStream(iter(()))
+
+        def pieces():
+            runner = Runner(self.new_batch(max_batch))
+            ready: deque[tuple[int, np.ndarray]] = deque()
+            jobs = []
+            for i, r in enumerate(requests):
+                emit = (lambda pcm, i=i: ready.append((i, pcm))) if streaming else None
+                jobs.append(runner.add(self._speak(r, runner.batch, emit, progress, warn)))
+            try:
+                while runner.jobs:
+                    runner.tick()
+                    while ready:
+                        yield ready.popleft()
+                    for job in jobs:
+                        if job.error is not None:
+                            raise job.error
+            finally:
+                for job in jobs:
+                    job.cancel()
+            out.speeches = [job.result for job in jobs]
+
+        out._pieces = pieces()
+        return out
+
+    def new_batch(self, max_batch: int = 8) -> Batch:
+        return Batch(self.model, max_batch=max_batch, prefill_chunk=PREFILL_CHUNK)
+
+    def _run(self, work: Callable[[Batch], Work], max_batch: int):
+        """Run one job to its end on a batch of its own; its result (or its error)."""
+        runner = Runner(self.new_batch(max_batch))
+        job: Job = runner.add(work(runner.batch))
+        try:
+            runner.run()
+        finally:
+            job.cancel()
+        if job.error is not None:
+            raise job.error
+        return job.result
 
     def chunk_frames(self, text: str) -> int:
         """A chunk's frame budget: time for its words, and for its sound events."""
@@ -492,24 +341,33 @@ class Higgs:
         seconds = max(words, min(words + events, EVENT_FRAMES_CAP / self.frame_rate))
         return max(1, int(seconds * self.frame_rate))
 
-    def chunks(self, request: Request, progress=None, warn=None) -> Iterator[Chunk]:
-        """The request's chunks in order, each ready to be iterated for its frames.
+    def job(self, request: Request, batch: Batch, *, emit=None, progress=None, warn=None) -> Work:
+        """The work of one request, for a :class:`~higgs_cli.runner.Runner` on
+        ``batch``: PCM to ``emit`` as it is made (or decoded whole at the end, when
+        ``emit`` is None); returns the :class:`Speech`."""
+        return self._speak(request.check(), batch, emit, progress, warn)
 
-        A chunk must be exhausted before the next is asked for: its codes become
-        the next one's context.
-        """
+    def _speak(self, request: Request, batch: Batch, emit, progress, warn) -> Work:
         settings = request.settings
-        warn = warn or (lambda _: None)
-        speakers = self.speakers(request, warn)
+        warn = warn or _quiet
+        start = time.perf_counter()
+        speakers = yield from self._speakers(request, batch, warn)
         pieces = chunk_text(normalize(request.text), settings.chunk_words)
         budget = int(settings.max_seconds * self.frame_rate)  # frames left for the text
         context: list[tuple[str, np.ndarray]] = []
-        audio_seconds, start = 0.0, time.perf_counter()
+        decoder = self.codec.stream_decoder() if emit else None
+        done, sent, audio_seconds = [], [], 0.0
 
-        def report(i, frames, max_frames, seconds, done=False):
+        def report(i, frames, max_frames, seconds, finished=False):
             if progress:
                 elapsed = time.perf_counter() - start
-                progress(Progress(i, len(pieces), frames, max_frames, seconds, elapsed, done))
+                progress(Progress(i, len(pieces), frames, max_frames, seconds, elapsed, finished))
+
+        def push(codes):
+            pcm = np.array(decoder.push(codes), dtype=np.float32)
+            if pcm.size:
+                sent.append(pcm)
+                emit(pcm)
 
         for i, piece in enumerate(pieces):
             if budget < 1:
@@ -517,30 +375,35 @@ class Higgs:
                     f"--max-seconds {settings.max_seconds:g} reached: {len(pieces) - i} of "
                     f"{len(pieces)} chunks left unspoken"
                 )
-                return
+                break
             own = self.chunk_frames(piece)
             max_frames = min(budget, own)
-            chunk = self._generate_chunk(
-                piece,
-                speakers,
-                context,
-                settings,
-                settings.chunk_seed(i),
-                max_frames,
-                i,
-                len(pieces),
+            prompt = self._prompt(piece, speakers, context, settings)
+            columns = CodeColumns(self.num_codebooks, self.codec.codebook_size)
+            columns.push(mx.full((self.num_codebooks,), self.model.config.audio_stream_bos_id))
+
+            def on_frames(frames, n, i=i, m=max_frames, s=audio_seconds, columns=columns):
+                for frame in frames:
+                    columns.push(frame)
+                if n // 5 > (n - len(frames)) // 5:
+                    report(i, n, m, s + n / self.frame_rate)
+                # A few columns a push: the stream decoder's cost per push is mostly
+                # fixed (5 frames a push run 2x faster than 1), for 160 ms more latency.
+                if decoder and (codes := columns.take(PUSH_FRAMES)) is not None:
+                    push(codes)
+
+            res = yield from self._frames(
+                batch, prompt, settings, settings.chunk_seed(i), max_frames, on_frames
             )
-            chunk.report = lambda n, i=i, m=max_frames, s=audio_seconds: report(
-                i, n, m, s + n / self.frame_rate
-            )
-            yield chunk
-            res = chunk.result
-            seconds = res.codes.shape[1] / self.frame_rate
-            audio_seconds += seconds
+            if decoder and (codes := columns.take()) is not None:
+                push(codes)
+            codes = np.array(res.codes, dtype=np.int32)
+            done.append((piece, prompt, res))
+            audio_seconds += codes.shape[1] / self.frame_rate
             budget -= res.num_frames
             keep = settings.context_chunks
-            context = [*context, (piece, np.array(res.codes, np.int32))][-keep:] if keep else []
-            report(i, res.num_frames, max_frames, audio_seconds, done=True)
+            context = [*context, (piece, codes)][-keep:] if keep else []
+            report(i, res.num_frames, max_frames, audio_seconds, finished=True)
             if res.stop_reason == "max_frames":
                 where = f"chunk {i + 1}/{len(pieces)} ({_opening(piece)})"
                 if max_frames < own:
@@ -549,18 +412,56 @@ class Higgs:
                         f"--max-seconds {settings.max_seconds:g} reached in {where}: it is cut "
                         f"short" + (f" and {left} more chunk(s) left unspoken" if left else "")
                     )
-                    return
+                    break
                 warn(
                     f"{where} reached its budget of {own / self.frame_rate:.1f} s before the "
                     "model ended it; it may be cut short"
                 )
-            mx.clear_cache()
+        codes = self._codes([res for _, _, res in done])
+        if decoder:
+            tail = np.array(decoder.flush(), dtype=np.float32)
+            if tail.size:
+                sent.append(tail)
+                emit(tail)
+            samples = np.concatenate(sent) if sent else np.zeros(0, np.float32)
+        else:
+            samples = np.array(self.codec.decode(mx.array(codes)), dtype=np.float32)
+        return Speech(
+            samples=samples,
+            sample_rate=self.sample_rate,
+            codes=codes,
+            chunks=[piece for piece, _, _ in done],
+            stop_reasons=[res.stop_reason for _, _, res in done],
+            prompt_tokens=sum(len(p.input_ids) for _, p, _ in done),
+            frames=sum(res.num_frames for _, _, res in done),
+            seconds=time.perf_counter() - start,
+        )
 
-    def _generate_chunk(
-        self, text, speakers, context, settings, seed, max_frames, index=0, count=1
-    ) -> Chunk:
-        from higgs_core import generate_frames
+    def _frames(self, batch, prompt: Prompt, settings, seed, max_frames, on_frames=None) -> Work:
+        """Generate one prompt's frames in ``batch``, waiting on it; hands each
+        step's new frames to ``on_frames(frames, count)``; returns the result."""
+        stream = batch.submit(
+            np.array(prompt.input_ids, dtype=np.int32),
+            prompt.audio_ids if len(prompt.audio_ids) else None,
+            history=prompt.history,  # audio out only, as the release's RAS window
+            params=settings.sampling,
+            max_frames=max_frames,
+            seed=seed,
+        )
+        handed = 1  # frame 0 is the synthetic one
+        try:
+            while True:
+                if on_frames and len(stream.frames) > handed:
+                    on_frames(stream.frames[handed:], len(stream.frames) - 1)
+                handed = max(handed, len(stream.frames))
+                if stream.finished:
+                    return stream.result
+                yield
+        finally:
+            if not stream.finished:
+                stream.cancel()
 
+    def _prompt(self, text, speakers, context, settings) -> Prompt:
         cfg = self.model.config
         messages = conversation(
             text,
@@ -575,7 +476,7 @@ class Higgs:
                 "this model does not read audio in its system turn "
                 "(encode_audio_in_tokens is off in its config); clone without --ref-in-system"
             )
-        prompt = encode_prompt(
+        return encode_prompt(
             self.tokenizer,
             messages,
             audio_out_id=cfg.audio_out_token_id,
@@ -583,16 +484,11 @@ class Higgs:
             stream_bos=cfg.audio_stream_bos_id,
             stream_eos=cfg.audio_stream_eos_id,
         )
-        frames = generate_frames(
-            self.model,
-            np.array(prompt.input_ids, dtype=np.int32),
-            mx.array(prompt.audio_ids) if len(prompt.audio_ids) else None,
-            history=prompt.history,  # audio out only, as the release's RAS window
-            params=settings.sampling,
-            max_frames=max_frames,
-            seed=seed,
-        )
-        return Chunk(index, count, text, prompt, max_frames, frames)
+
+    def _codes(self, results) -> np.ndarray:
+        if not results:
+            return np.zeros((self.num_codebooks, 0), np.int32)
+        return np.concatenate([np.array(r.codes, dtype=np.int32) for r in results], axis=1)
 
 
 def _opening(text: str, words: int = 5) -> str:

@@ -26,8 +26,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from higgs_cli.output import FORMATS, MEDIA_TYPES, STREAMABLE, encode, pcm16, wav_header
-from higgs_cli.pipeline import HiggsError, Settings, add_voice
-from higgs_cli.pipeline import Request as SpeakRequest
+from higgs_cli.pipeline import add_voice
+from higgs_cli.settings import HiggsError, Settings
+from higgs_cli.settings import Request as SpeakRequest
 from higgs_cli.voices import VoiceError, check_name
 
 log = logging.getLogger("higgs.serve")

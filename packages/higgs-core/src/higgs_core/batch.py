@@ -180,6 +180,7 @@ class Batch:
         self.state: RowState | None = None
         self._queued: tuple[list[Stream], mx.array, RowState] | None = None
         self._draining: list[Stream] = []
+        self.steps = 0
 
     @property
     def busy(self) -> bool:
@@ -272,6 +273,9 @@ class Batch:
         self._read_back()
         self._queued = queued
         self._prefill_some()
+        self.steps += 1
+        if self.steps % 256 == 0:  # KV caches grow in 256-position blocks: drop the old ones
+            mx.clear_cache()
 
     def run(self):
         """Step until every stream has finished."""

@@ -1,0 +1,113 @@
+"""What a request asks for: the text, its voices and how to speak it.
+
+Everything here is checked without the model, so the CLI, the server and
+``higgs batch`` can refuse a bad request before loading anything.
+"""
+
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+
+from higgs_cli.prompt import DEFAULT_SCENE, speaker_tags
+from higgs_cli.voices import check_name
+from higgs_sampling import SamplingParams
+
+# Most [SPEAKERn] tags a text may use when no voices are named (SPEAKER0..SPEAKER7).
+MAX_SPEAKERS = 8
+SEED_LIMIT = 2**64
+
+
+class HiggsError(Exception):
+    """A problem the user can fix: the message says what and how."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How to speak: sampling, the seed, budgets and long-text handling.
+
+    The one set of defaults for the library, the CLI and the server; the
+    sampling defaults are :class:`higgs_sampling.SamplingParams`' (the release's).
+    """
+
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    seed: int = 0
+    max_seconds: float = 300.0  # the whole text
+    chunk_words: int = 60  # long text is split into chunks of about this many words
+    context_chunks: int = 2  # earlier chunks replayed as context (references always are)
+    scene: str | None = DEFAULT_SCENE
+    ref_in_system: bool = False  # references as audio in the system turn (release mode)
+
+    def __post_init__(self):
+        if not (isinstance(self.seed, int) and 0 <= self.seed < SEED_LIMIT):
+            raise ValueError(f"seed must be an integer in 0..2**64-1, got {self.seed}")
+        if not (self.max_seconds > 0 and np.isfinite(self.max_seconds)):
+            raise ValueError(f"max_seconds must be > 0, got {self.max_seconds}")
+        if not (isinstance(self.chunk_words, int) and self.chunk_words >= 1):
+            raise ValueError(f"chunk_words must be an integer >= 1, got {self.chunk_words}")
+        if not (isinstance(self.context_chunks, int) and self.context_chunks >= 0):
+            raise ValueError(f"context_chunks must be an integer >= 0, got {self.context_chunks}")
+
+    def but(self, **changes) -> "Settings":
+        """A copy with some settings changed; sampling fields (``temperature``,
+        ``top_k``, ...) may be given by name."""
+        names = {f.name for f in fields(SamplingParams)}
+        sampling = {k: changes.pop(k) for k in list(changes) if k in names}
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise TypeError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        if sampling:
+            changes["sampling"] = replace(changes.get("sampling", self.sampling), **sampling)
+        return replace(self, **changes)
+
+    def chunk_seed(self, chunk: int) -> int:
+        """Each chunk draws from its own seed, derived from the run's."""
+        return (self.seed + 1000003 * chunk) % SEED_LIMIT
+
+
+@dataclass(frozen=True)
+class Request:
+    """One text to speak, with its voices and settings: what ``say``, ``stream``,
+    the server and ``higgs batch`` all hand the pipeline.
+
+    ``voices`` name stored voices for SPEAKER0, SPEAKER1, ...; ``refs`` are
+    ``(audio file, transcript)`` recordings cloned without storing, after them.
+    """
+
+    text: str
+    voices: tuple[str, ...] = ()
+    refs: tuple[tuple[str, str], ...] = ()
+    settings: Settings = field(default_factory=Settings)
+
+    def check(self) -> "Request":
+        """Everything that can be checked without the model; raises HiggsError."""
+        if not self.text or not self.text.strip():
+            raise HiggsError("there is no text to speak")
+        for name in self.voices:
+            check_name(name)
+        for audio, transcript in self.refs:
+            if not Path(audio).is_file():
+                raise HiggsError(f"reference audio {audio} does not exist")
+            if not " ".join((transcript or "").split()):
+                raise HiggsError(f"reference audio {audio} needs its transcript (--ref-text)")
+        check_speakers(self.text, len(self.voices) + len(self.refs))
+        return self
+
+
+def check_speakers(text: str, voices: int):
+    """The text's [SPEAKERn] tags against the voices given for them."""
+    tags = speaker_tags(text)
+    numbers = sorted(int(t.removeprefix("SPEAKER")) for t in tags)
+    if not numbers:
+        return
+    if voices:
+        if numbers[-1] >= voices:
+            raise HiggsError(
+                f"the text has [SPEAKER{numbers[-1]}] but {voices} voice(s) were given, "
+                f"for SPEAKER0..SPEAKER{voices - 1}; give one voice per speaker"
+            )
+    elif numbers[-1] >= MAX_SPEAKERS:
+        raise HiggsError(
+            f"the text has [SPEAKER{numbers[-1]}]: without named voices, use at most "
+            f"{MAX_SPEAKERS} speakers, SPEAKER0..SPEAKER{MAX_SPEAKERS - 1}"
+        )

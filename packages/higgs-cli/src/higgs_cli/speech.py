@@ -1,0 +1,86 @@
+"""What comes out: speech, progress reports, and streams of PCM."""
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Progress:
+    """Where generation stands; handed to the ``progress`` callback every few frames."""
+
+    chunk: int  # 0-based
+    chunks: int
+    frames: int  # frames of this chunk so far
+    max_frames: int  # this chunk's frame budget
+    audio_seconds: float  # audio of the whole text so far, this chunk included
+    elapsed: float
+    done: bool = False  # this chunk is finished
+
+    @property
+    def fraction(self) -> float:
+        """How much of the text is done (a chunk counts as done at its budget)."""
+        within = 1.0 if self.done else min(self.frames / max(self.max_frames, 1), 1.0)
+        return (self.chunk + within) / self.chunks
+
+
+@dataclass
+class Speech:
+    """Generated audio and how it was made."""
+
+    samples: np.ndarray  # float32 [N]
+    sample_rate: int
+    codes: np.ndarray  # [K, T] of the whole text
+    chunks: list[str] = field(default_factory=list)
+    stop_reasons: list[str] = field(default_factory=list)
+    prompt_tokens: int = 0
+    frames: int = 0
+    seconds: float = 0.0  # processing time
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+    @property
+    def real_time_factor(self) -> float:
+        """Processing time / audio duration (below 1 is faster than real time)."""
+        return self.seconds / self.duration if self.duration else float("inf")
+
+    def stops(self) -> str:
+        """The chunks' stop reasons in a few words: "eos", "3 eos, 1 max_frames"."""
+        counts: dict[str, int] = {}
+        for reason in self.stop_reasons:
+            counts[reason] = counts.get(reason, 0) + 1
+        if len(counts) == 1 and len(self.stop_reasons) == 1:
+            return self.stop_reasons[0]
+        return ", ".join(f"{n} {reason}" for reason, n in counts.items())
+
+
+class SpeechStream:
+    """Float32 PCM pieces as the codec makes them final; ``speech`` once exhausted."""
+
+    def __init__(self, pieces: Iterator[np.ndarray]):
+        self._pieces = pieces
+        self.speech: Speech | None = None
+
+    def __iter__(self) -> "SpeechStream":
+        return self
+
+    def __next__(self) -> np.ndarray:
+        return next(self._pieces)
+
+
+class ManyStream:
+    """``(index, pcm)`` pieces of several requests as they are made, interleaved;
+    ``speeches`` (one per request, in order) once exhausted."""
+
+    def __init__(self, pieces: Iterator[tuple[int, np.ndarray]]):
+        self._pieces = pieces
+        self.speeches: list[Speech] | None = None
+
+    def __iter__(self) -> "ManyStream":
+        return self
+
+    def __next__(self) -> tuple[int, np.ndarray]:
+        return next(self._pieces)

@@ -1,0 +1,52 @@
+"""say_many / stream_many: many requests decoded together, each as it would be alone."""
+
+import numpy as np
+import pytest
+
+from higgs_cli.settings import Request, Settings
+
+TEXTS = [
+    "Good morning. How are you today?",
+    "The quick brown fox jumps over the lazy dog.",
+    "[SPEAKER0] Hello there.\n[SPEAKER1] Hi! Nice to meet you.",
+    "One. Two. Three. Four.",
+]
+
+
+def requests():
+    return [
+        Request(TEXTS[0], settings=Settings(seed=1, max_seconds=3)),
+        Request(TEXTS[1], settings=Settings(seed=2, max_seconds=4).but(temperature=0.9)),
+        Request(TEXTS[2], settings=Settings(seed=3, max_seconds=4, chunk_words=3)),
+        Request(TEXTS[3], settings=Settings(seed=4, max_seconds=2).but(temperature=0, top_k=0)),
+    ]
+
+
+@pytest.mark.parametrize("max_batch", [1, 4])
+def test_each_speech_equals_its_own_say(tts, max_batch):
+    alone = [tts.say(r) for r in requests()]
+    together = tts.say_many(requests(), max_batch=max_batch)
+    for a, b in zip(alone, together, strict=True):
+        assert np.array_equal(a.codes, b.codes)
+        assert np.array_equal(a.samples, b.samples)
+        assert a.chunks == b.chunks and a.stop_reasons == b.stop_reasons
+
+
+def test_stream_many_interleaves_and_adds_up(tts):
+    stream = tts.stream_many(requests(), max_batch=4)
+    pieces: dict[int, list] = {}
+    order = []
+    for i, pcm in stream:
+        pieces.setdefault(i, []).append(pcm)
+        order.append(i)
+    assert set(order) == {0, 1, 2, 3}
+    assert order != sorted(order)  # interleaved, not one request after another
+    for i, speech in enumerate(stream.speeches):
+        assert np.array_equal(np.concatenate(pieces[i]), speech.samples)
+        alone = tts.stream(requests()[i])
+        assert np.array_equal(np.concatenate(list(alone)), speech.samples)
+
+
+def test_a_bad_request_is_refused_before_any_work(tts):
+    with pytest.raises(Exception, match="no text"):
+        tts.say_many([Request("fine."), Request("   ")])
