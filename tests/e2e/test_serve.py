@@ -16,7 +16,6 @@ import pytest
 import soundfile as sf
 from starlette.testclient import TestClient
 
-from higgs_cli.pipeline import SpeechStream
 from higgs_cli.serve import Limits, create_app
 from higgs_cli.voices import VoiceStore
 
@@ -96,25 +95,20 @@ def test_openai_voice_names_and_voice_objects(app_tts):
 
 def test_streaming_sends_audio_before_generation_ends(app_tts, monkeypatch):
     events, gate = [], threading.Event()
-    real = app_tts.stream
+    real = app_tts.job
 
-    def paced(*args, **kwargs):
-        inner = real(*args, **kwargs)
+    def paced(request, batch, *, emit=None, **kw):
+        def tap(pcm):
+            emit(pcm)
+            if "first audio generated" not in events:
+                events.append("first audio generated")
+                gate.wait(10)  # generation holds here until the client has heard something
 
-        def pieces():
-            for i, pcm in enumerate(inner):
-                if i == 0:
-                    events.append("first audio generated")
-                yield pcm
-                if i == 0:
-                    gate.wait(10)  # generation holds here until the client has heard something
-            events.append("generation done")
-            outer.speech = inner.speech
+        speech = yield from real(request, batch, emit=tap if emit else None, **kw)
+        events.append("generation done")
+        return speech
 
-        outer = SpeechStream(pieces())
-        return outer
-
-    monkeypatch.setattr(app_tts, "stream", paced)
+    monkeypatch.setattr(app_tts, "job", paced)
     body = {"input": "Good morning. How are you?", "response_format": "wav", "stream": True}
     with client(app_tts) as c, c.stream("POST", SPEECH, json=body) as r:
         assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
@@ -141,14 +135,14 @@ def test_streamed_pcm_equals_the_stream_api(app_tts):
 
 def test_full_queue_answers_429(app_tts, monkeypatch):
     gate, started = threading.Event(), threading.Event()
-    real = app_tts.say
+    real = app_tts.job
 
     def held(*args, **kwargs):
         started.set()
         gate.wait(10)
-        return real(*args, **kwargs)
+        return (yield from real(*args, **kwargs))
 
-    monkeypatch.setattr(app_tts, "say", held)
+    monkeypatch.setattr(app_tts, "job", held)
     with client(app_tts, max_queue=1) as c:
         first = {}
         t = threading.Thread(target=lambda: first.update(r=c.post(SPEECH, json={"input": "One."})))
@@ -305,3 +299,67 @@ def test_real_server_speaks_streams_and_cancels(server):
         assert c.get("/health").json()["queued"] == 0
         # It still serves after the hang-up.
         assert c.post(SPEECH, json={"input": "Again.", "response_format": "wav"}).status_code == 200
+
+
+def test_concurrent_requests_are_decoded_together_and_each_is_its_own(app_tts, monkeypatch):
+    from higgs_core import Batch
+
+    peak = []
+    step = Batch.step
+
+    def counted(self):
+        peak.append(self.running)
+        return step(self)
+
+    bodies = [
+        {"input": f"Request number {i}. It says a few words.", "seed": i, "response_format": "pcm"}
+        for i in range(4)
+    ]
+    with client(app_tts, max_batch=1) as c:  # one at a time: the reference
+        want = [c.post(SPEECH, json=b).content for b in bodies]
+    monkeypatch.setattr(Batch, "step", counted)
+    got = [None] * 4
+    with client(app_tts, max_batch=4) as c:
+
+        def post(i):
+            got[i] = c.post(SPEECH, json=bodies[i]).content
+
+        threads = [threading.Thread(target=post, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert max(peak) > 1  # streams shared model steps
+    assert got == want  # and each response is what it is alone
+
+
+def test_a_client_that_leaves_takes_only_its_own_row(app_tts):
+    long = {"input": "One two three. " * 30, "response_format": "pcm", "stream": True, "seed": 9}
+    others = [
+        {"input": "A steady sentence to finish.", "seed": s, "response_format": "pcm"}
+        for s in (1, 2)
+    ]
+    with client(app_tts, max_batch=1) as c:
+        want = [c.post(SPEECH, json=b).content for b in others]
+    got = [None, None]
+    with client(app_tts, max_batch=4) as c:
+        left = threading.Event()
+
+        def leave():
+            with c.stream("POST", SPEECH, json=long) as r:
+                next(r.iter_bytes())  # some audio, then hang up mid-stream
+            left.set()
+
+        def post(i):
+            got[i] = c.post(SPEECH, json=others[i]).content
+
+        threads = [threading.Thread(target=leave)] + [
+            threading.Thread(target=post, args=(i,)) for i in range(2)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert left.is_set()
+        assert c.get("/health").json()["queued"] == 0
+    assert got == want

@@ -604,6 +604,13 @@ def bench(layers, bits, dtype, group_size, frames, prompt_length):
     help="Seconds of generation allowed per request.",
 )
 @click.option(
+    "--max-batch",
+    type=click.IntRange(1, 64),
+    default=8,
+    show_default=True,
+    help="Requests decoded together, one frame each per model step (1: one at a time).",
+)
+@click.option(
     "--warmup/--no-warmup",
     default=True,
     show_default=True,
@@ -611,7 +618,17 @@ def bench(layers, bits, dtype, group_size, frames, prompt_length):
 )
 @friendly
 def serve(
-    host, port, model, codec, max_input_chars, max_body_mb, max_queue, max_streams, timeout, warmup
+    host,
+    port,
+    model,
+    codec,
+    max_input_chars,
+    max_body_mb,
+    max_queue,
+    max_streams,
+    timeout,
+    max_batch,
+    warmup,
 ):
     """Serve OpenAI's speech API (POST /v1/audio/speech) and voice management."""
     import logging
@@ -631,6 +648,7 @@ def serve(
         max_queue=max_queue,
         max_streams=max_streams,
         request_timeout=timeout,
+        max_batch=max_batch,
     )
     app = create_app(tts, model_id=Path(str(model)).name, limits=limits)
     click.echo(f"higgs: serving {model} on http://{host}:{port}", err=True)

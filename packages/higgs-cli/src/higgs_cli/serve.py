@@ -48,6 +48,7 @@ class Limits:
     max_queue: int = 16  # generation requests waiting or running
     max_streams: int = 4  # streamed responses open at once
     request_timeout: float = 300.0  # seconds of generation per request
+    max_batch: int = 8  # requests decoded together
 
 
 class ApiError(Exception):
@@ -74,15 +75,17 @@ _DONE = object()
 
 
 class Job:
-    """One unit of model work; the worker thread runs ``fn(job)``, which emits items."""
+    """One request's model work. ``make(batch)`` gives the work (a generator for
+    :class:`higgs_cli.runner.Runner`, see ``Higgs.job``), which may ``emit``
+    items; its result is emitted too, then ``_DONE``."""
 
-    def __init__(self, fn, timeout: float):
-        self.fn = fn
+    def __init__(self, make, timeout: float):
+        self.make = make
         self.loop = asyncio.get_running_loop()
         self.items: asyncio.Queue = asyncio.Queue()
         self.cancel = threading.Event()
         self.timeout = timeout
-        self.started = None
+        self.started: float | None = None
 
     def emit(self, item):
         try:
@@ -90,12 +93,13 @@ class Job:
         except RuntimeError:  # the event loop is gone, and with it whoever was waiting
             self.cancel.set()
 
-    def check(self, *_):
-        """The pipeline's progress callback: stop when cancelled or out of time."""
+    def overdue(self) -> BaseException | None:
+        """Why the job must stop now, if it must."""
         if self.cancel.is_set():
-            raise Cancelled("the client disconnected")
-        if time.monotonic() - self.started > self.timeout:
-            raise TimeoutError(f"generation took longer than {self.timeout:g} s")
+            return Cancelled("the client disconnected")
+        if self.started is not None and time.monotonic() - self.started > self.timeout:
+            return TimeoutError(f"generation took longer than {self.timeout:g} s")
+        return None
 
     async def next(self):
         item = await self.items.get()
@@ -105,10 +109,15 @@ class Job:
 
 
 class Worker:
-    """Runs jobs one at a time in arrival order on a thread of its own."""
+    """The model's thread: every request's work as a job on one batch, so up to
+    ``max_batch`` requests are decoded together, one frame each per model step
+    (continuous batching: they join and leave at frame boundaries). With
+    ``max_batch`` 1 they take turns in arrival order."""
 
-    def __init__(self, max_queue: int):
+    def __init__(self, tts, max_queue: int, max_batch: int = 8):
+        self.tts = tts
         self.max_queue = max_queue
+        self.max_batch = max_batch
         self.pending = 0
         self._lock = threading.Lock()
         self._jobs: queue.Queue = queue.Queue()
@@ -128,23 +137,49 @@ class Worker:
     def _run(self):
         import mlx.core as mx
 
+        from higgs_cli.runner import Runner
+
         # MLX streams belong to the thread that made them: this thread needs its own.
         mx.set_default_stream(mx.new_stream(mx.default_device()))
-        while (job := self._jobs.get()) is not None:
-            try:
-                job.started = time.monotonic()
-                job.check()
-                job.fn(job)
-                job.emit(_DONE)
-            except BaseException as e:  # delivered to the request that owns the job
-                job.emit(e)
-            finally:
-                with self._lock:
-                    self.pending -= 1
+        runner = Runner(self.tts.new_batch(self.max_batch))
+        running: dict[Job, object] = {}
+        while True:
+            try:  # wait for work only when there is none
+                job = self._jobs.get(block=not running)
+                while True:
+                    if job is None:
+                        for done in running.values():
+                            done.cancel(Cancelled("the server is shutting down"))
+                        return
+                    job.started = time.monotonic()
+                    running[job] = runner.add(self._work(job, runner.batch))
+                    job = self._jobs.get_nowait()
+            except queue.Empty:
+                pass
+            for job, work in running.items():
+                if (why := job.overdue()) is not None:
+                    work.cancel(why)
+            runner.tick()
+            for job, work in list(running.items()):
+                if work.done:
+                    del running[job]
+                    job.emit(work.error if work.error is not None else _DONE)
+                    with self._lock:
+                        self.pending -= 1
+            if not running:
                 mx.clear_cache()  # keep memory flat between requests
 
-    def close(self):
+    @staticmethod
+    def _work(job: Job, batch):
+        result = yield from job.make(batch)
+        if result is not None:
+            job.emit(result)
+
+    def close(self, timeout: float = 10.0):
+        """Stop taking work, end the jobs in flight and wait for the thread, which
+        owns MLX's stream: exiting while it runs can abort the process."""
         self._jobs.put(None)
+        self._thread.join(timeout)
 
 
 # request parsing -------------------------------------------------------------------
@@ -273,11 +308,7 @@ async def speech(request: Request):
         )
 
     if not req.stream:
-
-        def run(job):
-            job.emit(tts.say(req.request, progress=job.check))
-
-        job = Job(run, app.state.limits.request_timeout)
+        job = Job(lambda batch: tts.job(req.request, batch), app.state.limits.request_timeout)
         app.state.worker.submit(job)
         try:
             speech_ = await wait_or_cancel(request, job)
@@ -295,13 +326,11 @@ async def speech(request: Request):
         )
     result = []
 
-    def run(job):
-        pcm_stream = tts.stream(req.request, progress=job.check)
-        for pcm in pcm_stream:
-            job.emit(pcm)
-        result.append(pcm_stream.speech)
+    def make(batch):
+        speech_ = yield from tts.job(req.request, batch, emit=job.emit)
+        result.append(speech_)
 
-    job = Job(run, app.state.limits.request_timeout)
+    job = Job(make, app.state.limits.request_timeout)
     app.state.worker.submit(job)
     app.state.streams += 1
 
@@ -402,10 +431,11 @@ async def create_voice(request: Request):
         path = Path(tmp) / f"upload{suffix}"
         path.write_bytes(data)
 
-        def run(job):
-            job.emit(add_voice(tts.voices, tts.encoder(), name, path, text, force=force))
+        def make(_batch):  # a job that never waits on the batch
+            yield from ()
+            return add_voice(tts.voices, tts.encoder(), name, path, text, force=force)
 
-        job = Job(run, app.state.limits.request_timeout)
+        job = Job(make, app.state.limits.request_timeout)
         app.state.worker.submit(job)
         try:
             voice = await wait_or_cancel(request, job)
@@ -481,7 +511,7 @@ def create_app(tts, *, model_id: str = "higgs-audio-v2", limits: Limits | None =
     app.state.tts = tts
     app.state.model_id = model_id
     app.state.limits = limits or Limits()
-    app.state.worker = Worker(app.state.limits.max_queue)
+    app.state.worker = Worker(tts, app.state.limits.max_queue, app.state.limits.max_batch)
     app.state.streams = 0
     app.state.ids = itertools.count(1)
     return app
