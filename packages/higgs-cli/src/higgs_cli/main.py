@@ -371,7 +371,10 @@ def say(
     if verbose and not quiet:
         say_(f"  model load     {load_s:.2f} s")
         say_(f"  chunks         {len(speech.chunks)} (stop: {speech.stops()})")
-        say_(f"  prompt tokens  {speech.prompt_tokens}")
+        say_(
+            f"  prompt tokens  {speech.prompt_tokens} ({speech.cached_tokens} from cached "
+            "voice prefixes)"
+        )
         say_(f"  frames         {speech.frames}")
         say_(f"  audio          {speech.duration:.2f} s")
         say_(f"  processing     {speech.seconds:.2f} s (RTF {speech.real_time_factor:.3f})")
@@ -611,6 +614,13 @@ def bench(layers, bits, dtype, group_size, frames, prompt_length):
     help="Requests decoded together, one frame each per model step (1: one at a time).",
 )
 @click.option(
+    "--prefix-cache-mb",
+    type=click.FloatRange(0),
+    default=512.0,
+    show_default=True,
+    help="Memory for voice prefixes (the KV state of a voice's constant prompt turns).",
+)
+@click.option(
     "--warmup/--no-warmup",
     default=True,
     show_default=True,
@@ -628,6 +638,7 @@ def serve(
     max_streams,
     timeout,
     max_batch,
+    prefix_cache_mb,
     warmup,
 ):
     """Serve OpenAI's speech API (POST /v1/audio/speech) and voice management."""
@@ -639,7 +650,7 @@ def serve(
     from higgs_cli.serve import Limits, create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    tts = Higgs.from_pretrained(model, codec)
+    tts = Higgs.from_pretrained(model, codec, prefix_cache_mb=prefix_cache_mb)
     if warmup:
         tts.say("Hello.", max_seconds=0.5, warn=lambda _: None)
     limits = Limits(

@@ -23,6 +23,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from higgs_cli.prefixes import PrefixCache, load_prefix, model_identity, prefix_key, save_prefix
 from higgs_cli.prompt import Prompt, Speaker, conversation, encode_prompt
 from higgs_cli.runner import Job, Runner, Work
 from higgs_cli.settings import MAX_SPEAKERS, HiggsError, Request, Settings, check_speakers
@@ -53,6 +54,8 @@ DEFAULT_CODEC = "bosonai/higgs-audio-v2-tokenizer"
 PUSH_FRAMES = 4
 # Prompt positions prefilled per model step while other streams run.
 PREFILL_CHUNK = 512
+# Voice prefixes: the least kept, the memory they may take by default, the files per voice.
+MIN_PREFIX, PREFIX_CACHE_MB, PREFIX_FILES = 16, 512, 8
 # A chunk's frame budget guards against runaway generation: ~1 s per word is 2-3x a
 # natural pace. Sound events (humming, music, laughter) are not words: each gets its
 # own allowance, up to the 2048 frames the release allows one call (max_new_tokens).
@@ -71,7 +74,17 @@ def _quiet(_: str):
 class Higgs:
     """Model, codec and text tokenizer, loaded once."""
 
-    def __init__(self, model, codec, tokenizer, *, model_path: Path, codec_path, voices=None):
+    def __init__(
+        self,
+        model,
+        codec,
+        tokenizer,
+        *,
+        model_path: Path,
+        codec_path,
+        voices=None,
+        prefix_cache_mb: float = PREFIX_CACHE_MB,
+    ):
         self.model = model
         self.codec = codec
         self.tokenizer = tokenizer
@@ -80,6 +93,8 @@ class Higgs:
         self.voices = voices or VoiceStore()
         self._encoder = None
         self._pins: dict[str, np.ndarray] = {}  # pins made here that could not be stored
+        self.prefixes = PrefixCache(int(prefix_cache_mb * 2**20))
+        self._unwritable: set[Path] = set()  # voice folders a prefix could not be saved to
         cfg = model.config
         self.num_codebooks = cfg.num_codebooks
         self.sample_rate = codec.sample_rate
@@ -107,9 +122,11 @@ class Higgs:
         *,
         dtype=None,
         voices_dir: Path | None = None,
+        prefix_cache_mb: float = PREFIX_CACHE_MB,
     ) -> "Higgs":
         """Load from hub ids or local folders (defaults: $HIGGS_MODEL, $HIGGS_CODEC,
-        else Boson AI's released checkpoints)."""
+        else Boson AI's released checkpoints). ``prefix_cache_mb``: memory for
+        voice prefixes (0 keeps none in memory)."""
         from tokenizers import Tokenizer
 
         from higgs_codec import load_codec
@@ -134,6 +151,7 @@ class Higgs:
             model_path=model_path,
             codec_path=codec,
             voices=voices,
+            prefix_cache_mb=prefix_cache_mb,
         )
 
     # keys under which stored codes are valid ----------------------------------
@@ -141,6 +159,10 @@ class Higgs:
     @cached_property
     def codec_key(self) -> str:
         return codec_key(self.codec)
+
+    @cached_property
+    def model_identity(self) -> str:
+        return model_identity(self.model, fingerprint(self.model_path))
 
     @cached_property
     def pin_key(self) -> str:
@@ -393,7 +415,14 @@ class Higgs:
                     push(codes)
 
             res = yield from self._frames(
-                batch, prompt, settings, settings.chunk_seed(i), max_frames, on_frames
+                batch,
+                prompt,
+                settings,
+                settings.chunk_seed(i),
+                max_frames,
+                on_frames,
+                folder=self._prefix_folder(request),
+                warn=warn,
             )
             if decoder and (codes := columns.take()) is not None:
                 push(codes)
@@ -433,24 +462,55 @@ class Higgs:
             chunks=[piece for piece, _, _ in done],
             stop_reasons=[res.stop_reason for _, _, res in done],
             prompt_tokens=sum(len(p.input_ids) for _, p, _ in done),
+            cached_tokens=sum(res.cached_tokens for _, _, res in done),
             frames=sum(res.num_frames for _, _, res in done),
             seconds=time.perf_counter() - start,
         )
 
-    def _frames(self, batch, prompt: Prompt, settings, seed, max_frames, on_frames=None) -> Work:
+    def _frames(
+        self,
+        batch,
+        prompt: Prompt,
+        settings,
+        seed,
+        max_frames,
+        on_frames=None,
+        *,
+        folder: Path | None = None,
+        warn: Warn = _quiet,
+    ) -> Work:
         """Generate one prompt's frames in ``batch``, waiting on it; hands each
-        step's new frames to ``on_frames(frames, count)``; returns the result."""
+        step's new frames to ``on_frames(frames, count)``; returns the result.
+
+        The prompt's constant beginning comes from the prefix cache (memory, then
+        ``folder`` on disk) when it is there, and is kept there when it is not.
+        """
+        ids = np.array(prompt.input_ids, dtype=np.int32)
+        audio = prompt.audio_ids if len(prompt.audio_ids) else None
+        key, prefix, keep = None, None, 0
+        if prompt.prefix_tokens >= MIN_PREFIX:
+            P = prompt.prefix_tokens
+            n_audio = int(self.model.audio_mask(ids[:P]).sum())
+            prefix_audio = audio[:n_audio] if n_audio else None
+            key = prefix_key(self.model_identity, ids[:P], prefix_audio)
+            prefix = self.prefixes.get(key) or self._read_prefix(key, folder, prefix_audio, warn)
+            keep = 0 if prefix is not None else P
         stream = batch.submit(
-            np.array(prompt.input_ids, dtype=np.int32),
-            prompt.audio_ids if len(prompt.audio_ids) else None,
+            ids,
+            audio,
             history=prompt.history,  # audio out only, as the release's RAS window
             params=settings.sampling,
             max_frames=max_frames,
             seed=seed,
+            prefix=prefix,
+            keep_prefix=keep,
         )
         handed = 1  # frame 0 is the synthetic one
         try:
             while True:
+                if keep and stream.prefix is not None:
+                    self._keep_prefix(key, stream.prefix, folder, warn)
+                    keep = 0
                 if on_frames and len(stream.frames) > handed:
                     on_frames(stream.frames[handed:], len(stream.frames) - 1)
                 handed = max(handed, len(stream.frames))
@@ -460,6 +520,42 @@ class Higgs:
         finally:
             if not stream.finished:
                 stream.cancel()
+
+    def _prefix_folder(self, request: Request) -> Path | None:
+        """Where a request's voice prefixes are stored: beside its voice, when its
+        speakers are stored voices."""
+        if not request.voices or request.refs:
+            return None
+        folder = self.voices.root / request.voices[0]
+        return folder if folder.is_dir() else None
+
+    def _read_prefix(self, key, folder, audio, warn: Warn):
+        if folder is None:
+            return None
+        path = folder / f"prefix-{key}.safetensors"
+        if not path.is_file():
+            return None
+        try:
+            prefix = load_prefix(path, key, self.model, None if audio is None else mx.array(audio))
+        except ValueError as e:
+            warn(f"the stored prefix {path.name} of voice {folder.name!r} is {e}; making it again")
+            path.unlink(missing_ok=True)
+            return None
+        self.prefixes.put(key, prefix)
+        return prefix
+
+    def _keep_prefix(self, key, prefix, folder, warn: Warn):
+        self.prefixes.put(key, prefix)
+        if folder is None or folder in self._unwritable:
+            return
+        try:
+            save_prefix(folder / f"prefix-{key}.safetensors", key, prefix)
+            files = sorted(folder.glob("prefix-*.safetensors"), key=lambda p: p.stat().st_mtime)
+            for old in files[:-PREFIX_FILES]:
+                old.unlink(missing_ok=True)
+        except OSError as e:
+            self._unwritable.add(folder)
+            warn(f"cannot store the prefix of voice {folder.name!r} ({e}); keeping it in memory")
 
     def _prompt(self, text, speakers, context, settings) -> Prompt:
         cfg = self.model.config
@@ -483,6 +579,8 @@ class Higgs:
             audio_in_id=cfg.audio_in_token_id,
             stream_bos=cfg.audio_stream_bos_id,
             stream_eos=cfg.audio_stream_eos_id,
+            # The system and reference turns: all but the context turns and the text.
+            prefix_messages=len(messages) - 2 * len(context) - 1,
         )
 
     def _codes(self, results) -> np.ndarray:

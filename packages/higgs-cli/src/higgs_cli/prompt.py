@@ -84,6 +84,7 @@ class Prompt:
     input_ids: list[int]
     audio_ids: np.ndarray  # [N, K] delayed codes, one row per audio position, in order
     audio_out: np.ndarray  # [N] bool: which rows are audio out (the rest audio in)
+    prefix_tokens: int = 0  # the leading positions that belong to the constant turns
 
     @property
     def history(self) -> np.ndarray:
@@ -129,26 +130,31 @@ def _join_text(parts: list) -> list:
     return out
 
 
-def _pieces(messages: list[Message]):
-    """Yield ``(text, clip)`` pieces in order; clip is the codes of one audio placeholder."""
+def _pieces(messages: list[Message], numbered: bool = False):
+    """Yield ``(text, clip)`` pieces in order (``(message index, text, clip)`` when
+    ``numbered``); clip is the codes of one audio placeholder."""
+
+    def out(i, text, clip=None):
+        return (i, text, clip) if numbered else (text, clip)
+
     for i, m in enumerate(messages):
         start = "<|begin_of_text|>" if i == 0 else ""
-        yield f"{start}<|start_header_id|>{m.role}<|end_header_id|>\n\n", None
+        yield out(i, f"{start}<|start_header_id|>{m.role}<|end_header_id|>\n\n")
         for part in m.content():
             if isinstance(part, str):
-                yield part, None
+                yield out(i, part)
             elif m.role == "assistant":
-                yield AUDIO_OUT_BOS, None
-                yield AUDIO_OUT, part
-                yield AUDIO_EOS, None
+                yield out(i, AUDIO_OUT_BOS)
+                yield out(i, AUDIO_OUT, part)
+                yield out(i, AUDIO_EOS)
             else:
-                yield AUDIO_BOS, None
-                yield AUDIO_IN, part
-                yield AUDIO_EOS, None
+                yield out(i, AUDIO_BOS)
+                yield out(i, AUDIO_IN, part)
+                yield out(i, AUDIO_EOS)
         # Consecutive assistant turns are joined by <|eom_id|>, as in the release.
         nxt = messages[i + 1].role if i + 1 < len(messages) else None
-        yield ("<|eom_id|>" if m.role == nxt == "assistant" else "<|eot_id|>"), None
-    yield GENERATION_PREFIX, None
+        yield out(i, "<|eom_id|>" if m.role == nxt == "assistant" else "<|eot_id|>")
+    yield out(len(messages), GENERATION_PREFIX)
 
 
 def render(messages: list[Message]) -> str:
@@ -164,17 +170,24 @@ def encode_prompt(
     stream_bos: int,
     stream_eos: int,
     audio_in_id: int | None = None,
+    prefix_messages: int = 0,
 ) -> Prompt:
     """Tokenize ``messages`` piece by piece, as the release does.
 
     Each clip's placeholder (``<|AUDIO_OUT|>``, or ``<|AUDIO|>`` for audio in)
     becomes ``T + 2 + K - 1`` positions: the codes wrapped in stream BOS/EOS and
-    delayed, as the release's collator does for both kinds.
+    delayed, as the release's collator does for both kinds. ``prefix_messages``:
+    how many leading messages are the constant part (a voice's system and
+    reference turns); ``Prompt.prefix_tokens`` counts their positions. Each piece
+    is tokenized alone, so those positions are the same whatever follows.
     """
     ids: list[int] = []
     clips: list[np.ndarray] = []
     is_out: list[bool] = []
-    for text, clip in _pieces(messages):
+    prefix_tokens = 0
+    for index, text, clip in _pieces(messages, numbered=True):
+        if index == prefix_messages and not prefix_tokens:
+            prefix_tokens = len(ids)
         if clip is None:
             ids.extend(tokenizer.encode(text, add_special_tokens=False).ids)
             continue
@@ -189,7 +202,7 @@ def encode_prompt(
         is_out += [text == AUDIO_OUT] * n
     K = clips[0].shape[1] if clips else 0
     audio_ids = np.concatenate(clips).astype(np.int32) if clips else np.zeros((0, K), np.int32)
-    return Prompt(render(messages), ids, audio_ids, np.array(is_out, dtype=bool))
+    return Prompt(render(messages), ids, audio_ids, np.array(is_out, dtype=bool), prefix_tokens)
 
 
 SPEAKER_TAG = re.compile(r"\[(SPEAKER(\d+))\]")

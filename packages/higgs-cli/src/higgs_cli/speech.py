@@ -35,6 +35,7 @@ class Speech:
     chunks: list[str] = field(default_factory=list)
     stop_reasons: list[str] = field(default_factory=list)
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt tokens, those a cached voice prefix held
     frames: int = 0
     seconds: float = 0.0  # processing time
 

@@ -126,6 +126,8 @@ class Stream:
     cache: list[KVCache]
     done: int = 0  # prompt positions in the cache
     cached: int = 0  # of which from a prefix
+    keep_prefix: int = 0  # snapshot the cache as `prefix` once this many positions are in
+    prefix: Prefix | None = None
     frames: list[mx.array] = field(default_factory=list)
     state: RowState | None = None  # its own, until it joins the batch
     end: int = 0  # the last frame that can exist (tightened when EOS shows)
@@ -198,11 +200,14 @@ class Batch:
         seed: int = 0,
         history=None,
         prefix: Prefix | None = None,
+        keep_prefix: int = 0,
     ) -> Stream:
         """Queue a stream: ``input_ids`` ends with ``<|audio_out_bos|>``; each audio
         placeholder takes the next row of ``audio_ids [N, K]``; RAS looks back
         over ``history [M, K]`` (default: all of ``audio_ids``). ``prefix``: the
-        cached state of the prompt's first positions."""
+        cached state of the prompt's first positions. ``keep_prefix``: make
+        ``stream.prefix`` of the first this many positions on the way (a chunk of
+        the prefill ends there)."""
         model, cfg = self.model, self.model.config
         ids = np.asarray(input_ids.tolist() if isinstance(input_ids, mx.array) else input_ids)
         if ids.ndim != 1 or ids.size == 0:
@@ -233,6 +238,8 @@ class Batch:
         if prefix is not None:
             self._check_prefix(prefix, ids, audio)
             cache, done = prefix.fresh_cache(), prefix.length
+        if not 0 <= keep_prefix < len(ids):
+            raise ValueError(f"keep_prefix must lie in 0..{len(ids) - 1}, got {keep_prefix}")
         # The synthetic BOS frame rides at the end of the prefill: its logits give frame 1.
         first = mx.full((1, K), cfg.audio_stream_bos_id, dtype=mx.int32)
         stream = Stream(
@@ -247,6 +254,7 @@ class Batch:
             done=done,
             cached=done,
             end=max_frames,
+            keep_prefix=keep_prefix if keep_prefix > done else 0,
         )
         self.waiting.append(stream)
         return stream
@@ -349,8 +357,12 @@ class Batch:
         if not s.t0:
             s.t0 = time.perf_counter()
         end = min(s.done + self.prefill_chunk, len(s.ids))
+        if s.done < s.keep_prefix:
+            end = min(end, s.keep_prefix)
         logits = self.model.prefill_chunk(s.ids, s.audio, s.cache, s.done, end)
         s.done = end
+        if end == s.keep_prefix:
+            s.prefix = self._snapshot(s)
         if end < len(s.ids):
             mx.eval([c.state for c in s.cache])
             return
@@ -370,6 +382,20 @@ class Batch:
             return
         self.state = state if self.state is None else RowState.concat([self.state, state])
         self.live.append(s)
+
+    def _snapshot(self, s: Stream) -> Prefix:
+        n = s.done
+        cache = []
+        for c in s.cache:
+            kept = KVCache()
+            # Copies: the stream goes on writing into its own cache.
+            kept.keys = mx.contiguous(c.keys[..., :n, :])
+            kept.values = mx.contiguous(c.values[..., :n, :])
+            kept.offset = n
+            cache.append(kept)
+        mx.eval([c.state for c in cache])
+        n_audio = int(self.model.audio_mask(s.ids[:n]).sum())
+        return Prefix(s.ids[:n].copy(), s.audio[:n_audio] if n_audio else None, cache)
 
     def _finish(self, s: Stream, reason: str, now: float):
         stacked = mx.stack(s.frames, axis=1) if s.frames else None

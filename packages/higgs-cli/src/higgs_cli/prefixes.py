@@ -1,0 +1,127 @@
+"""Voice prefixes kept for reuse: in memory (an LRU bounded in bytes) and on disk
+beside the voice.
+
+A prompt's constant beginning (the system turn with its scene, the reference
+turns with a voice's transcript and codes) is the same for every text spoken in
+that voice, so its KV state (a :class:`higgs_core.Prefix`) is computed once.
+Its key covers everything that changes that state: the model (its checkpoint
+fingerprint, weight dtype, quantization, and whether the CPU kernels run it),
+the positions' token ids and the codes of their audio. Files are mlx-lm's
+prompt-cache safetensors, checked against the key and the model's shapes when
+read; a stale or damaged file is reported and made again.
+"""
+
+import hashlib
+import os
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+from mlx_lm.models.cache import KVCache, load_prompt_cache, save_prompt_cache
+
+from higgs_core import Prefix
+
+FORMAT = "higgs-prefix-1"
+
+
+def model_identity(model, model_fingerprint: str) -> str:
+    """What about a model changes a prefix's KV state."""
+    weight = model.audio_codebook_embeddings.weight  # never quantized: the activations' dtype
+    quant = model.config.quantization or {}
+    kernels = getattr(model, "kernels", "")
+    return "|".join(
+        [
+            model_fingerprint,
+            str(weight.dtype),
+            f"{quant.get('bits')}/{quant.get('group_size')}",
+            "kernels" if kernels.startswith("higgs-kernels") else str(mx.default_device()),
+        ]
+    )
+
+
+def prefix_key(identity: str, ids: np.ndarray, audio: np.ndarray | None) -> str:
+    h = hashlib.sha256(f"{FORMAT}|{identity}|".encode())
+    h.update(np.asarray(ids, np.int64).tobytes())
+    if audio is not None:
+        h.update(np.asarray(audio, np.int32).tobytes())
+    return h.hexdigest()[:24]
+
+
+class PrefixCache:
+    """Prefixes by key, least recently used dropped first, at most ``max_bytes``."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max(int(max_bytes), 0)
+        self._items: OrderedDict[str, Prefix] = OrderedDict()
+        self.hits = self.misses = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self._items.values())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: str) -> Prefix | None:
+        prefix = self._items.get(key)
+        if prefix is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._items.move_to_end(key)
+        return prefix
+
+    def put(self, key: str, prefix: Prefix):
+        if prefix.nbytes > self.max_bytes:
+            return
+        self._items[key] = prefix
+        self._items.move_to_end(key)
+        total = self.nbytes
+        while total > self.max_bytes:
+            _, dropped = self._items.popitem(last=False)
+            total -= dropped.nbytes
+
+
+def save_prefix(path: Path, key: str, prefix: Prefix):
+    """Write a prefix to ``path`` (a temporary file renamed into place)."""
+    metadata = {"format": FORMAT, "key": key, "length": str(prefix.length)}
+    metadata["ids"] = ",".join(str(int(i)) for i in prefix.ids)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".safetensors")
+    os.close(fd)
+    try:
+        save_prompt_cache(tmp, prefix.cache, metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_prefix(path: Path, key: str, model, audio: mx.array | None) -> Prefix:
+    """Read a prefix written by :func:`save_prefix`; ValueError if it is not the
+    one ``key`` names for this model, or is damaged."""
+    try:
+        cache, metadata = load_prompt_cache(str(path), return_metadata=True)
+    except Exception as e:  # a torn or foreign file: safetensors, JSON or key errors
+        raise ValueError(f"unreadable ({type(e).__name__}: {e})") from e
+    if metadata.get("format") != FORMAT or metadata.get("key") != key:
+        raise ValueError("made for another model or prompt")
+    try:
+        length = int(metadata["length"])
+        ids = np.array([int(i) for i in metadata["ids"].split(",")], np.int64)
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"damaged metadata ({e})") from e
+    cfg = model.config
+    want = (1, cfg.num_key_value_heads, length, cfg.head_dim)
+    dtype = model.audio_codebook_embeddings.weight.dtype
+    if len(cache) != cfg.num_hidden_layers or len(ids) != length:
+        raise ValueError(f"holds {len(cache)} layers of {len(ids)} positions")
+    for c in cache:
+        if not isinstance(c, KVCache) or c.offset != length:
+            raise ValueError("not a KV cache of the prefix's length")
+        for a in (c.keys, c.values):
+            if tuple(a.shape) != want or a.dtype != dtype:
+                raise ValueError(f"an array of shape {tuple(a.shape)} and type {a.dtype}")
+    return Prefix(ids, audio, cache)
