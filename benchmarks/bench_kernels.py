@@ -4,6 +4,7 @@ stock MLX vs the memory-bandwidth floor, all measured in one run.
     uv run python benchmarks/bench_kernels.py                     # everything (~6 minutes)
     uv run python benchmarks/bench_kernels.py --quick             # fewer repeats, no stock prefill
     uv run python benchmarks/bench_kernels.py --part attention    # attention only (~1 minute)
+    uv run python benchmarks/bench_kernels.py --part batch        # a few rows at once (~2 minutes)
 
 Per real layer shape (hidden 3072; q/o 3072x3072, k/v 1024x3072, gate/up
 8192x3072, down 3072x8192, audio head 8208x3072) and per weight format (bf16,
@@ -26,6 +27,11 @@ step: us per layer, GB/s of K/V read, against stock
 ``mx.fast.scaled_dot_product_attention`` and the read floor; and causal prefill of
 512 queries over 512 and 1500 keys (a prompt chunk over a cache): ms per layer
 and GFLOP/s (counting only the unmasked scores), kernels vs stock.
+
+Batch (``--part batch``): one layer's q, k, gate and down shapes with 1, 2, 4, 8,
+16 and 32 rows of bf16 activations per call (a batched decode step's rows), per
+weight format: ms for the four calls, and throughput (rows per ms) as a multiple
+of the one-row figure.
 
 Figures are medians of repeats; the machine may be shared, so compare ratios
 taken within the run.
@@ -214,7 +220,9 @@ def attention_figures(bw, repeats, with_stock):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, no stock prefill")
-    parser.add_argument("--part", choices=["all", "linear", "attention"], default="all")
+    parser.add_argument(
+        "--part", choices=["all", "linear", "attention", "batch"], default="all"
+    )
     args = parser.parse_args()
     repeats = 3 if args.quick else 9
     if not hk.available():
@@ -228,6 +236,28 @@ def main():
     if args.part in ("all", "attention"):
         print()
         attention_figures(max(bw, read_bandwidth(repeats)), repeats, not args.quick)
+    if args.part in ("all", "batch"):
+        print()
+        batch_figures(repeats)
+
+
+def batch_figures(repeats, rows=(1, 2, 4, 8, 16, 32)):
+    """The issue's probe: q, k, gate, down with several activation rows per call."""
+    shapes = [SHAPES["q"], SHAPES["k/v"], SHAPES["gate/up"], SHAPES["down"]]
+    print("a batched step's rows: q + k + gate + down of one layer, bf16 activations")
+    print(f"{'fmt':>4} " + " ".join(f"{f'{r} rows':>17}" for r in rows))
+    for fmt in FORMATS:
+        sets = []
+        for n, k, _ in shapes:
+            one = make_weight(n, k, fmt, mx.random.key(0))
+            copies = max(2, -(-(128 << 20) // nbytes(one)))
+            keys = mx.random.split(mx.random.key(n + k), copies)
+            sets.append([make_weight(n, k, fmt, keys[i]) for i in range(copies)])
+            mx.eval(sets[-1])
+        ms = [sum(per_call_ms(ws, fmt, True, repeats, rows=r) for ws in sets) for r in rows]
+        cells = [f"{m:7.2f} ms {r / m * ms[0]:5.1f}x" for r, m in zip(rows, ms, strict=True)]
+        print(f"{fmt:>4} " + " ".join(f"{c:>17}" for c in cells))
+        del sets
 
 
 def linear_figures(bw, repeats, quick):

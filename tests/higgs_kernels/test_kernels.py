@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-ROWS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 23]
+ROWS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 16, 23]
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 OUT_ULP = {mx.float32: 0.0, mx.bfloat16: 2.0**-8, mx.float16: 2.0**-11}
 

@@ -73,15 +73,16 @@ void from_f32(const float* src, int64_t count, void* dst, DType t) {
 }
 
 constexpr int64_t KC = 256;  // depth of a packed panel (a multiple of every group size)
+constexpr int64_t kGemvRows = 16;  // rows of x the matrix-vector kernels take; more are a matmul
 constexpr int64_t NC = 64;   // output columns per task in the prefill path
 
 // Rows of W per matrix-vector task: a few tasks per thread so a late-waking
 // thread does not hold up the rest; multiples of 8 so every task runs the
 // widest tiles.
-int64_t task_rows(int64_t N) {
+int64_t task_rows(int64_t N, int64_t align = 8) {
   const int threads = num_threads();
   int64_t rows = (N + 4 * threads - 1) / (4 * threads);
-  return std::max<int64_t>(16, (rows + 7) / 8 * 8);
+  return std::max<int64_t>(16, (rows + align - 1) / align * align);
 }
 
 void gemv_path(const Isa& isa, const Weight& w, const float* x, int m, float* y) {
@@ -100,7 +101,8 @@ void gemv_path(const Isa& isa, const Weight& w, const float* x, int m, float* y)
   const Isa& use = isa.gemv_supports(w) ? isa : isa_generic();
   std::vector<uint8_t> prepared;
   use.prepare(w, x, m, prepared);
-  const int64_t rows = task_rows(N);
+  // Several x rows take W in blocks of 24 rows: tasks of whole blocks.
+  const int64_t rows = task_rows(N, m >= 2 ? 24 : 8);
   const int tasks = int((N + rows - 1) / rows);
   const float* xs = xsum.empty() ? nullptr : xsum.data();
   parallel_for(tasks, [&](int t) {
@@ -196,7 +198,7 @@ void linear(const Weight& w, const void* x, DType xt, int64_t m, void* y, DType 
       const int64_t n0 = t * rows;
       chosen.gemv_bf16(w, static_cast<const uint16_t*>(x), n0, std::min(w.N, n0 + rows), yf);
     });
-  } else if (m <= 8) {
+  } else if (m <= kGemvRows) {
     gemv_path(chosen, w, xf, int(m), yf);
   } else {
     gemm_path(chosen, w, xf, m, yf);

@@ -80,9 +80,10 @@ void dense_rows(const Weight& w, const float* x, int64_t n0, int64_t n1, float* 
                 int64_t ldy) {
   // One row of W at a time for a single x row: one long sequential stream,
   // which the prefetchers follow best; eight accumulators hide FMA latency.
-  // More x rows share each load of W across NB rows instead.
-  constexpr int NB = R == 1 ? 1 : R == 2 ? 4 : R <= 4 ? 2 : 1;
-  constexpr int ACC = R == 1 ? 8 : 1;
+  // (More x rows take dense_multi's register tiles.)
+  static_assert(R == 1);
+  constexpr int NB = 1;
+  constexpr int ACC = 8;
   int64_t n = n0;
   for (; n + NB <= n1; n += NB) dense_block<T, R, NB, ACC>(w.data, w.K, x, n, y, ldy);
   for (; n < n1; ++n) dense_block<T, R, 1, ACC>(w.data, w.K, x, n, y, ldy);
@@ -110,6 +111,133 @@ void gemv_bf16(const Weight& w, const uint16_t* x, int64_t n0, int64_t n1, float
     const auto* wr = static_cast<const uint16_t*>(w.data) + n * K;
     for (; k < K; ++k) s += bf16_to_f32(x[k]) * bf16_to_f32(wr[k]);
     y[n] = s;
+  }
+}
+
+// ---- dense weights, 2 to 16 rows of x: register tiles ----
+//
+// A tile is RT (<= 4) rows of x by NB rows of W, RT * NB fp32 accumulators,
+// looping over the x rows inside each k step so that the NB rows of W (as
+// fp32) stay in registers. The rows of W come in blocks of kBlockRows, read
+// from memory once and from cache again for every group of four x rows. Every
+// (x row, W row) pair sums in the same order whatever tile it is in, so a
+// row's result does not depend on the other rows of the call.
+
+constexpr int64_t kBlockRows = 24;  // a multiple of every tile's NB
+
+// 16 bf16 weights as two fp32 vectors with no shuffle across 128-bit lanes:
+// lo holds weights 0-3 and 8-11, hi 4-7 and 12-15 (x is prepared in that order).
+inline void bf16x16(const uint16_t* p, __m256& lo, __m256& hi) {
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  const __m256i z = _mm256_setzero_si256();
+  lo = _mm256_castsi256_ps(_mm256_unpacklo_epi16(z, v));
+  hi = _mm256_castsi256_ps(_mm256_unpackhi_epi16(z, v));
+}
+constexpr int kBf16Order[16] = {0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15};
+
+// x as fp32 [m, K], each whole 16-value block in kBf16Order (the tail as it is).
+void prepare_bf16_rows(const Weight& w, const float* x, int m, std::vector<uint8_t>& out) {
+  const int64_t K = w.K, whole = K / 16 * 16;
+  out.resize(size_t(m) * K * 4);
+  auto* xp = reinterpret_cast<float*>(out.data());
+  for (int r = 0; r < m; ++r) {
+    const float* xr = x + r * K;
+    float* dst = xp + r * K;
+    for (int64_t b = 0; b < whole; b += 16)
+      for (int p = 0; p < 16; ++p) dst[b + p] = xr[b + kBf16Order[p]];
+    for (int64_t k = whole; k < K; ++k) dst[k] = xr[k];
+  }
+}
+
+// The tiles take columns [k0, k1) of W and x (k0 a multiple of 16; rows at
+// stride K) and add their sums into y when `add`.
+template <int RT, int NB>
+inline void bf16_tile(const uint16_t* W, int64_t K, int64_t k0, int64_t k1, const float* xp,
+                      int64_t n, float* y, int64_t ldy, bool add) {
+  __m256 acc[RT][NB];
+  for (int r = 0; r < RT; ++r)
+    for (int j = 0; j < NB; ++j) acc[r][j] = _mm256_setzero_ps();
+  int64_t k = k0;
+  for (; k + 16 <= k1; k += 16) {
+    __m256 lo[NB], hi[NB];
+    for (int j = 0; j < NB; ++j) bf16x16(W + (n + j) * K + k, lo[j], hi[j]);
+    for (int r = 0; r < RT; ++r) {
+      const __m256 xl = _mm256_loadu_ps(xp + r * K + k), xh = _mm256_loadu_ps(xp + r * K + k + 8);
+      for (int j = 0; j < NB; ++j) {
+        acc[r][j] = _mm256_fmadd_ps(xl, lo[j], acc[r][j]);
+        acc[r][j] = _mm256_fmadd_ps(xh, hi[j], acc[r][j]);
+      }
+    }
+  }
+  for (int r = 0; r < RT; ++r)
+    for (int j = 0; j < NB; ++j) {
+      float s = hsum(acc[r][j]);
+      for (int64_t t = k; t < k1; ++t) s += xp[r * K + t] * bf16_to_f32(W[(n + j) * K + t]);
+      float& out = y[r * ldy + n + j];
+      out = add ? out + s : s;
+    }
+}
+
+template <DType T, int RT, int NB>
+inline void dense_tile(const void* W, int64_t K, int64_t k0, int64_t k1, const float* x,
+                       int64_t n, float* y, int64_t ldy, bool add) {
+  __m256 acc[RT][NB];
+  for (int r = 0; r < RT; ++r)
+    for (int j = 0; j < NB; ++j) acc[r][j] = _mm256_setzero_ps();
+  int64_t k = k0;
+  for (; k + 8 <= k1; k += 8) {
+    __m256 wv[NB];
+    for (int j = 0; j < NB; ++j) wv[j] = load8<T>(W, (n + j) * K + k);
+    for (int r = 0; r < RT; ++r) {
+      const __m256 xv = _mm256_loadu_ps(x + r * K + k);
+      for (int j = 0; j < NB; ++j) acc[r][j] = _mm256_fmadd_ps(xv, wv[j], acc[r][j]);
+    }
+  }
+  for (int r = 0; r < RT; ++r)
+    for (int j = 0; j < NB; ++j) {
+      float s = hsum(acc[r][j]);
+      for (int64_t t = k; t < k1; ++t) s += x[r * K + t] * load_scalar(W, T, (n + j) * K + t);
+      float& out = y[r * ldy + n + j];
+      out = add ? out + s : s;
+    }
+}
+
+// Tiles of RT x rows over W rows [n0, n1): NB at a time, single rows at the end.
+template <DType T, int RT>
+inline void dense_group(const Weight& w, int64_t k0, int64_t k1, const float* x, int64_t n0,
+                        int64_t n1, float* y, int64_t ldy, bool add) {
+  if constexpr (T == DType::BF16) {
+    constexpr int NB = RT >= 3 ? 2 : RT == 2 ? 3 : 4;
+    const auto* W = static_cast<const uint16_t*>(w.data);
+    int64_t n = n0;
+    for (; n + NB <= n1; n += NB) bf16_tile<RT, NB>(W, w.K, k0, k1, x, n, y, ldy, add);
+    for (; n < n1; ++n) bf16_tile<RT, 1>(W, w.K, k0, k1, x, n, y, ldy, add);
+  } else {
+    constexpr int NB = RT >= 3 ? 3 : RT == 2 ? 4 : 6;
+    int64_t n = n0;
+    for (; n + NB <= n1; n += NB) dense_tile<T, RT, NB>(w.data, w.K, k0, k1, x, n, y, ldy, add);
+    for (; n < n1; ++n) dense_tile<T, RT, 1>(w.data, w.K, k0, k1, x, n, y, ldy, add);
+  }
+}
+
+// W in blocks of kBlockRows rows, each taken by every group of four x rows while
+// it is in cache. (Splitting K so four x rows stay in L1 measured no faster.)
+template <DType T>
+void dense_multi(const Weight& w, const float* x, int m, int64_t n0, int64_t n1, float* y,
+                 int64_t ldy) {
+  const int64_t K = w.K;
+  for (int64_t b = n0; b < n1; b += kBlockRows) {
+    const int64_t e = std::min(n1, b + kBlockRows);
+    for (int r0 = 0; r0 < m; r0 += 4) {
+      const float* xr = x + r0 * K;
+      float* yr = y + r0 * ldy;
+      switch (std::min(4, m - r0)) {
+        case 4: dense_group<T, 4>(w, 0, K, xr, b, e, yr, ldy, false); break;
+        case 3: dense_group<T, 3>(w, 0, K, xr, b, e, yr, ldy, false); break;
+        case 2: dense_group<T, 2>(w, 0, K, xr, b, e, yr, ldy, false); break;
+        default: dense_group<T, 1>(w, 0, K, xr, b, e, yr, ldy, false); break;
+      }
+    }
   }
 }
 
@@ -406,17 +534,16 @@ inline void unpack_words(const uint8_t* codes, __m256i* words) {
 
 constexpr int kAhead = 1;  // blocks of NB rows to prefetch ahead (2 measured no better)
 
+// R rows of x (xi and sx: int16 values [R, K] and scales [R, groups], those of
+// the call's rows r0.. r0 + R - 1; xsum and y likewise offset) by NB rows of W.
 template <int BITS, int G, int R, int NB>
-inline void int_block(const Weight& w, const float* xsum, const void* prepared, int m,
+inline void int_block(const Weight& w, const float* xsum, const int16_t* xi, const float* sx,
                       int64_t n, float* y, int64_t ldy) {
   constexpr int B = kBlock<BITS>, WORDS = B / 16;
   // G < B only for 4 bits in groups of 32: each 128-bit lane is one group.
   constexpr int STEPS = G >= B ? G / B : 1;
   const QWeight& q = w.quant;
   const int64_t K = w.K, groups = K / G, row_bytes = K * BITS / 8;
-  const auto* xi = static_cast<const int16_t*>(prepared);
-  const auto* sx = reinterpret_cast<const float*>(static_cast<const uint8_t*>(prepared) +
-                                                  int64_t(m) * K * 2);
   const uint8_t* rows[NB];
   for (int j = 0; j < NB; ++j)
     rows[j] = reinterpret_cast<const uint8_t*>(q.codes) + (n + j) * row_bytes;
@@ -474,26 +601,54 @@ inline void int_block(const Weight& w, const float* xsum, const void* prepared, 
 }
 
 template <int BITS, int G, int R>
-void int_rows(const Weight& w, const float* xsum, const void* prepared, int m, int64_t n0,
-              int64_t n1, float* y, int64_t ldy) {
-  // Few rows at a time: the integer chains need no latency hiding, and the
+void int_rows(const Weight& w, const float* xsum, const int16_t* xi, const float* sx,
+              int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  // Few rows of W at a time: the integer chains need no latency hiding, and the
   // prefetcher follows two streams better than four (16 vs 12 GB/s per thread).
-  constexpr int NB = R <= 2 ? 2 : 1;
+  constexpr int NB = 2;
   int64_t n = n0;
-  for (; n + NB <= n1; n += NB) int_block<BITS, G, R, NB>(w, xsum, prepared, m, n, y, ldy);
-  for (; n < n1; ++n) int_block<BITS, G, R, 1>(w, xsum, prepared, m, n, y, ldy);
+  for (; n + NB <= n1; n += NB) int_block<BITS, G, R, NB>(w, xsum, xi, sx, n, y, ldy);
+  for (; n < n1; ++n) int_block<BITS, G, R, 1>(w, xsum, xi, sx, n, y, ldy);
 }
 
-template <int BITS, int R>
+// Any number of x rows: W in blocks of kBlockRows rows, read from memory once,
+// each block taken by groups of up to four x rows (their int16 values stay in
+// L1 beside the codes; eight rows' worth of a long K do not).
+template <int BITS, int G>
+void int_multi(const Weight& w, const float* xsum, const void* prepared, int m, int64_t n0,
+               int64_t n1, float* y, int64_t ldy) {
+  const int64_t K = w.K, groups = K / G;
+  const auto* xi = static_cast<const int16_t*>(prepared);
+  const auto* sx = reinterpret_cast<const float*>(static_cast<const uint8_t*>(prepared) +
+                                                  int64_t(m) * K * 2);
+  const int64_t block = m <= 2 ? n1 - n0 : kBlockRows;
+  for (int64_t b = n0; b < n1; b += block) {
+    const int64_t e = std::min(n1, b + block);
+    for (int r0 = 0; r0 < m; r0 += 4) {
+      const int16_t* xr = xi + r0 * K;
+      const float* sr = sx + r0 * groups;
+      const float* xs = xsum + r0 * groups;
+      float* yr = y + r0 * ldy;
+      switch (std::min(4, m - r0)) {
+        case 4: int_rows<BITS, G, 4>(w, xs, xr, sr, b, e, yr, ldy); break;
+        case 3: int_rows<BITS, G, 3>(w, xs, xr, sr, b, e, yr, ldy); break;
+        case 2: int_rows<BITS, G, 2>(w, xs, xr, sr, b, e, yr, ldy); break;
+        default: int_rows<BITS, G, 1>(w, xs, xr, sr, b, e, yr, ldy); break;
+      }
+    }
+  }
+}
+
+template <int BITS>
 void int_bits(const Weight& w, const float* xsum, const void* prepared, int m, int64_t n0,
               int64_t n1, float* y, int64_t ldy) {
   switch (w.quant.group) {
     case 32:
-      return int_rows<BITS, 32, R>(w, xsum, prepared, m, n0, n1, y, ldy);
+      return int_multi<BITS, 32>(w, xsum, prepared, m, n0, n1, y, ldy);
     case 64:
-      return int_rows<BITS, 64, R>(w, xsum, prepared, m, n0, n1, y, ldy);
+      return int_multi<BITS, 64>(w, xsum, prepared, m, n0, n1, y, ldy);
     default:
-      return int_rows<BITS, 128, R>(w, xsum, prepared, m, n0, n1, y, ldy);
+      return int_multi<BITS, 128>(w, xsum, prepared, m, n0, n1, y, ldy);
   }
 }
 
@@ -502,8 +657,18 @@ inline bool int16_path(const Weight& w) {
   return w.quantized() && (w.quant.bits == 8 || (w.quant.bits == 4 && w.K % 64 == 0));
 }
 
+inline void int_bits_any(const Weight& w, const float* xsum, const void* prepared, int m,
+                         int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  if (w.quant.bits == 4) return int_bits<4>(w, xsum, prepared, m, n0, n1, y, ldy);
+  return int_bits<8>(w, xsum, prepared, m, n0, n1, y, ldy);
+}
+
 void prepare(const Weight& w, const float* x, int m, std::vector<uint8_t>& out) {
-  if (int16_path(w)) prepare_int16(w, x, m, out);
+  if (int16_path(w)) {
+    prepare_int16(w, x, m, out);
+  } else if (!w.quantized() && w.dtype == DType::BF16 && m >= 2) {
+    prepare_bf16_rows(w, x, m, out);
+  }
 }
 
 template <int R>
@@ -514,21 +679,42 @@ void gemv_r(const Weight& w, const float* x, const float* xsum, const void* prep
       if (w.quant.bits == 4) return quant_bits<4, R>(w, x, xsum, n0, n1, y, ldy);
       return quant_bits<6, R>(w, x, xsum, n0, n1, y, ldy);
     }
-    if (w.quant.bits == 4) return int_bits<4, R>(w, xsum, prepared, R, n0, n1, y, ldy);
-    return int_bits<8, R>(w, xsum, prepared, R, n0, n1, y, ldy);
+    if (w.quant.bits == 4) return int_bits<4>(w, xsum, prepared, R, n0, n1, y, ldy);
+    return int_bits<8>(w, xsum, prepared, R, n0, n1, y, ldy);
   }
-  switch (w.dtype) {
-    case DType::BF16:
-      return dense_rows<DType::BF16, R>(w, x, n0, n1, y, ldy);
-    case DType::F16:
-      return dense_rows<DType::F16, R>(w, x, n0, n1, y, ldy);
-    default:
-      return dense_rows<DType::F32, R>(w, x, n0, n1, y, ldy);
+  if constexpr (R == 1) {  // more rows take dense_multi
+    switch (w.dtype) {
+      case DType::BF16:
+        return dense_rows<DType::BF16, 1>(w, x, n0, n1, y, ldy);
+      case DType::F16:
+        return dense_rows<DType::F16, 1>(w, x, n0, n1, y, ldy);
+      default:
+        return dense_rows<DType::F32, 1>(w, x, n0, n1, y, ldy);
+    }
   }
 }
 
 void gemv(const Weight& w, const float* x, const float* xsum, const void* prepared, int m,
           int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  if (m >= 2 && !w.quantized()) {  // register tiles over any number of rows
+    switch (w.dtype) {
+      case DType::BF16:
+        return dense_multi<DType::BF16>(w, static_cast<const float*>(prepared), m, n0, n1, y,
+                                        ldy);
+      case DType::F16:
+        return dense_multi<DType::F16>(w, x, m, n0, n1, y, ldy);
+      default:
+        return dense_multi<DType::F32>(w, x, m, n0, n1, y, ldy);
+    }
+  }
+  if (m >= 2 && int16_path(w)) return int_bits_any(w, xsum, prepared, m, n0, n1, y, ldy);
+  if (m > 8) {  // the float-path quantized kernels take up to eight rows at a time
+    const int64_t groups = w.K / w.quant.group;
+    for (int r0 = 0; r0 < m; r0 += 8)
+      gemv(w, x + r0 * w.K, xsum + r0 * groups, prepared, std::min(8, m - r0), n0, n1,
+           y + r0 * ldy, ldy);
+    return;
+  }
   switch (m) {
     case 1:
       return gemv_r<1>(w, x, xsum, prepared, n0, n1, y, ldy);

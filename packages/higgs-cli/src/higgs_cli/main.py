@@ -554,14 +554,34 @@ def convert(src, dst, bits, group_size, force):
     show_default=True,
     help="Prompt positions for prefill.",
 )
+@click.option(
+    "--batch",
+    "batch_sizes",
+    type=click.IntRange(1, 64),
+    multiple=True,
+    help="Time batched decoding at these batch sizes instead (repeatable: --batch 1 --batch 8).",
+)
 @friendly
-def bench(layers, bits, dtype, group_size, frames, prompt_length):
+def bench(layers, bits, dtype, group_size, frames, prompt_length, batch_sizes):
     """Time the model at its real size with random weights (no download)."""
     import mlx.core as mx
 
-    from higgs_core.bench import run
+    from higgs_core.bench import run, run_batched
 
     click.echo(f"higgs {__version__}, mlx {mx.__version__}, device {mx.default_device()}")
+    if batch_sizes:
+        for b in bits:
+            figures = run_batched(
+                layers=layers,
+                dtype=getattr(mx, dtype),
+                bits=int(b),
+                group_size=int(group_size),
+                sizes=tuple(sorted(set(batch_sizes))),
+                frames=frames,
+                prompt_length=prompt_length,
+            )
+            click.echo("\n" + "\n".join(figures.lines()))
+        return
     for b in bits:
         figures = run(
             layers=layers,

@@ -206,3 +206,83 @@ def run(
     del model, res
     mx.clear_cache()
     return figures
+
+
+@dataclass
+class BatchFigures:
+    label: str
+    layers: int
+    kernels: str
+    sizes: list[int]
+    step_ms: list[float]  # per batch step (one frame for every stream), steady state
+    peak_gb: float
+
+    def lines(self) -> list[str]:
+        base = self.step_ms[0] / self.sizes[0]  # ms per frame at the smallest batch
+        out = [
+            f"[{self.label}, batched] {self.layers}/28 layers, kernels: {self.kernels}",
+            "  batch   ms/step   frames/s   vs first   per-row ms",
+        ]
+        for B, ms in zip(self.sizes, self.step_ms, strict=True):
+            out.append(
+                f"  {B:5d}  {ms:8.1f}  {1e3 * B / ms:9.2f}  {base * B / ms:8.2f}x  {ms / B:10.1f}"
+            )
+        out.append(f"  peak memory {self.peak_gb:.2f} GB")
+        return out
+
+
+def run_batched(
+    *,
+    layers: int = 28,
+    dtype: mx.Dtype = mx.bfloat16,
+    bits: int = 0,
+    group_size: int = 64,
+    sizes: tuple[int, ...] = (1, 2, 4, 8),
+    frames: int = 16,
+    warmup: int = 3,
+    prompt_length: int = 256,
+    seed: int = 0,
+) -> BatchFigures:
+    """Aggregate decode throughput of :class:`higgs_core.Batch` for each batch size:
+    every stream starts from one cached prefix of the same prompt (so setting up B
+    streams costs one prefill) and decodes with its own seed; the figure is the
+    steady-state time of a batch step, which makes one frame for every stream."""
+    from higgs_core.batch import Batch, make_prefix
+
+    mx.clear_cache()
+    model = build(layers, dtype, bits, group_size)
+    mx.reset_peak_memory()
+    ids, audio = prompt(prompt_length, model.config, np.random.default_rng(seed))
+    prefix = make_prefix(model, ids[:-1], audio)
+    times = []
+    for B in sizes:
+        batch = Batch(model, max_batch=B)
+        streams = [
+            batch.submit(ids, audio, params=PARAMS, max_frames=1 << 20, seed=i, prefix=prefix)
+            for i in range(B)
+        ]
+        while batch.running < B:
+            batch.step()
+        for _ in range(warmup):
+            batch.step()
+        t0 = time.perf_counter()
+        for _ in range(frames):
+            batch.step()
+        mx.eval([s.frames[-1] for s in streams])
+        times.append(1e3 * (time.perf_counter() - t0) / frames)
+        for s in streams:
+            s.cancel()
+        batch.run()
+        del batch, streams
+        mx.clear_cache()
+    figures = BatchFigures(
+        label=f"q{bits}" if bits else str(dtype).removeprefix("mlx.core."),
+        layers=layers,
+        kernels=model.kernels,
+        sizes=list(sizes),
+        step_ms=times,
+        peak_gb=mx.get_peak_memory() / GB,
+    )
+    del model, prefix
+    mx.clear_cache()
+    return figures

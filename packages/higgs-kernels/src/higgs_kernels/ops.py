@@ -51,7 +51,7 @@ def _on_cpu(stream) -> bool:
 def linear(x: mx.array, w: mx.array, *, stream=None) -> mx.array:
     """``x @ w.T`` for a float32/bfloat16/float16 weight ``w`` [N, K] and ``x`` [..., K].
 
-    Up to 8 rows of ``x`` take the one-pass matrix-vector kernel, more rows the
+    Up to 16 rows of ``x`` take the one-pass matrix-vector kernels, more rows the
     packed matmul. The result has MLX's dtype for ``x @ w.T``.
     """
     if _on_cpu(stream):
