@@ -409,9 +409,15 @@ class Higgs:
                     columns.push(frame)
                 if n // 5 > (n - len(frames)) // 5:
                     report(i, n, m, s + n / self.frame_rate)
+                if not decoder:
+                    return
                 # A few columns a push: the stream decoder's cost per push is mostly
-                # fixed (5 frames a push run 2x faster than 1), for 160 ms more latency.
-                if decoder and (codes := columns.take(PUSH_FRAMES)) is not None:
+                # fixed (5 frames a push run 2x faster than 1), for 160 ms more latency;
+                # until audio first comes out, as soon as the decoder can give some.
+                want = PUSH_FRAMES
+                if not sent:
+                    want = max(1, min(want, decoder.first_audio_frames - decoder.frames_in))
+                if (codes := columns.take(want)) is not None:
                     push(codes)
 
             res = yield from self._frames(

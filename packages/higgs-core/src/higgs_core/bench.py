@@ -28,10 +28,14 @@ PARAMS = SamplingParams(temperature=0.7, top_k=50, top_p=0.95, ras_window=7)
 GB = 1e9
 
 
-def build(layers: int, dtype: mx.Dtype, bits: int, group_size: int) -> HiggsAudioModel:
+def build(
+    layers: int, dtype: mx.Dtype, bits: int, group_size: int, config: ModelConfig | None = None
+) -> HiggsAudioModel:
     """The real-size model with random weights, filled one module at a time so
-    no float32 copy of it ever exists, then quantized with ``higgs_core.quantize``."""
-    model = HiggsAudioModel(ModelConfig(num_hidden_layers=layers))
+    no float32 copy of it ever exists, then quantized with ``higgs_core.quantize``.
+    ``config``: another configuration to build (its layer count is ``layers``)."""
+    config = (config or ModelConfig()).replace(num_hidden_layers=layers)
+    model = HiggsAudioModel(config)
     base = (0.02 * mx.random.normal((1 << 20,), key=mx.random.key(0))).astype(dtype)
 
     def random_like(v: mx.array) -> mx.array:
