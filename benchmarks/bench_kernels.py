@@ -220,9 +220,7 @@ def attention_figures(bw, repeats, with_stock):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, no stock prefill")
-    parser.add_argument(
-        "--part", choices=["all", "linear", "attention", "batch"], default="all"
-    )
+    parser.add_argument("--part", choices=["all", "linear", "attention", "batch"], default="all")
     args = parser.parse_args()
     repeats = 3 if args.quick else 9
     if not hk.available():

@@ -121,7 +121,7 @@ def main():
         )
 
     print(
-        f"{args.layers}/28 layers, {'q%d' % args.bits if args.bits else 'bf16'}, "
+        f"{args.layers}/28 layers, {f'q{args.bits}' if args.bits else 'bf16'}, "
         f"kernels: {model.kernels}; stream decoder first audio after "
         f"{codec.stream_decoder().first_audio_frames} code columns"
     )
