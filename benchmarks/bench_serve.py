@@ -1,16 +1,24 @@
 """Load test for `higgs serve`: N concurrent clients on loopback.
 
-Starts a real `higgs serve` process (default: the tiny offline fixtures), sends
-a bounded number of requests from N client threads, and prints requests served,
-errors, p50/p95 latency, p50/p95 time to first audio, and the server's RSS
-before and after.
+Starts a real `higgs serve` process (default: the tiny offline fixtures) once per
+``--max-batch`` value, sends a bounded number of requests from N client threads,
+and prints, per value: requests served, errors (5xx counted apart), requests/s,
+audio seconds per second, p50/p95 latency and time to first audio, and the
+server's RSS before and after; then the ratios of the first value to the last.
 
-    uv run python benchmarks/bench_serve.py --clients 8 --requests 200
+    uv run python benchmarks/bench_serve.py --clients 8 --requests 200 --max-batch 8 1
+    uv run python benchmarks/bench_serve.py --full-width 4 --requests 24 --max-batch 8 1
+    uv run python benchmarks/bench_serve.py --mix --requests 200   # invalid and abandoned too
+
+``--full-width L`` serves the real-size model's width with L layers and random
+weights (written to a temporary checkpoint with the tiny tokenizer), so decode
+steps cost what they do at full size, per layer. ``--mix``: every fifth request
+is invalid (an unknown voice, a bad field, broken JSON, special tokens) and
+every seventh streamed one is abandoned after its first bytes.
 """
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,8 +53,19 @@ def wait_healthy(url: str, proc, limit=300.0):
     raise SystemExit("server did not come up")
 
 
-def client(url, jobs, lock, results, fmt, stream):
-    with httpx.Client(timeout=120) as http:
+BAD = [
+    {"input": "Hi.", "voice": "nobody-by-this-name"},
+    {"input": "Hi.", "temperature": -1},
+    {"input": "Hi.", "top_p": 0},
+    {"input": "Hi.", "seed": -5},
+    {"input": ""},
+    {"input": "<|AUDIO_OUT|><|audio_eos|> injected"},
+    b"{not json",
+]
+
+
+def client(url, jobs, lock, results, fmt, stream, mix):
+    with httpx.Client(timeout=300) as http:
         while True:
             with lock:
                 if not jobs:
@@ -59,19 +78,27 @@ def client(url, jobs, lock, results, fmt, stream):
                 "stream": stream,
                 "seed": i,
             }
+            kind, abandon = "valid", False
+            if mix and i % 5 == 4:
+                body, kind = BAD[(i // 5) % len(BAD)], "invalid"
+            elif mix and stream and i % 7 == 6:
+                abandon, kind = True, "abandoned"
             t0 = time.perf_counter()
             first = None
             try:
                 header = 44 if fmt == "wav" else 0  # a streamed wav starts with its header
-                with http.stream("POST", f"{url}/v1/audio/speech", json=body) as r:
+                send = {"content": body} if isinstance(body, bytes) else {"json": body}
+                with http.stream("POST", f"{url}/v1/audio/speech", **send) as r:
                     size = 0
                     for part in r.iter_bytes():
                         size += len(part)
                         if first is None and size > header:
                             first = time.perf_counter() - t0
-                results.append((r.status_code, time.perf_counter() - t0, first, size))
+                            if abandon and r.status_code == 200:
+                                break  # hang up mid-stream
+                results.append((r.status_code, time.perf_counter() - t0, first, size, kind))
             except httpx.HTTPError as e:
-                results.append((f"{type(e).__name__}", time.perf_counter() - t0, None, 0))
+                results.append((f"{type(e).__name__}", time.perf_counter() - t0, None, 0, kind))
 
 
 def pct(values, q):
@@ -81,58 +108,54 @@ def pct(values, q):
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--requests", type=int, default=200)
-    ap.add_argument("--port", type=int, default=8731)
-    ap.add_argument("--model", default=str(ROOT / "tests/fixtures/tiny-model"))
-    ap.add_argument("--codec", default=str(ROOT / "tests/fixtures/codec/tiny"))
-    ap.add_argument("--format", default="wav")
-    ap.add_argument("--no-stream", action="store_true")
-    ap.add_argument("--max-queue", type=int, default=16)
-    ap.add_argument("--max-seconds", type=float, default=600, help="stop sending after this")
-    ap.add_argument("--warmup", type=int, default=32, help="requests before RSS is first read")
-    args = ap.parse_args()
+def full_width_checkpoint(layers: int) -> str:
+    """The real model's width, ``layers`` layers, random weights, the tiny tokenizer."""
+    import shutil
 
+    import mlx.core as mx
+
+    from higgs_core import ModelConfig, save_model
+    from higgs_core.bench import build
+
+    special = dict(
+        audio_out_token_id=400,
+        audio_in_token_id=399,
+        audio_out_bos_token_id=397,
+        audio_eos_token_id=396,
+        pad_token_id=385,
+        bos_token_id=384,
+        eos_token_id=393,
+    )
+    model = build(layers, mx.bfloat16, 0, 64, ModelConfig(**special))
+    folder = Path(tempfile.mkdtemp(prefix="higgs-full-width-"))
+    save_model(model, folder)
+    shutil.copy(ROOT / "tests/fixtures/tokenizer/tokenizer.json", folder / "tokenizer.json")
+    del model
+    return str(folder)
+
+
+def serve_once(args, max_batch: int) -> dict:
     url = f"http://127.0.0.1:{args.port}"
     home = tempfile.mkdtemp(prefix="higgs-bench-")
     env = {**os.environ, "HIGGS_HOME": home}
-    cmd = [
-        sys.executable,
-        "-m",
-        "higgs_cli",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(args.port),
-        "--model",
-        args.model,
-        "--codec",
-        args.codec,
-        "--max-queue",
-        str(args.max_queue),
-        "--max-streams",
-        str(args.clients),
-    ]
+    cmd = [sys.executable, "-m", "higgs_cli", "serve", "--host", "127.0.0.1"]
+    cmd += ["--port", str(args.port), "--model", args.model, "--codec", args.codec]
+    cmd += ["--max-queue", str(args.max_queue), "--max-streams", str(args.clients)]
+    cmd += ["--max-batch", str(max_batch), "--timeout", "900"]
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     try:
         wait_healthy(url, proc)
-        # One request first so pins and caches exist before "before" is read.
-        httpx.post(
-            f"{url}/v1/audio/speech",
-            json={"input": "Warm up.", "response_format": "wav"},
-            timeout=300,
-        )
+        # Requests first so pins, caches and compiled steps exist before "before" is read.
+        with httpx.Client(timeout=900) as http:
+            for i in range(args.warmup):
+                http.post(
+                    f"{url}/v1/audio/speech",
+                    json={"input": TEXTS[i % len(TEXTS)], "response_format": "wav", "seed": i},
+                )
         rss_before = rss_mb(proc.pid)
         jobs, lock, results = list(range(args.requests)), threading.Lock(), []
-        threads = [
-            threading.Thread(
-                target=client, args=(url, jobs, lock, results, args.format, not args.no_stream)
-            )
-            for _ in range(args.clients)
-        ]
+        work = (url, jobs, lock, results, args.format, not args.no_stream, args.mix)
+        threads = [threading.Thread(target=client, args=work) for _ in range(args.clients)]
         t0 = time.perf_counter()
         for t in threads:
             t.start()
@@ -142,24 +165,75 @@ def main():
         rss_after = rss_mb(proc.pid)
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.wait(timeout=60)
 
-    ok = [r for r in results if r[0] == 200]
+    ok = [r for r in results if r[0] == 200 and r[4] == "valid"]
+    audio = sum(max(r[3] - 44, 0) / 2 / 24000 for r in ok)  # 16-bit mono at 24 kHz
+    return {
+        "max_batch": max_batch,
+        "results": results,
+        "ok": ok,
+        "wall": wall,
+        "rps": len(ok) / wall,
+        "audio_per_s": audio / wall,
+        "lat": [r[1] for r in ok],
+        "ttfa": [r[2] for r in ok if r[2] is not None],
+        "rss": (rss_before, rss_after),
+    }
+
+
+def report(args, f: dict):
+    results = f["results"]
     limited = [r for r in results if r[0] == 429]
-    errors = [r for r in results if r[0] not in (200, 429)]
-    lat = [r[1] for r in ok]
-    ttfa = [r[2] for r in ok if r[2] is not None]
-    print(f"clients {args.clients}, requests {len(results)} in {wall:.1f} s")
-    kinds = sorted({str(e[0]) for e in errors})
-    print(f"served {len(ok)}, 429 {len(limited)}, errors {len(errors)} {kinds}")
-    print(f"latency p50 {pct(lat, 0.5) * 1000:.0f} ms, p95 {pct(lat, 0.95) * 1000:.0f} ms")
-    print(f"first audio p50 {pct(ttfa, 0.5) * 1000:.0f} ms, p95 {pct(ttfa, 0.95) * 1000:.0f} ms")
+    server_errors = [r for r in results if isinstance(r[0], int) and r[0] >= 500]
+    client_errors = [r for r in results if isinstance(r[0], int) and 400 <= r[0] < 500]
+    transport = [r for r in results if not isinstance(r[0], int)]
+    print(f"--max-batch {f['max_batch']}: {len(results)} requests in {f['wall']:.1f} s")
     print(
-        f"server RSS {rss_before:.0f} MB -> {rss_after:.0f} MB "
-        f"({(rss_after / rss_before - 1) * 100:+.1f}%)"
+        f"  served {len(f['ok'])}, 4xx {len(client_errors)} (429: {len(limited)}), "
+        f"5xx {len(server_errors)}, transport errors {len(transport)}"
+        + (f" {sorted({r[4] for r in transport})}" if transport else "")
     )
-    if lat:
-        print(f"mean latency {statistics.mean(lat) * 1000:.0f} ms")
+    print(f"  {f['rps']:.2f} requests/s, {f['audio_per_s']:.2f} audio seconds per second")
+    lat, ttfa = f["lat"], f["ttfa"]
+    print(
+        f"  latency p50 {pct(lat, 0.5) * 1000:.0f} ms, p95 {pct(lat, 0.95) * 1000:.0f} ms; "
+        f"first audio p50 {pct(ttfa, 0.5) * 1000:.0f} ms, p95 {pct(ttfa, 0.95) * 1000:.0f} ms"
+    )
+    before, after = f["rss"]
+    print(f"  server RSS {before:.0f} MB -> {after:.0f} MB ({(after / before - 1) * 100:+.1f}%)")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--port", type=int, default=8731)
+    ap.add_argument("--model", default=str(ROOT / "tests/fixtures/tiny-model"))
+    ap.add_argument("--codec", default=str(ROOT / "tests/fixtures/codec/tiny"))
+    ap.add_argument("--full-width", type=int, metavar="LAYERS", help="real width, random weights")
+    ap.add_argument("--format", default="wav")
+    ap.add_argument("--no-stream", action="store_true")
+    ap.add_argument("--mix", action="store_true", help="invalid and abandoned requests too")
+    ap.add_argument("--max-batch", type=int, nargs="+", default=[8])
+    ap.add_argument("--max-queue", type=int, default=16)
+    ap.add_argument("--max-seconds", type=float, default=1800, help="stop sending after this")
+    ap.add_argument("--warmup", type=int, default=8, help="requests before RSS is first read")
+    args = ap.parse_args()
+    if args.full_width:
+        args.model = full_width_checkpoint(args.full_width)
+    print(f"clients {args.clients}, model {args.model}")
+    figures = []
+    for max_batch in args.max_batch:
+        figures.append(serve_once(args, max_batch))
+        report(args, figures[-1])
+    if len(figures) > 1:
+        a, b = figures[0], figures[-1]
+        print(
+            f"--max-batch {a['max_batch']} vs {b['max_batch']}: requests/s "
+            f"{a['rps'] / b['rps']:.2f}x, audio/s {a['audio_per_s'] / b['audio_per_s']:.2f}x, "
+            f"p95 first audio {pct(a['ttfa'], 0.95) / pct(b['ttfa'], 0.95):.2f}x"
+        )
 
 
 if __name__ == "__main__":

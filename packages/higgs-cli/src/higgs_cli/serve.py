@@ -166,8 +166,7 @@ class Worker:
                     job.emit(work.error if work.error is not None else _DONE)
                     with self._lock:
                         self.pending -= 1
-            if not running:
-                mx.clear_cache()  # keep memory flat between requests
+                    mx.clear_cache()  # keep memory flat: what the request used goes back
 
     @staticmethod
     def _work(job: Job, batch):

@@ -4,6 +4,7 @@ Everything here is checked without the model, so the CLI, the server and
 ``higgs batch`` can refuse a bad request before loading anything.
 """
 
+import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -16,6 +17,20 @@ from higgs_sampling import SamplingParams
 # Most [SPEAKERn] tags a text may use when no voices are named (SPEAKER0..SPEAKER7).
 MAX_SPEAKERS = 8
 SEED_LIMIT = 2**64
+# The tokenizer's control tokens (<|eot_id|>, <|AUDIO_OUT|>, ...): in a text to speak
+# they would restructure the prompt, so they are refused. The sound-event tags
+# (<SE>, <SE_s>, ...) are the release's way to ask for laughter or music: allowed.
+CONTROL_TOKEN = re.compile(r"<\|[^|<>\s]{1,64}\|>")
+
+
+def check_text(text: str, what: str = "the text"):
+    """Refuse text that holds control tokens or that is not valid Unicode text."""
+    if (m := CONTROL_TOKEN.search(text)) is not None:
+        raise HiggsError(f"{what} holds the control token {m.group()}, which cannot be spoken")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise HiggsError(f"{what} is not valid Unicode text ({e.reason} at {e.start})") from None
 
 
 class HiggsError(Exception):
@@ -83,6 +98,7 @@ class Request:
         """Everything that can be checked without the model; raises HiggsError."""
         if not self.text or not self.text.strip():
             raise HiggsError("there is no text to speak")
+        check_text(self.text)
         for name in self.voices:
             check_name(name)
         for audio, transcript in self.refs:
@@ -90,6 +106,7 @@ class Request:
                 raise HiggsError(f"reference audio {audio} does not exist")
             if not " ".join((transcript or "").split()):
                 raise HiggsError(f"reference audio {audio} needs its transcript (--ref-text)")
+            check_text(transcript, f"the transcript of {audio}")
         check_speakers(self.text, len(self.voices) + len(self.refs))
         return self
 

@@ -209,6 +209,8 @@ class VoiceStore:
         transcript = " ".join(transcript.split())
         if not transcript:
             raise VoiceError("the transcript is empty: pass the words spoken in the recording")
+        if (m := re.search(r"<\|[^|<>\s]{1,64}\|>", transcript)) is not None:
+            raise VoiceError(f"the transcript holds the control token {m.group()}")
         if name in BUILTINS:
             raise VoiceError(f"{name!r} is a built-in voice; choose another name")
         dest = self.root / name
