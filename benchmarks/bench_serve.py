@@ -145,13 +145,15 @@ def serve_once(args, max_batch: int) -> dict:
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     try:
         wait_healthy(url, proc)
-        # Requests first so pins, caches and compiled steps exist before "before" is read.
-        with httpx.Client(timeout=900) as http:
-            for i in range(args.warmup):
-                http.post(
-                    f"{url}/v1/audio/speech",
-                    json={"input": TEXTS[i % len(TEXTS)], "response_format": "wav", "seed": i},
-                )
+        # Requests first, from as many clients, so that pins, caches, compiled steps and
+        # the working set of that many streams exist before "before" is read.
+        warm = list(range(args.warmup))
+        work = (url, warm, threading.Lock(), [], args.format, not args.no_stream, False)
+        threads = [threading.Thread(target=client, args=work) for _ in range(args.clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
         rss_before = rss_mb(proc.pid)
         jobs, lock, results = list(range(args.requests)), threading.Lock(), []
         work = (url, jobs, lock, results, args.format, not args.no_stream, args.mix)
@@ -218,7 +220,7 @@ def main():
     ap.add_argument("--max-batch", type=int, nargs="+", default=[8])
     ap.add_argument("--max-queue", type=int, default=16)
     ap.add_argument("--max-seconds", type=float, default=1800, help="stop sending after this")
-    ap.add_argument("--warmup", type=int, default=8, help="requests before RSS is first read")
+    ap.add_argument("--warmup", type=int, default=16, help="requests before RSS is first read")
     args = ap.parse_args()
     if args.full_width:
         args.model = full_width_checkpoint(args.full_width)
