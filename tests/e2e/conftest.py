@@ -55,7 +55,7 @@ def steer(monkeypatch):
     real = HiggsAudioModel.step_rows
     after: dict = {"n": None}
     steps: dict[int, int] = {}  # decode steps so far, per stream (its cache)
-    order: dict[int, int] = {}  # which generation a stream is
+    order: dict[int, int] = {}  # which generation a stream is, in order of submission
 
     def push(t, n, K, V, eos):
         is_eos = mx.arange(V)[None, :] == eos
@@ -70,13 +70,26 @@ def steer(monkeypatch):
         _, K, V = logits.shape
         pushes = []
         for cache in caches:
-            order.setdefault(id(cache), len(order))
             steps[id(cache)] = t = steps.get(id(cache), 0) + 1
             n = after["n"][min(order[id(cache)], len(after["n"]) - 1)]
             pushes.append(push(t, n, K, V, self.config.audio_stream_eos_id))
         return logits + mx.stack(pushes).astype(logits.dtype)
 
     monkeypatch.setattr(HiggsAudioModel, "step_rows", step_rows)
+
+    from higgs_core import Batch
+
+    submit = Batch.submit
+
+    def submitted(self, *args, **kwargs):
+        # A new stream: count its steps from 0 (the id of a finished stream's cache
+        # may come back for a new one).
+        stream = submit(self, *args, **kwargs)
+        steps[id(stream.cache)] = 0
+        order[id(stream.cache)] = len(order)
+        return stream
+
+    monkeypatch.setattr(Batch, "submit", submitted)
 
     def set_after(n):
         after["n"] = None if n is None else list(n) if isinstance(n, list | tuple) else [n]

@@ -146,15 +146,126 @@ class StatusLine:
         bar = "#" * filled + "-" * (20 - filled)
         chunk = f" chunk {p.chunk + 1}/{p.chunks}" if p.chunks > 1 else ""
         line = (
-            f"\r[{bar}]{chunk} {p.frames} frames | {p.audio_seconds:5.1f} s audio | "
+            f"[{bar}]{chunk} {p.frames} frames | {p.audio_seconds:5.1f} s audio | "
             f"{p.elapsed:5.1f} s | RTF {rtf:4.2f}"
         )
+        self.draw(line)
+
+    def draw(self, line: str):
+        line = "\r" + line
         self.width = max(self.width, len(line))
         click.echo(line.ljust(self.width), err=True, nl=False)
 
     def clear(self):
         if self.enabled and self.width:
             click.echo("\r" + " " * self.width + "\r", err=True, nl=False)
+
+
+SPEECH_OPTIONS = (
+    "scene",
+    "seed",
+    "temperature",
+    "top_k",
+    "top_p",
+    "ras_window",
+    "ras_max_repeat",
+    "max_seconds",
+    "chunk_words",
+)
+
+
+def speech_options(fn):
+    """The options of how to speak, shared by ``say`` and ``batch``: see :func:`settings_of`."""
+    for option in reversed(_SPEECH_DECORATORS):
+        fn = option(fn)
+    return fn
+
+
+def settings_of(options: dict, **more) -> Settings:
+    """The Settings the speech options say (popped from ``options``)."""
+    from higgs_sampling import SamplingParams
+
+    o = {name: options.pop(name) for name in SPEECH_OPTIONS}
+    return Settings(
+        sampling=SamplingParams(
+            temperature=o["temperature"],
+            top_k=o["top_k"],
+            top_p=o["top_p"],
+            ras_window=o["ras_window"],
+            ras_max_repeat=o["ras_max_repeat"],
+        ),
+        seed=o["seed"],
+        max_seconds=o["max_seconds"],
+        chunk_words=o["chunk_words"],
+        scene=o["scene"] or None,
+        **more,
+    )
+
+
+_SPEECH_DECORATORS = [
+    click.option(
+        "--scene",
+        default=DEFAULTS.scene,
+        show_default=True,
+        help="Scene description ('' for none).",
+    ),
+    click.option(
+        "--seed",
+        type=click.IntRange(0, 2**64 - 1),
+        default=DEFAULTS.seed,
+        show_default=True,
+        help="Random seed (0 .. 2^64-1).",
+    ),
+    click.option(
+        "--temperature",
+        type=click.FloatRange(0),
+        default=SAMPLING.temperature,
+        show_default=True,
+        help="0 is greedy. Sampling defaults are the release README's.",
+    ),
+    click.option(
+        "--top-k",
+        type=click.IntRange(0),
+        default=SAMPLING.top_k,
+        show_default=True,
+        help="0 disables.",
+    ),
+    click.option(
+        "--top-p",
+        type=click.FloatRange(0, 1, min_open=True),
+        default=SAMPLING.top_p,
+        show_default=True,
+        help="Nucleus mass kept; 1 disables.",
+    ),
+    click.option(
+        "--ras-window",
+        type=click.IntRange(0),
+        default=SAMPLING.ras_window,
+        show_default=True,
+        help="Repetition-aware sampling window; 0 disables.",
+    ),
+    click.option(
+        "--ras-max-repeat",
+        type=click.IntRange(1),
+        default=SAMPLING.ras_max_repeat,
+        show_default=True,
+        help="Repeats in the window that trigger a redraw.",
+    ),
+    click.option(
+        "--max-seconds",
+        type=click.FloatRange(0, min_open=True),
+        default=DEFAULTS.max_seconds,
+        show_default=True,
+        help="Most audio to make for the whole text.",
+    ),
+    click.option(
+        "--chunk-words",
+        type=click.IntRange(1),
+        default=DEFAULTS.chunk_words,
+        show_default=True,
+        help="Long-text chunk size, in words.",
+    ),
+]
 
 
 @cli.command(epilog=BUILTIN_NOTE)
@@ -195,65 +306,7 @@ class StatusLine:
     help="Put the reference voices in the system turn as audio in (the release's "
     "--ref_audio_in_system_message), instead of as earlier turns.",
 )
-@click.option(
-    "--scene", default=DEFAULTS.scene, show_default=True, help="Scene description ('' for none)."
-)
-@click.option(
-    "--seed",
-    type=click.IntRange(0, 2**64 - 1),
-    default=DEFAULTS.seed,
-    show_default=True,
-    help="Random seed (0 .. 2^64-1).",
-)
-@click.option(
-    "--temperature",
-    type=click.FloatRange(0),
-    default=SAMPLING.temperature,
-    show_default=True,
-    help="0 is greedy. Sampling defaults are the release README's.",
-)
-@click.option(
-    "--top-k",
-    type=click.IntRange(0),
-    default=SAMPLING.top_k,
-    show_default=True,
-    help="0 disables.",
-)
-@click.option(
-    "--top-p",
-    type=click.FloatRange(0, 1, min_open=True),
-    default=SAMPLING.top_p,
-    show_default=True,
-    help="Nucleus mass kept; 1 disables.",
-)
-@click.option(
-    "--ras-window",
-    type=click.IntRange(0),
-    default=SAMPLING.ras_window,
-    show_default=True,
-    help="Repetition-aware sampling window; 0 disables.",
-)
-@click.option(
-    "--ras-max-repeat",
-    type=click.IntRange(1),
-    default=SAMPLING.ras_max_repeat,
-    show_default=True,
-    help="Repeats in the window that trigger a redraw.",
-)
-@click.option(
-    "--max-seconds",
-    type=click.FloatRange(0, min_open=True),
-    default=DEFAULTS.max_seconds,
-    show_default=True,
-    help="Most audio to make for the whole text.",
-)
-@click.option(
-    "--chunk-words",
-    type=click.IntRange(1),
-    default=DEFAULTS.chunk_words,
-    show_default=True,
-    help="Long-text chunk size, in words.",
-)
+@speech_options
 @click.option("--stream", is_flag=True, help="Write (or play) audio while it is generated.")
 @click.option("--play", is_flag=True, help="Play through the speakers (needs the 'play' extra).")
 @model_options
@@ -269,25 +322,15 @@ def say(
     ref_audio,
     ref_text,
     ref_in_system,
-    scene,
-    seed,
-    temperature,
-    top_k,
-    top_p,
-    ras_window,
-    ras_max_repeat,
-    max_seconds,
-    chunk_words,
     stream,
     play,
     model,
     codec,
     quiet,
     verbose,
+    **speech,
 ):
     """Speak TEXT (or -f FILE, or stdin) into an audio file."""
-    from higgs_sampling import SamplingParams
-
     text = read_text(text, file).strip()
     if not text:
         fail("there is no text to speak")
@@ -303,20 +346,7 @@ def say(
         fail(f"{fmt} cannot stream to stdout; use --format wav or pcm")
     if output and output != "-" and not Path(output).parent.is_dir():
         fail(f"cannot write {output}: folder {Path(output).parent} does not exist")
-    settings = Settings(
-        sampling=SamplingParams(
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            ras_window=ras_window,
-            ras_max_repeat=ras_max_repeat,
-        ),
-        seed=seed,
-        max_seconds=max_seconds,
-        chunk_words=chunk_words,
-        scene=scene or None,
-        ref_in_system=ref_in_system,
-    )
+    settings = settings_of(speech, ref_in_system=ref_in_system)
     # Everything that can be checked is, before loading anything.
     request = Request(text, tuple(voices), tuple(zip(ref_audio, ref_text, strict=True)), settings)
     request.check()
@@ -379,6 +409,276 @@ def say(
         say_(f"  audio          {speech.duration:.2f} s")
         say_(f"  processing     {speech.seconds:.2f} s (RTF {speech.real_time_factor:.3f})")
         say_(f"  peak memory    {mx.get_peak_memory() / 1e9:.2f} GB")
+
+
+# batch ---------------------------------------------------------------------------
+
+
+class BatchLine(StatusLine):
+    """The batch's progress: rows done of all, audio seconds, audio s per s, ETA."""
+
+    def show(self, tally):
+        if not self.enabled:
+            return
+        finished = tally.done + tally.failed
+        total = max(tally.total - tally.skipped, 1)
+        rate = tally.audio_seconds / tally.elapsed if tally.elapsed else 0.0
+        eta = tally.elapsed / finished * (total - finished) if finished else float("nan")
+        filled = round(20 * finished / total)
+        line = (
+            f"[{'#' * filled}{'-' * (20 - filled)}] {finished}/{total} rows | "
+            f"{tally.audio_seconds:7.1f} s audio | {rate:5.2f} audio s/s | ETA {eta:5.0f} s"
+        )
+        self.draw(line)
+
+
+@cli.command("batch")
+@click.argument("manifest", metavar="MANIFEST")
+@click.option(
+    "-o",
+    "--output",
+    "outdir",
+    required=True,
+    metavar="OUTDIR",
+    help="Folder for <id>.<format> files and results.jsonl (with --ray: one every node sees, "
+    "or a URI such as s3://bucket/prefix).",
+)
+@click.option("--voice", metavar="NAME", help="Voice of rows that name none.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="wav",
+    show_default=True,
+    help="Format of rows that name none.",
+)
+@speech_options
+@click.option(
+    "--max-batch",
+    type=click.IntRange(1, 64),
+    default=8,
+    show_default=True,
+    help="Rows decoded together (per Ray actor with --ray).",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="local",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Run on a Ray cluster: 'auto', 'ray://host:port', or no value to start a local one.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Ray actors, each with the model loaded once.",
+)
+@click.option(
+    "--num-cpus",
+    type=click.FloatRange(0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="CPUs per Ray actor.",
+)
+@click.option(
+    "--num-gpus",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="GPUs per Ray actor.",
+)
+@model_options
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors and the summary.")
+@friendly
+def batch(
+    manifest,
+    outdir,
+    voice,
+    fmt,
+    max_batch,
+    ray_address,
+    workers,
+    num_cpus,
+    num_gpus,
+    model,
+    codec,
+    quiet,
+    **speech,
+):
+    """Speak every row of MANIFEST (JSON Lines or CSV with a header: id, text, and optionally
+    voice, ref_audio + ref_text, scene, seed, temperature, top_k, top_p, format) into OUTDIR.
+
+    Resumable: a row whose file and result line exist is skipped. A bad row is recorded in
+    results.jsonl and the others go on; the exit status is 1 if any row failed."""
+    from higgs_cli.batch import Defaults, Results, Tally, entry, read_manifest
+    from higgs_cli.batch_ray import Outdir, UriResults, import_ray, is_uri
+
+    if voice:
+        from higgs_cli.voices import check_name
+
+        check_name(voice)
+    if ray_address is not None:
+        import_ray()  # a clear line now if the extra is missing
+    elif is_uri(outdir):
+        fail(f"{outdir}: a URI as OUTDIR needs --ray (locally, give a folder)")
+    defaults = Defaults(settings_of(speech), voice, fmt)
+    rows = read_manifest(manifest, defaults)
+    if not is_uri(outdir):
+        out = Path(outdir)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / ".higgs-write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            fail(f"cannot write into {outdir}: {e.strerror or e}")
+    store_out = Outdir(outdir)
+    results = Results(Path(outdir)) if not is_uri(outdir) else UriResults(store_out)
+    tally = Tally(total=len(rows))
+    status = BatchLine(not quiet and sys.stderr.isatty())
+    todo, bad = [], []
+    for row in rows:
+        if row.error is None and row.id in results.done and store_out.exists(row.output):
+            tally.skipped += 1
+        elif row.error is None:
+            todo.append(row)
+        else:
+            bad.append(row)
+    _check_voices(todo, bad)
+
+    def record(result):
+        results.add(result)
+        tally.count(result)
+        status.show(tally)
+
+    for row in bad:
+        record(entry(row, None, error=row.error))
+    if todo and ray_address is None:
+        from higgs_cli.batch import run_local
+        from higgs_cli.pipeline import Higgs
+
+        tts = Higgs.from_pretrained(model, codec)
+
+        def warn(message):
+            if not quiet:
+                status.clear()
+                click.echo(f"higgs: warning: {message}", err=True)
+
+        try:
+            run_local(
+                tts,
+                todo,
+                Path(outdir),
+                results,
+                tally,
+                max_batch=max_batch,
+                on_result=lambda r: status.show(tally),
+                warn=warn,
+            )
+        finally:
+            status.clear()
+    elif todo:
+        from higgs_cli.batch_ray import run_ray
+
+        voices, items = _ray_items(todo, model, codec, record)
+        try:
+            for result in run_ray(
+                ray_address,
+                items,
+                voices,
+                outdir,
+                model=model,
+                codec=codec,
+                workers=workers,
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                max_batch=max_batch,
+            ):
+                record(result)
+        finally:
+            status.clear()
+    click.echo(f"higgs batch: {tally.summary()}", err=True)
+    if tally.failed:
+        sys.exit(1)
+
+
+def _check_voices(todo: list, bad: list):
+    """Rows naming a voice the store does not know fail now, before anything loads."""
+    from higgs_cli.voices import VoiceError, VoiceStore
+
+    store, known = VoiceStore(), {}
+    for row in list(todo):
+        if row.voice is None:
+            continue
+        if row.voice not in known:
+            try:
+                store.get(row.voice)
+                known[row.voice] = None
+            except VoiceError as e:
+                known[row.voice] = " ".join(str(e).split())
+        if known[row.voice] is not None:
+            row.error = known[row.voice]
+            todo.remove(row)
+            bad.append(row)
+
+
+def _ray_items(todo: list, model, codec, record):
+    """Every voice the rows use as (transcript, codes) and the rows as plain dicts; rows
+    whose voice cannot be resolved are recorded as failed."""
+    import json
+
+    from higgs_cli.batch import entry
+    from higgs_cli.pipeline import Higgs
+
+    voices, problems, tts = {}, {}, None
+    for row in todo:
+        key = row.voice or (f"ref:{row.ref[0]}|{row.ref[1]}" if row.ref else None)
+        if key is None or key in voices or key in problems:
+            continue
+        try:
+            if tts is None:  # pins and encodings need the model and codec, once
+                tts = Higgs.from_pretrained(model, codec)
+            if row.ref:
+                codes = tts.encode_file(row.ref[0])  # each distinct file once
+                voices[key] = (" ".join(row.ref[1].split()), codes.tolist())
+            else:
+                speaker = tts.speaker(row.voice)
+                voices[key] = (speaker.transcript, speaker.codes.tolist())
+        except Exception as e:
+            problems[key] = " ".join(str(e).split()) or type(e).__name__
+    del tts
+    items = []
+    for row in todo:
+        key = row.voice or (f"ref:{row.ref[0]}|{row.ref[1]}" if row.ref else None)
+        if key in problems:
+            record(entry(row, None, error=problems[key]))
+            continue
+        s = row.request.settings
+        changes = {
+            "seed": s.seed,
+            "temperature": s.sampling.temperature,
+            "top_k": s.sampling.top_k,
+            "top_p": s.sampling.top_p,
+            "ras_window": s.sampling.ras_window,
+            "ras_max_repeat": s.sampling.ras_max_repeat,
+            "max_seconds": s.max_seconds,
+            "chunk_words": s.chunk_words,
+            "scene": s.scene,
+        }
+        items.append(
+            {
+                "line": row.line,
+                "id": row.id,
+                "format": row.format,
+                "text": row.request.text,
+                "voice": key or "",
+                "settings": json.dumps(changes),
+            }
+        )
+    return voices, items
 
 
 # voices --------------------------------------------------------------------------

@@ -258,6 +258,12 @@ class Higgs:
         for audio, transcript in request.refs:
             codes = self.encode_file(audio)
             out.append(Speaker(transcript=" ".join(transcript.split()), codes=codes))
+        for transcript, codes in request.clones:
+            if codes.shape[0] != self.num_codebooks:
+                raise HiggsError(
+                    f"a cloned voice has {codes.shape[0]} codebooks, the model {self.num_codebooks}"
+                )
+            out.append(Speaker(transcript=transcript, codes=np.asarray(codes, np.int32)))
         return out
 
     def request(self, text, *, voice=None, voices=(), refs=(), settings=None, **overrides):
@@ -371,7 +377,13 @@ class Higgs:
 
     def _speak(self, request: Request, batch: Batch, emit, progress, warn) -> Work:
         settings = request.settings
-        warn = warn or _quiet
+        warnings: list[str] = []
+        tell = warn or _quiet
+
+        def warn(message: str):
+            warnings.append(message)
+            tell(message)
+
         start = time.perf_counter()
         speakers = yield from self._speakers(request, batch, warn)
         pieces = chunk_text(normalize(request.text), settings.chunk_words)
@@ -471,6 +483,7 @@ class Higgs:
             cached_tokens=sum(res.cached_tokens for _, _, res in done),
             frames=sum(res.num_frames for _, _, res in done),
             seconds=time.perf_counter() - start,
+            warnings=warnings,
         )
 
     def _frames(
@@ -530,7 +543,7 @@ class Higgs:
     def _prefix_folder(self, request: Request) -> Path | None:
         """Where a request's voice prefixes are stored: beside its voice, when its
         speakers are stored voices."""
-        if not request.voices or request.refs:
+        if not request.voices or request.refs or request.clones:
             return None
         folder = self.voices.root / request.voices[0]
         return folder if folder.is_dir() else None

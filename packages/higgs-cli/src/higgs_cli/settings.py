@@ -86,13 +86,16 @@ class Request:
     the server and ``higgs batch`` all hand the pipeline.
 
     ``voices`` name stored voices for SPEAKER0, SPEAKER1, ...; ``refs`` are
-    ``(audio file, transcript)`` recordings cloned without storing, after them.
+    ``(audio file, transcript)`` recordings cloned without storing, after them;
+    ``clones`` are ``(transcript, codes [K, T])`` voices already encoded (what
+    ``higgs batch`` ships to Ray workers, which have no voice store), last.
     """
 
     text: str
     voices: tuple[str, ...] = ()
     refs: tuple[tuple[str, str], ...] = ()
     settings: Settings = field(default_factory=Settings)
+    clones: tuple[tuple[str, np.ndarray], ...] = ()
 
     def check(self) -> "Request":
         """Everything that can be checked without the model; raises HiggsError."""
@@ -107,7 +110,11 @@ class Request:
             if not " ".join((transcript or "").split()):
                 raise HiggsError(f"reference audio {audio} needs its transcript (--ref-text)")
             check_text(transcript, f"the transcript of {audio}")
-        check_speakers(self.text, len(self.voices) + len(self.refs))
+        for transcript, codes in self.clones:
+            check_text(transcript, "a voice's transcript")
+            if not (isinstance(codes, np.ndarray) and codes.ndim == 2 and codes.size):
+                raise HiggsError("a cloned voice's codes must be a [K, T] array")
+        check_speakers(self.text, len(self.voices) + len(self.refs) + len(self.clones))
         return self
 
 

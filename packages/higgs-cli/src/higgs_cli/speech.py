@@ -38,6 +38,7 @@ class Speech:
     cached_tokens: int = 0  # of the prompt tokens, those a cached voice prefix held
     frames: int = 0
     seconds: float = 0.0  # processing time
+    warnings: list[str] = field(default_factory=list)  # what was reported while it was made
 
     @property
     def duration(self) -> float:
