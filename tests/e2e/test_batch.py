@@ -34,8 +34,8 @@ BAD = [
 ]
 
 
-def manifest(tmp_path, rows):
-    path = tmp_path / "manifest.jsonl"
+def manifest(tmp_path, rows, name="manifest.jsonl"):
+    path = tmp_path / name
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF not a wave at all")
     lines = []
@@ -209,6 +209,7 @@ def test_ray_batch_matches_the_local_one(home, tmp_path, ray_cluster):
     rows = [*GOOD, {"id": "z", "text": "One more for the other worker.", "seed": 9}]
     path = manifest(tmp_path, [*rows, BAD[3][0], BAD[4][0]])
     local, remote = tmp_path / "local", tmp_path / "ray"
+    env = {**RAY_ENV, **os.environ}
     assert run("batch", path, "-o", local, "--max-seconds", "2", "-q").exit_code == 1
     r = higgs(
         "batch",
@@ -223,7 +224,7 @@ def test_ray_batch_matches_the_local_one(home, tmp_path, ray_cluster):
         "2",
         "--max-batch",
         "2",
-        env={**RAY_ENV, **os.environ},
+        env=env,
     )
     assert r.returncode == 1, r.stderr  # the two bad rows
     assert "5 of 7 rows spoken, 2 failed" in r.stderr
@@ -236,6 +237,13 @@ def test_ray_batch_matches_the_local_one(home, tmp_path, ray_cluster):
         assert a == b, row["id"]  # the same audio, whichever actor spoke it
     got = {e["id"]: e for e in results(remote)}
     assert got["e"]["error"] == "missing text" and "unknown voice" in got["f"]["error"]
+    # OUTDIR as a pyarrow filesystem URI (file:// here; s3:// alike).
+    uri = f"file://{tmp_path / 'by-uri'}"
+    small = manifest(tmp_path, rows[:2], "small.jsonl")
+    r = higgs("batch", small, "-o", uri, "--ray", ray_cluster, "--max-seconds", "2", env=env)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "by-uri" / "a.wav").read_bytes() == (local / "a.wav").read_bytes()
+    assert {e["id"] for e in results(tmp_path / "by-uri")} == {"a", "b"}
     # Resumable on the cluster too: nothing left to do.
     r = higgs(
         "batch",
@@ -246,6 +254,6 @@ def test_ray_batch_matches_the_local_one(home, tmp_path, ray_cluster):
         ray_cluster,
         "--max-seconds",
         "2",
-        env=RAY_ENV | dict(os.environ),
+        env=env,
     )
     assert "5 already done" in r.stderr

@@ -633,7 +633,7 @@ def _ray_items(todo: list, model, codec, record):
     from higgs_cli.batch import entry
     from higgs_cli.pipeline import Higgs
 
-    voices, problems, tts = {}, {}, None
+    voices, problems, tts, encoded = {}, {}, None, {}
     for row in todo:
         key = row.voice or (f"ref:{row.ref[0]}|{row.ref[1]}" if row.ref else None)
         if key is None or key in voices or key in problems:
@@ -642,8 +642,10 @@ def _ray_items(todo: list, model, codec, record):
             if tts is None:  # pins and encodings need the model and codec, once
                 tts = Higgs.from_pretrained(model, codec)
             if row.ref:
-                codes = tts.encode_file(row.ref[0])  # each distinct file once
-                voices[key] = (" ".join(row.ref[1].split()), codes.tolist())
+                path = str(Path(row.ref[0]).resolve())
+                if path not in encoded:  # each distinct file once
+                    encoded[path] = tts.encode_file(path).tolist()
+                voices[key] = (" ".join(row.ref[1].split()), encoded[path])
             else:
                 speaker = tts.speaker(row.voice)
                 voices[key] = (speaker.transcript, speaker.codes.tolist())
