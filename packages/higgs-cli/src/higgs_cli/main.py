@@ -454,6 +454,11 @@ class BatchLine(StatusLine):
 )
 @speech_options
 @click.option(
+    "--ref-in-system",
+    is_flag=True,
+    help="Rows with ref_audio put it in the system turn as audio in (see higgs say).",
+)
+@click.option(
     "--max-batch",
     type=click.IntRange(1, 64),
     default=8,
@@ -498,6 +503,7 @@ def batch(
     outdir,
     voice,
     fmt,
+    ref_in_system,
     max_batch,
     ray_address,
     workers,
@@ -524,7 +530,7 @@ def batch(
         import_ray()  # a clear line now if the extra is missing
     elif is_uri(outdir):
         fail(f"{outdir}: a URI as OUTDIR needs --ray (locally, give a folder)")
-    defaults = Defaults(settings_of(speech), voice, fmt)
+    defaults = Defaults(settings_of(speech, ref_in_system=ref_in_system), voice, fmt)
     rows = read_manifest(manifest, defaults)
     if not is_uri(outdir):
         out = Path(outdir)
@@ -669,6 +675,7 @@ def _ray_items(todo: list, model, codec, record):
             "max_seconds": s.max_seconds,
             "chunk_words": s.chunk_words,
             "scene": s.scene,
+            "ref_in_system": s.ref_in_system,
         }
         items.append(
             {
