@@ -1,5 +1,6 @@
 """`higgs serve`: the app through an HTTP client, and a real server process on loopback."""
 
+import contextlib
 import io
 import json
 import os
@@ -363,3 +364,42 @@ def test_a_client_that_leaves_takes_only_its_own_row(app_tts):
         assert left.is_set()
         assert c.get("/health").json()["queued"] == 0
     assert got == want
+
+
+def test_a_chunked_upload_is_cut_off_at_the_limit(server):
+    # No Content-Length: the server must count the bytes as they come and answer 413
+    # near its limit (25 MB by default), not after spooling everything sent.
+    import select
+
+    url, _ = server
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(
+        b"POST /v1/audio/voices HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Content-Type: multipart/form-data; boundary=x\r\n\r\n"
+    )
+    piece = b"\0" * 65536
+    chunk = b"%x\r\n" % len(piece) + piece + b"\r\n"
+    sent, answer = 0, b""
+    try:
+        while sent < 300 * 2**20:
+            sock.sendall(chunk)
+            sent += len(piece)
+            if select.select([sock], [], [], 0)[0]:
+                break
+    except OSError:  # the server hung up on us
+        pass
+    sock.settimeout(10)
+    with contextlib.suppress(OSError):
+        answer = sock.recv(4096)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert sent < 64 * 2**20, sent  # it stopped reading near the limit
+
+
+def test_a_too_long_upload_is_refused_from_its_header(app_tts):
+    files = {"file": ("long.wav", tone(seconds=45.0), "audio/wav")}
+    with client(app_tts) as c:
+        r = c.post("/v1/audio/voices", data={"name": "long", "text": "A tone."}, files=files)
+    assert r.status_code == 400 and error_of(r)["code"] == "invalid_audio"
+    assert "at most 30 s" in error_of(r)["message"] and "/tmp" not in error_of(r)["message"]

@@ -194,3 +194,16 @@ def test_damaged_pin_is_made_again_with_a_warning(home, tmp_path, steer):
     assert r.exit_code == 0
     assert "warning" in r.stderr and "damaged" in r.stderr
     assert pin.read_bytes() == good  # the same seed pins the same codes
+
+
+def test_reference_recordings_are_capped_in_length_before_anything_loads(home, tmp_path):
+    long = recording(tmp_path, seconds=40)
+    r = run("voices", "add", "long", "--audio", str(long), "--text", "A long tone.")
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1
+    assert "40.0 s long; reference audio may be at most 30 s" in r.stderr
+    assert not (home / "voices" / "long").exists()
+    # Before the model loads: a model that does not exist is never reached.
+    r = run("say", "Hi.", "--ref-audio", str(long), "--ref-text", "A tone.", "--model", "/no/model")
+    assert r.exit_code == 1 and "at most 30 s" in r.stderr and "/no/model" not in r.stderr
+    r = run("voices", "add", "long", "--audio", str(long), "--text", "x", "--max-seconds", "60")
+    assert r.exit_code == 0, r.stderr

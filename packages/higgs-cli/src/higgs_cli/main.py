@@ -301,6 +301,13 @@ _SPEECH_DECORATORS = [
 )
 @click.option("--ref-text", multiple=True, help="Transcript of each --ref-audio, in order.")
 @click.option(
+    "--max-ref-seconds",
+    type=click.FloatRange(0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Longest reference recording taken.",
+)
+@click.option(
     "--ref-in-system",
     is_flag=True,
     help="Put the reference voices in the system turn as audio in (the release's "
@@ -321,6 +328,7 @@ def say(
     voices,
     ref_audio,
     ref_text,
+    max_ref_seconds,
     ref_in_system,
     stream,
     play,
@@ -350,6 +358,10 @@ def say(
     # Everything that can be checked is, before loading anything.
     request = Request(text, tuple(voices), tuple(zip(ref_audio, ref_text, strict=True)), settings)
     request.check()
+    from higgs_cli.pipeline import check_ref_audio
+
+    for path in ref_audio:
+        check_ref_audio(path, max_ref_seconds)
     if voices:
         from higgs_cli.voices import VoiceStore
 
@@ -366,6 +378,7 @@ def say(
     say_ = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     t0 = time.perf_counter()
     tts = Higgs.from_pretrained(model, codec)
+    tts.max_ref_seconds = max_ref_seconds
     load_s = time.perf_counter() - t0
     status = StatusLine(not quiet and sys.stderr.isatty())
     warn = lambda m: (status.clear(), say_(f"higgs: warning: {m}"))  # noqa: E731
@@ -612,11 +625,22 @@ def batch(
 
 
 def _check_voices(todo: list, bad: list):
-    """Rows naming a voice the store does not know fail now, before anything loads."""
+    """Rows naming a voice the store does not know, or a reference recording that is not
+    audio or is too long (from its header), fail now, before anything loads."""
+    from higgs_cli.pipeline import MAX_REF_SECONDS, check_ref_audio
+    from higgs_cli.settings import HiggsError
     from higgs_cli.voices import VoiceError, VoiceStore
 
     store, known = VoiceStore(), {}
     for row in list(todo):
+        if row.ref is not None:
+            try:
+                check_ref_audio(row.ref[0], MAX_REF_SECONDS)
+            except HiggsError as e:
+                row.error = " ".join(str(e).split())
+                todo.remove(row)
+                bad.append(row)
+            continue
         if row.voice is None:
             continue
         if row.voice not in known:
@@ -756,6 +780,13 @@ def voices_show(name):
 @click.option("--text", required=True, help="What the recording says.")
 @click.option("--force", is_flag=True, help="Replace a voice of the same name.")
 @click.option(
+    "--max-seconds",
+    type=click.FloatRange(0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Longest recording taken.",
+)
+@click.option(
     "--codec",
     envvar="HIGGS_CODEC",
     default=DEFAULT_CODEC,
@@ -763,7 +794,7 @@ def voices_show(name):
     help="Audio tokenizer: hub id or local folder (env HIGGS_CODEC).",
 )
 @friendly
-def voices_add(name, audio, text, force, codec):
+def voices_add(name, audio, text, force, max_seconds, codec):
     """Add voice NAME from a recording and its transcript."""
     from higgs_cli.pipeline import add_voice
     from higgs_cli.voices import VoiceStore, check_name
@@ -771,7 +802,10 @@ def voices_add(name, audio, text, force, codec):
     check_name(name)
     if not Path(audio).is_file():
         fail(f"audio file {audio} does not exist")
-    voice = add_voice(VoiceStore(), codec, name, audio, text, force=force)
+    from higgs_cli.pipeline import check_ref_audio
+
+    check_ref_audio(audio, max_seconds)
+    voice = add_voice(VoiceStore(), codec, name, audio, text, force=force, max_seconds=max_seconds)
     click.echo(f"added voice {voice.name!r}", err=True)
 
 
@@ -943,6 +977,13 @@ def bench(layers, bits, dtype, group_size, frames, prompt_length, batch_sizes):
     help="Requests decoded together, one frame each per model step (1: one at a time).",
 )
 @click.option(
+    "--max-ref-seconds",
+    type=click.FloatRange(0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Longest voice recording an upload may hold.",
+)
+@click.option(
     "--prefix-cache-mb",
     type=click.FloatRange(0),
     default=512.0,
@@ -967,6 +1008,7 @@ def serve(
     max_streams,
     timeout,
     max_batch,
+    max_ref_seconds,
     prefix_cache_mb,
     warmup,
 ):
@@ -980,6 +1022,7 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     tts = Higgs.from_pretrained(model, codec, prefix_cache_mb=prefix_cache_mb)
+    tts.max_ref_seconds = max_ref_seconds
     if warmup:
         tts.say("Hello.", max_seconds=0.5, warn=lambda _: None)
     limits = Limits(

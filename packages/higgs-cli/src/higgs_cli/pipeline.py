@@ -94,6 +94,7 @@ class Higgs:
         self._encoder = None
         self._pins: dict[str, np.ndarray] = {}  # pins made here that could not be stored
         self.prefixes = PrefixCache(int(prefix_cache_mb * 2**20))
+        self.max_ref_seconds = MAX_REF_SECONDS  # longest reference recording taken
         self._unwritable: set[Path] = set()  # voice folders a prefix could not be saved to
         cfg = model.config
         self.num_codebooks = cfg.num_codebooks
@@ -181,13 +182,21 @@ class Higgs:
         return self._encoder
 
     def encode_file(self, path: str | os.PathLike) -> np.ndarray:
-        return encode_file(self.encoder(), path)
+        return encode_file(self.encoder(), path, self.max_ref_seconds)
 
     # voices ---------------------------------------------------------------------
 
     def add_voice(self, name: str, audio: str | os.PathLike, text: str, *, force=False):
         """Encode a recording once and keep it (with its transcript) as voice ``name``."""
-        return add_voice(self.voices, self.encoder(), name, audio, text, force=force)
+        return add_voice(
+            self.voices,
+            self.encoder(),
+            name,
+            audio,
+            text,
+            force=force,
+            max_seconds=self.max_ref_seconds,
+        )
 
     def speaker(self, name: str, warn: Warn = _quiet) -> Speaker:
         """The prompt speaker for voice ``name``, pinning a built-in voice on first use."""
@@ -618,15 +627,38 @@ def codec_key(codec) -> str:
     return f"codec-{fingerprint(codec.path)}"
 
 
-def encode_file(codec, path: str | os.PathLike) -> np.ndarray:
-    """Codes ``[K, T]`` of an audio file."""
+# The longest reference recording taken (the release's examples are 3-15 s): a longer
+# one costs its encode time and its prompt length on every request that uses it.
+MAX_REF_SECONDS = 30.0
+
+
+def check_ref_audio(path: str | os.PathLike, max_seconds: float = MAX_REF_SECONDS):
+    """A reference recording's length against the limit, from its header alone (no model,
+    no decoding): what the CLI and the server check before anything loads."""
+    from higgs_codec import CodecError
+    from higgs_codec.audio import read_audio_info
+
+    try:
+        seconds = read_audio_info(path)
+    except CodecError as e:
+        raise HiggsError(str(e)) from e
+    if seconds > max_seconds:
+        raise HiggsError(
+            f"{path} is {seconds:.1f} s long; reference audio may be at most {max_seconds:g} s"
+        )
+
+
+def encode_file(codec, path: str | os.PathLike, max_seconds: float = MAX_REF_SECONDS) -> np.ndarray:
+    """Codes ``[K, T]`` of an audio file of at most ``max_seconds`` (checked before decoding)."""
     from higgs_codec import read_audio
 
-    wave, sr = read_audio(path)
+    wave, sr = read_audio(path, max_seconds=max_seconds)
     return np.array(codec.encode(wave, sr), dtype=np.int32)
 
 
-def add_voice(store: VoiceStore, codec, name, audio, text, *, force=False):
+def add_voice(
+    store: VoiceStore, codec, name, audio, text, *, force=False, max_seconds=MAX_REF_SECONDS
+):
     """Encode a recording once and keep it, with its transcript, as voice ``name``.
 
     ``codec``: a loaded codec, or a hub id / folder to load one from. The audio
@@ -637,5 +669,5 @@ def add_voice(store: VoiceStore, codec, name, audio, text, *, force=False):
         from higgs_codec import load_codec
 
         codec = load_codec(codec)
-    codes = encode_file(codec, audio)
+    codes = encode_file(codec, audio, max_seconds)
     return store.add(name, Path(audio), text, codes=codes, key=codec_key(codec), force=force)

@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from higgs_cli.output import FORMATS, MEDIA_TYPES, STREAMABLE, encode, pcm16, wav_header
-from higgs_cli.pipeline import add_voice
+from higgs_cli.pipeline import add_voice, check_ref_audio
 from higgs_cli.settings import HiggsError, Settings
 from higgs_cli.settings import Request as SpeakRequest
 from higgs_cli.voices import VoiceError, check_name
@@ -400,11 +400,17 @@ async def list_voices(request: Request):
 async def create_voice(request: Request):
     app = request.app
     limit = app.state.limits.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"upload over {limit} bytes", code="body_too_large")
+    # The body is counted as it arrives (chunked uploads have no Content-Length) and
+    # only then parsed: the form parser never sees more than the limit.
+    body = await read_body(request, limit)
+
+    async def replay():
+        return {"type": "http.request", "body": body, "more_body": False}
+
     try:
-        form = await request.form(max_files=1, max_fields=8, max_part_size=limit)
+        form = await Request(request.scope, replay).form(
+            max_files=1, max_fields=8, max_part_size=limit
+        )
     except ApiError:
         raise
     except Exception as e:
@@ -430,9 +436,24 @@ async def create_voice(request: Request):
         path = Path(tmp) / f"upload{suffix}"
         path.write_bytes(data)
 
+        try:  # the recording's length, from its header, before any work is queued
+            check_ref_audio(path, tts.max_ref_seconds)
+        except HiggsError as e:
+            raise ApiError(
+                400, str(e).replace(str(path), "the upload"), code="invalid_audio"
+            ) from e
+
         def make(_batch):  # a job that never waits on the batch
             yield from ()
-            return add_voice(tts.voices, tts.encoder(), name, path, text, force=force)
+            return add_voice(
+                tts.voices,
+                tts.encoder(),
+                name,
+                path,
+                text,
+                force=force,
+                max_seconds=tts.max_ref_seconds,
+            )
 
         job = Job(make, app.state.limits.request_timeout)
         app.state.worker.submit(job)

@@ -23,12 +23,20 @@ WRITE_FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16")}
 MAX_FILTER_TAPS = 1 << 24
 
 
-def read_audio(path):
-    """Read wav/flac/ogg (anything libsndfile reads) -> (float32 [C, N], sample_rate)."""
+def read_audio(path, max_seconds: float | None = None):
+    """Read wav/flac/ogg (anything libsndfile reads) -> (float32 [C, N], sample_rate).
+
+    ``max_seconds``: refuse a longer recording, judged from the file's header before
+    any sample is decoded.
+    """
     if isinstance(path, (str, os.PathLike)):
         path = Path(path)
         if not path.is_file():
             raise CodecFileNotFoundError(f"audio file not found: {path}")
+    if max_seconds is not None and (seconds := read_audio_info(path)) > max_seconds:
+        raise CodecError(
+            f"{path} is {seconds:.1f} s long; reference audio may be at most {max_seconds:g} s"
+        )
     try:
         data, sample_rate = sf.read(path, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
@@ -36,6 +44,19 @@ def read_audio(path):
     if data.size == 0:
         raise CodecError(f"audio file {path} holds no samples")
     return np.ascontiguousarray(data.T), int(sample_rate)
+
+
+def read_audio_info(path) -> float:
+    """An audio file's length in seconds, from its header (nothing is decoded)."""
+    if isinstance(path, (str, os.PathLike)) and not Path(path).is_file():
+        raise CodecFileNotFoundError(f"audio file not found: {path}")
+    try:
+        info = sf.info(path)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        raise CodecError(f"could not read audio from {path}: {e}") from e
+    if info.samplerate <= 0 or info.frames <= 0:
+        raise CodecError(f"audio file {path} holds no samples")
+    return info.frames / info.samplerate
 
 
 def write_audio(file, samples, sample_rate, format=None):
