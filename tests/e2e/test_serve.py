@@ -403,3 +403,63 @@ def test_a_too_long_upload_is_refused_from_its_header(app_tts):
         r = c.post("/v1/audio/voices", data={"name": "long", "text": "A tone."}, files=files)
     assert r.status_code == 400 and error_of(r)["code"] == "invalid_audio"
     assert "at most 30 s" in error_of(r)["message"] and "/tmp" not in error_of(r)["message"]
+
+
+def test_a_stream_nobody_reads_is_dropped_after_the_write_timeout():
+    import asyncio
+
+    from higgs_cli.serve import PacedStream, StalledClient
+
+    async def body():
+        while True:
+            yield b"\0" * 1024
+
+    async def send(message):  # a client whose window never opens again
+        if message["type"] == "http.response.body":
+            await asyncio.sleep(3600)
+
+    async def go():
+        response = PacedStream(body(), media_type="audio/L16", write_timeout=0.3)
+        start = time.monotonic()
+        with pytest.raises(StalledClient, match="read nothing for 0.3 s"):
+            await response.stream_response(send)
+        return time.monotonic() - start
+
+    assert asyncio.run(go()) < 2.0
+
+
+@pytest.mark.parametrize("signals", [[signal.SIGTERM], [signal.SIGINT, signal.SIGINT]])
+def test_a_stop_during_generation_is_prompt_and_clean(home, tmp_path, signals):
+    port = free_port()
+    log = tmp_path / "server.log"
+    cmd = [sys.executable, "-m", "higgs_cli", "serve", "--port", str(port)]
+    cmd += ["--shutdown-timeout", "3", "--no-warmup"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    long_text = "This is a long text that keeps the server busy for a while. " * 40
+    body = {"input": long_text, "response_format": "pcm", "stream": True}
+    client = httpx.Client(timeout=60)
+    response = client.send(client.build_request("POST", f"{url}{SPEECH}", json=body), stream=True)
+    assert response.status_code == 200
+    next(response.iter_bytes())  # generation is under way
+    start = time.monotonic()
+    for sig in signals:
+        proc.send_signal(sig)
+        time.sleep(0.2)
+    rc = proc.wait(timeout=30)
+    took = time.monotonic() - start
+    response.close()
+    client.close()
+    text = log.read_text()
+    assert took < 3 + 8, (took, text)
+    # uvicorn re-raises the stop signal once it has shut down; never an abort (134 / -6)
+    assert rc in (0, -signal.SIGTERM, -signal.SIGINT, 130, 143), (rc, text)
+    assert "terminate called" not in text and "Traceback" not in text, text
+    assert "higgs: stopping: requests in flight get up to 3 s" in text

@@ -984,6 +984,20 @@ def bench(layers, bits, dtype, group_size, frames, prompt_length, batch_sizes):
     help="Longest voice recording an upload may hold.",
 )
 @click.option(
+    "--stream-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds a streamed response may wait on a client that reads nothing.",
+)
+@click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(0),
+    default=10.0,
+    show_default=True,
+    help="Seconds a stop (SIGTERM, Ctrl-C) waits for requests in flight.",
+)
+@click.option(
     "--prefix-cache-mb",
     type=click.FloatRange(0),
     default=512.0,
@@ -1009,6 +1023,8 @@ def serve(
     timeout,
     max_batch,
     max_ref_seconds,
+    stream_timeout,
+    shutdown_timeout,
     prefix_cache_mb,
     warmup,
 ):
@@ -1032,7 +1048,22 @@ def serve(
         max_streams=max_streams,
         request_timeout=timeout,
         max_batch=max_batch,
+        write_timeout=stream_timeout,
     )
     app = create_app(tts, model_id=Path(str(model)).name, limits=limits)
     click.echo(f"higgs: serving {model} on http://{host}:{port}", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=shutdown_timeout
+    )
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            if not self.should_exit:
+                click.echo(
+                    f"higgs: stopping: requests in flight get up to {shutdown_timeout:g} s "
+                    "(again to stop now)",
+                    err=True,
+                )
+            super().handle_exit(sig, frame)
+
+    Server(config).run()

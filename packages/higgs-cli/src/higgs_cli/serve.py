@@ -49,6 +49,39 @@ class Limits:
     max_streams: int = 4  # streamed responses open at once
     request_timeout: float = 300.0  # seconds of generation per request
     max_batch: int = 8  # requests decoded together
+    write_timeout: float = (
+        30.0  # seconds a streamed response may wait on a client that reads nothing
+    )
+
+
+class StalledClient(Exception):
+    """A streaming client read nothing for too long."""
+
+
+class PacedStream(StreamingResponse):
+    """A StreamingResponse whose every write must go through within ``write_timeout``:
+    a client that stops reading would otherwise hold its stream (and its row of the
+    batch) for as long as it stays connected."""
+
+    def __init__(self, content, *, write_timeout: float, **kwargs):
+        super().__init__(content, **kwargs)
+        self.write_timeout = write_timeout
+
+    async def stream_response(self, send):
+        async def timed(message):
+            try:
+                await asyncio.wait_for(send(message), self.write_timeout)
+            except TimeoutError:
+                raise StalledClient(
+                    f"the client read nothing for {self.write_timeout:g} s"
+                ) from None
+
+        await timed(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        async for chunk in self.body_iterator:
+            await timed({"type": "http.response.body", "body": chunk, "more_body": True})
+        await timed({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 class ApiError(Exception):
@@ -350,7 +383,11 @@ async def speech(request: Request):
             app.state.streams -= 1
             record(status, result[0] if result else None)
 
-    return StreamingResponse(body_iter(), media_type=MEDIA_TYPES[req.fmt])
+    return PacedStream(
+        body_iter(),
+        media_type=MEDIA_TYPES[req.fmt],
+        write_timeout=app.state.limits.write_timeout,
+    )
 
 
 def as_api_error(error: BaseException) -> ApiError:
@@ -359,6 +396,8 @@ def as_api_error(error: BaseException) -> ApiError:
         return error
     if isinstance(error, Cancelled | asyncio.CancelledError | GeneratorExit):
         return ApiError(499, "the client disconnected", code="client_closed")
+    if isinstance(error, StalledClient):
+        return ApiError(408, str(error), code="client_stalled")
     if isinstance(error, TimeoutError):
         return ApiError(504, str(error), type="timeout_error", code="timeout")
     if isinstance(error, HiggsError | VoiceError):
