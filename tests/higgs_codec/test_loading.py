@@ -1,10 +1,12 @@
 """Checkpoint layouts, the no-torch pickle reader, the Hub path, and the errors users see."""
 
+import io
 import json
 import os
 import pickle
 import shutil
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 
 import mlx.core as mx
@@ -283,3 +285,103 @@ def test_bfloat16_checkpoints_load_as_float32(codec, tmp_path):
             assert mx.allclose(loaded[k], v, rtol=2e-2, atol=1e-4), k
         else:
             assert mx.array_equal(loaded[k], v.astype(mx.bfloat16).astype(mx.float32)), k
+
+
+# -- bounded work: what a small hostile file can no longer cost ---------------------------
+
+
+def _fake_torch(monkeypatch):
+    """Importable stand-ins for the names torch pickles refer to, so that the test can
+    write checkpoints the way torch.save does without torch."""
+    import sys
+    import types
+
+    torch = types.ModuleType("torch")
+    utils = types.ModuleType("torch._utils")
+
+    class FloatStorage:
+        pass
+
+    def _rebuild_tensor_v2(*args):
+        pass
+
+    def _rebuild_parameter(*args):
+        pass
+
+    FloatStorage.__module__ = "torch"
+    _rebuild_tensor_v2.__module__ = _rebuild_parameter.__module__ = "torch._utils"
+    for obj in (FloatStorage, _rebuild_tensor_v2, _rebuild_parameter):
+        obj.__qualname__ = obj.__name__
+    torch.FloatStorage, utils._rebuild_tensor_v2 = FloatStorage, _rebuild_tensor_v2
+    utils._rebuild_parameter = _rebuild_parameter
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    monkeypatch.setitem(sys.modules, "torch._utils", utils)
+    return FloatStorage, _rebuild_tensor_v2
+
+
+def _tensor_checkpoint(path, monkeypatch, size, stride, values=1):
+    storage_type, rebuild = _fake_torch(monkeypatch)
+
+    class Tensor:
+        def __reduce__(self):
+            return (rebuild, (storage, 0, size, stride, False, OrderedDict()))
+
+    class Storage:
+        pass
+
+    storage = Storage()
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", storage_type, "0", "cpu", values) if obj is storage else None
+
+    buf = io.BytesIO()
+    Pickler(buf, protocol=2).dump(OrderedDict(w=Tensor()))
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", buf.getvalue())
+        z.writestr("archive/byteorder", "little")
+        z.writestr("archive/data/0", np.zeros(values, np.float32).tobytes())
+    return path
+
+
+def test_a_tiny_file_cannot_make_a_huge_tensor(tmp_path, monkeypatch):
+    # One stored value, viewed as 16384 x 16384 through zero strides: 1 GiB once copied.
+    path = _tensor_checkpoint(tmp_path / "m.pth", monkeypatch, (16384, 16384), (0, 0))
+    assert path.stat().st_size < 1024
+    with pytest.raises(CodecError, match="more values than its storage"):
+        load_torch_checkpoint(path)
+    # A genuine tensor still loads.
+    ok = _tensor_checkpoint(tmp_path / "ok.pth", monkeypatch, (2, 3), (3, 1), values=6)
+    assert load_torch_checkpoint(ok)["w"].shape == (2, 3)
+
+
+def test_compressed_members_are_refused(tmp_path):
+    path = tmp_path / "m.pth"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({}, protocol=2))
+        z.writestr("archive/data/0", b"\0" * (64 << 20), compress_type=zipfile.ZIP_DEFLATED)
+    assert path.stat().st_size < (1 << 20)  # 64 MB of zeros in well under 1 MB
+    with pytest.raises(CodecError, match="archive/data/0 is compressed"):
+        load_torch_checkpoint(path)
+
+
+def test_a_huge_memo_index_is_refused_before_unpickling(tmp_path):
+    # EMPTY_DICT, LONG_BINPUT 0x0ffffff0, STOP: the C unpickler would size its memo
+    # to 2^28 slots (2 GiB) for these 9 bytes.
+    path = _torch_like_zip(tmp_path / "m.pth", b"\x80\x02}r\xf0\xff\xff\x0f.")
+    with pytest.raises(CodecError, match="memo slot 268435440"):
+        load_torch_checkpoint(path)
+
+
+def test_build_cannot_set_state_on_an_allowed_function(tmp_path):
+    from higgs_codec import torch_pickle
+
+    defaults = torch_pickle._rebuild_parameter.__defaults__
+    # GLOBAL torch._utils._rebuild_parameter, state (None, {"__defaults__": (5,)}), BUILD.
+    payload = (
+        b"\x80\x02ctorch._utils\n_rebuild_parameter\nN}X\x0c\x00\x00\x00__defaults__"
+        b"K\x05\x85s\x86b0}."
+    )
+    with pytest.raises(CodecError, match="sets the state of function objects"):
+        load_torch_checkpoint(_torch_like_zip(tmp_path / "m.pth", payload))
+    assert torch_pickle._rebuild_parameter.__defaults__ == defaults

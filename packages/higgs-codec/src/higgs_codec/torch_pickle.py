@@ -5,13 +5,19 @@ A torch checkpoint is a zip holding `data.pkl` plus one raw blob per tensor stor
 Unpickling normally may call any importable function; this reader's unpickler
 resolves only the handful of names a tensor state dict uses (the tensor and storage
 rebuilders, OrderedDict, and the bytes helpers some checkpoints carry) and refuses
-every other global, so a hostile pickle fails before it can do anything.
+every other global, so a hostile pickle fails before it can do anything. It also
+bounds the work a file can cause: members must be stored (torch never compresses),
+the pickle's opcodes are scanned before it runs (memo indices and sizes bounded),
+BUILD may only set state on objects the reader itself made, and no tensor may hold
+more values than its storage.
 """
 
 import io
 import pickle
+import pickletools
 import zipfile
 from collections import OrderedDict
+from typing import ClassVar
 
 import numpy as np
 
@@ -46,12 +52,21 @@ class _Opaque:
         pass
 
 
+MAX_PICKLE_BYTES = 64 << 20  # a state dict's pickle is KBs: the tensors live in their own files
+MAX_MEMO = 1 << 20  # memo slots a pickle may name
+
+
 def _rebuild_tensor(storage, offset, size, stride, *_):
     itemsize = storage.dtype.itemsize
+    if not all(isinstance(v, int) for v in (offset, *size, *stride)):
+        raise pickle.UnpicklingError("a tensor's offset, size and stride must be integers")
     if offset < 0 or any(n < 0 for n in size) or any(s < 0 for s in stride):
         raise pickle.UnpicklingError("a tensor has a negative offset, size or stride")
     if 0 in size:
         return np.zeros(tuple(size), dtype=storage.dtype)
+    if int(np.prod(size, dtype=object)) > storage.size:
+        # A weight never repeats values (stride 0 would make a tiny file a huge tensor).
+        raise pickle.UnpicklingError("a tensor holds more values than its storage")
     if not size:
         return storage[offset : offset + 1].reshape(()).copy()
     end = offset + 1 + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
@@ -77,12 +92,42 @@ _ALLOWED = {
 }
 
 
-class _Unpickler(pickle.Unpickler):
+def _scan(data: bytes):
+    """Read the pickle's opcodes without running them: refuse memo indices and sizes
+    that would make the unpickler allocate far more than the file holds."""
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"):
+                if int(arg) > MAX_MEMO:
+                    raise pickle.UnpicklingError(f"it names memo slot {arg}")
+            elif op.name in ("FRAME",) and int(arg) > len(data):
+                raise pickle.UnpicklingError(f"it declares a frame of {arg} bytes")
+    except ValueError as e:  # truncated or malformed opcodes
+        raise pickle.UnpicklingError(f"malformed pickle ({e})") from None
+
+
+class _Unpickler(pickle._Unpickler):
+    """The pure-Python unpickler (its dispatch table can be narrowed), with globals and
+    BUILD restricted."""
+
+    dispatch: ClassVar[dict] = dict(pickle._Unpickler.dispatch)
+
     def __init__(self, data, archive, prefix):
         super().__init__(io.BytesIO(data))
         self.archive = archive
         self.prefix = prefix
         self.storages = {}
+
+    def load_build(self):
+        # BUILD sets state on the object below it: only on the dicts and stand-ins
+        # this reader made (a state dict's metadata), never on an allowed function.
+        if not isinstance(self.stack[-2], OrderedDict | dict | _Opaque):
+            raise pickle.UnpicklingError(
+                f"it sets the state of {type(self.stack[-2]).__name__} objects"
+            )
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
 
     def find_class(self, module, name):
         if module == "torch" and name in _STORAGE_DTYPES:
@@ -101,7 +146,7 @@ class _Unpickler(pickle.Unpickler):
         if not isinstance(storage_type, _StorageType):
             raise pickle.UnpicklingError(f"unknown storage type {storage_type!r}")
         if key not in self.storages:
-            raw = self.archive.read(f"{self.prefix}/data/{key}")
+            raw = self.archive.read(f"{self.prefix}/data/{key!s}")
             if storage_type.dtype == "bfloat16":
                 bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
                 self.storages[key] = bits.view(np.float32)
@@ -128,12 +173,25 @@ def load_torch_checkpoint(path):
         pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
         if len(pickles) != 1:
             raise CodecError(f"{path} is not a PyTorch checkpoint: no single data.pkl inside")
+        for info in archive.infolist():
+            if info.compress_type != zipfile.ZIP_STORED:
+                # torch.save never compresses: a compressed member can inflate a small
+                # file into gigabytes.
+                raise CodecError(
+                    f"refusing to load {path}: its member {info.filename} is compressed"
+                )
+        if archive.getinfo(pickles[0]).file_size > MAX_PICKLE_BYTES:
+            raise CodecError(
+                f"refusing to load {path}: its data.pkl is over {MAX_PICKLE_BYTES} bytes"
+            )
         prefix = pickles[0].rpartition("/")[0]
         order = f"{prefix}/byteorder"
         if order in archive.namelist() and archive.read(order).strip() != b"little":
             raise CodecError(f"{path} was saved big-endian, which this reader does not support")
         try:
-            state = _Unpickler(archive.read(pickles[0]), archive, prefix).load()
+            data = archive.read(pickles[0])
+            _scan(data)
+            state = _Unpickler(data, archive, prefix).load()
         except (
             pickle.UnpicklingError,
             KeyError,
@@ -141,6 +199,9 @@ def load_torch_checkpoint(path):
             TypeError,
             ValueError,
             AttributeError,
+            IndexError,
+            MemoryError,
+            zipfile.BadZipFile,
         ) as e:
             raise CodecError(f"refusing to load {path}: {e}") from e
     if not isinstance(state, dict):

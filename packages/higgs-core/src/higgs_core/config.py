@@ -19,6 +19,22 @@ from higgs_core.errors import CheckpointError
 ORIGINAL = "higgs_audio"
 TRANSFORMERS = "higgs_audio_v2"
 
+# Sane bounds (the released model is well inside): checked before anything is built,
+# so an absurd config fails with a line instead of allocating gigabytes.
+BOUNDS = {
+    "hidden_size": (1, 1 << 16),
+    "intermediate_size": (1, 1 << 18),
+    "num_hidden_layers": (1, 512),
+    "num_attention_heads": (1, 1024),
+    "num_key_value_heads": (1, 1024),
+    "head_dim": (1, 1024),
+    "vocab_size": (1, 1 << 22),
+    "max_position_embeddings": (1, 1 << 24),
+    "num_codebooks": (1, 64),
+    "codebook_size": (1, 1 << 16),
+}
+MAX_PARAMETERS = 100e9
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -94,12 +110,21 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> "ModelConfig":
         """Read a config.json dict in the original or the transformers layout."""
+        if not isinstance(config, dict):
+            raise CheckpointError(
+                f"a model config must be a JSON object, not a {type(config).__name__}"
+            )
         model_type = config.get("model_type")
-        if model_type == ORIGINAL:
-            fields = _from_original(config)
-        elif model_type == TRANSFORMERS:
-            fields = _from_transformers(config)
-        else:
+        try:
+            if model_type == ORIGINAL:
+                fields = _from_original(config)
+            elif model_type == TRANSFORMERS:
+                fields = _from_transformers(config)
+        except CheckpointError:
+            raise
+        except (TypeError, ValueError, ZeroDivisionError, AttributeError, KeyError) as e:
+            raise CheckpointError(f"malformed {model_type} config: {e}") from None
+        if model_type not in (ORIGINAL, TRANSFORMERS):
             raise CheckpointError(
                 f"unknown config layout: model_type={model_type!r} (keys: "
                 f"{', '.join(sorted(config)[:12])}{', ...' if len(config) > 12 else ''}); "
@@ -115,6 +140,24 @@ class ModelConfig:
         return out
 
     def _check(self):
+        for name in BOUNDS:
+            _bounded(name, getattr(self, name))
+        for name in ("rms_norm_eps", "rope_theta"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not 0 < value < 1e30:
+                raise CheckpointError(f"config: {name}={value!r} must be a positive number")
+        params = self.num_hidden_layers * (
+            self.hidden_size * self.head_dim * (2 * self.num_attention_heads)
+            + 2 * self.hidden_size * self.head_dim * self.num_key_value_heads
+            + 6 * self.hidden_size * self.intermediate_size
+        ) + self.hidden_size * (
+            2 * self.vocab_size + 2 * self.num_codebooks * self.audio_vocab_size
+        )
+        if params > MAX_PARAMETERS:
+            raise CheckpointError(
+                f"config: it describes a model of {params / 1e9:.0f}e9 parameters; "
+                f"Higgs Audio v2 has 5.8e9 (the limit here is {MAX_PARAMETERS / 1e9:.0f}e9)"
+            )
         if self.num_attention_heads % self.num_key_value_heads:
             raise CheckpointError(
                 f"{self.num_attention_heads} attention heads do not split into "
@@ -198,16 +241,25 @@ def _rope(config: dict) -> tuple[float, dict | None]:
     return float(config.get("rope_theta", 10000.0)), config.get("rope_scaling")
 
 
+def _bounded(name: str, value):
+    """An integer field within BOUNDS, checked as it is read (before it sizes anything)."""
+    low, high = BOUNDS[name]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise CheckpointError(f"config: {name}={value!r} is outside {low}..{high}")
+    return value
+
+
 def _backbone(text: dict) -> dict:
-    heads = text["num_attention_heads"]
+    heads = _bounded("num_attention_heads", text["num_attention_heads"])
+    hidden = _bounded("hidden_size", text["hidden_size"])
     theta, scaling = _rope(text)
     return {
-        "hidden_size": text["hidden_size"],
-        "intermediate_size": text["intermediate_size"],
-        "num_hidden_layers": text["num_hidden_layers"],
+        "hidden_size": hidden,
+        "intermediate_size": _bounded("intermediate_size", text["intermediate_size"]),
+        "num_hidden_layers": _bounded("num_hidden_layers", text["num_hidden_layers"]),
         "num_attention_heads": heads,
         "num_key_value_heads": text.get("num_key_value_heads") or heads,
-        "head_dim": text.get("head_dim") or text["hidden_size"] // heads,
+        "head_dim": text.get("head_dim") or hidden // heads,
         "rms_norm_eps": text.get("rms_norm_eps", 1e-5),
         "vocab_size": text["vocab_size"],
         "rope_theta": theta,

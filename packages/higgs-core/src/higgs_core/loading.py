@@ -8,6 +8,7 @@ block in config.json). :func:`save_model` writes the last of these.
 
 import json
 import re
+import stat
 from pathlib import Path
 
 import mlx.core as mx
@@ -69,33 +70,65 @@ def _download(repo_id: str) -> Path:
         ) from e
 
 
+MAX_JSON_BYTES = 16 << 20  # a config or a shard index is a few KB; refuse absurd ones
+
+
+def regular_file(path: Path, max_bytes: int | None = None) -> Path:
+    """``path`` if it is a regular file (symlinks followed, as hub snapshots use them),
+    at most ``max_bytes``: never a FIFO that blocks a read or a device that never ends."""
+    try:
+        info = path.stat()
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise CheckpointError(f"{path} is not a regular file")
+    if max_bytes is not None and info.st_size > max_bytes:
+        raise CheckpointError(f"{path} is {info.st_size} bytes; a checkpoint's is far smaller")
+    return path
+
+
+def inside(folder: Path, name) -> Path:
+    """A file a checkpoint names (a shard in its index): a plain relative name in ``folder``."""
+    parts = Path(name).parts if isinstance(name, str) else ()
+    if not parts or Path(name).is_absolute() or ".." in parts or "\\" in name:
+        raise CheckpointError(f"{folder} names {name!r}, which is not a file in the checkpoint")
+    return folder / name
+
+
+def read_json(path: Path) -> dict:
+    regular_file(path, MAX_JSON_BYTES)
+    try:
+        value = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"unreadable {path}: {e}") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, not a {type(value).__name__}")
+    return value
+
+
 def weight_files(path: Path) -> list[Path]:
     """The safetensors files of a checkpoint directory, per its index if it has one."""
     index = path / "model.safetensors.index.json"
     if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"unreadable shard index {index}: {e}") from None
-        files = [path / name for name in sorted(set(weight_map.values()))]
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"unreadable shard index {index}: no 'weight_map' object")
+        files = [inside(path, name) for name in sorted(set(map(str, weight_map.values())))]
         missing = [f.name for f in files if not f.exists()]
         if missing:
             raise CheckpointError(f"{index.name} names shards missing from {path}: {missing}")
-        return files
+        return [regular_file(f) for f in files]
     files = sorted(path.glob("model*.safetensors"))
     if not files:
         raise CheckpointError(f"no model*.safetensors weights in {path}")
-    return files
+    return [regular_file(f) for f in files]
 
 
 def read_config(path: Path) -> dict:
     file = path / "config.json"
     if not file.exists():
         raise CheckpointError(f"no config.json in {path}")
-    try:
-        return json.loads(file.read_text())
-    except ValueError as e:
-        raise CheckpointError(f"unreadable {file}: {e}") from None
+    return read_json(file)
 
 
 def load_model(path_or_repo: str | Path, *, dtype: mx.Dtype | str | None = None) -> HiggsAudioModel:
@@ -111,6 +144,15 @@ def load_model(path_or_repo: str | Path, *, dtype: mx.Dtype | str | None = None)
         dtype = getattr(mx, dtype)
     path = resolve_path(path_or_repo)
     warn_if_cuda_shadowed()
+    try:
+        return _load(path, dtype)
+    except (CheckpointError, ModelNotFoundError):
+        raise
+    except Exception as e:  # anything else a broken or hostile checkpoint provokes
+        raise CheckpointError(f"cannot load {path}: {type(e).__name__}: {e}") from e
+
+
+def _load(path: Path, dtype) -> HiggsAudioModel:
     config = ModelConfig.from_dict(read_config(path))
     weights = {}
     for file in weight_files(path):
