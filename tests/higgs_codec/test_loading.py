@@ -385,3 +385,57 @@ def test_build_cannot_set_state_on_an_allowed_function(tmp_path):
     with pytest.raises(CodecError, match="sets the state of function objects"):
         load_torch_checkpoint(_torch_like_zip(tmp_path / "m.pth", payload))
     assert torch_pickle._rebuild_parameter.__defaults__ == defaults
+
+
+@pytest.fixture
+def broken(tmp_path):
+    """A copy of the tiny transformers-layout codec to break."""
+    dst = tmp_path / "codec"
+    shutil.copytree(TINY, dst)
+    return dst
+
+
+def _edit(folder, change):
+    config = json.loads((folder / "config.json").read_text())
+    change(config)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c: c.update(target_bandwidths=[1e9]), "target_bandwidths"),
+        (lambda c: c.update(codebook_size=-5), "codebook_size=-5"),
+        (lambda c: c.update(codebook_size=0), "codebook_size=0"),
+        (lambda c: c.update(sample_rate="fast"), "malformed codec config"),
+        (lambda c: c["acoustic_model_config"].update(downsampling_ratios=[0, 5]), "ratios"),
+        (lambda c: c["semantic_model_config"].update(num_hidden_layers=10**6), "num_hidden_layers"),
+        (lambda c: c["semantic_model_config"].update(num_attention_heads=0), "num_attention_heads"),
+    ],
+)
+def test_absurd_codec_configs_are_one_clear_error(broken, change, message):
+    _edit(broken, change)
+    with pytest.raises(CodecError, match="config") as info:
+        higgs_codec.load_codec(broken)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_codec_files_must_be_regular_and_inside(broken):
+    config = broken / "config.json"
+    config.unlink()
+    config.symlink_to("/dev/zero")
+    with pytest.raises(CodecError, match="not a regular file"):
+        higgs_codec.load_codec(broken)
+    config.unlink()
+    (broken / "config.json").write_text("[1]")
+    with pytest.raises(CodecError, match="not a list"):
+        higgs_codec.load_codec(broken)
+
+
+def test_a_shard_index_pointing_outside_is_refused(codec, tmp_path):
+    folder = tmp_path / "sharded"
+    shutil.copytree(TINY, folder)
+    index = {"weight_map": {"fc.weight": "../../../etc/passwd"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CodecError, match="not a file in the checkpoint"):
+        higgs_codec.load_codec(folder)

@@ -58,6 +58,29 @@ class HubertArgs:
     def hop(self):
         return math.prod(self.conv_stride)
 
+    def check(self):
+        bounds = {
+            "hidden_size": (1, 8192),
+            "num_hidden_layers": (1, 64),
+            "num_attention_heads": (1, 256),
+            "intermediate_size": (1, 65536),
+            "num_conv_pos_embeddings": (1, 1024),
+            "num_conv_pos_embedding_groups": (1, 1024),
+        }
+        for name, (low, high) in bounds.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise CodecError(f"HuBERT config: {name}={value!r} is outside {low}..{high}")
+        if self.hidden_size % self.num_attention_heads:
+            raise CodecError("HuBERT config: hidden_size does not split into its attention heads")
+        for name in ("conv_dim", "conv_kernel", "conv_stride"):
+            values = getattr(self, name)
+            if not 1 <= len(values) <= 16 or not all(
+                isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 8192 for v in values
+            ):
+                raise CodecError(f"HuBERT config: {name} must be 1-16 integers in 1..8192")
+        return self
+
 
 @dataclass(frozen=True)
 class CodecArgs:
@@ -99,6 +122,28 @@ class CodecArgs:
         )
 
     def check(self):
+        for name, (low, high) in _BOUNDS.items():
+            value = getattr(self, name)
+            if name == "codebook_dim" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise CodecError(f"codec config: {name}={value!r} is outside {low}..{high}")
+        for name in (
+            "downsampling_ratios",
+            "upsampling_ratios",
+            "channel_ratios",
+            "strides",
+            "block_dilations",
+        ):
+            values = getattr(self, name)
+            if not 1 <= len(values) <= 8 or not all(
+                isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 64 for v in values
+            ):
+                raise CodecError(
+                    f"codec config: {name}={list(values)!r} must be 1-8 integers in 1..64"
+                )
+        if self.hubert is not None:
+            self.hubert.check()
         if math.prod(self.upsampling_ratios) != self.hop_length:
             raise CodecError(
                 f"codec config: upsampling ratios {self.upsampling_ratios} do not invert the "
@@ -109,6 +154,35 @@ class CodecArgs:
                 "codec config: decoder_hidden_size must halve once per upsampling block"
             )
         return self
+
+
+# Sane bounds (the released codec is well inside), checked before anything is built.
+_BOUNDS = {
+    "sample_rate": (1000, 384000),
+    "semantic_sample_rate": (1000, 384000),
+    "encoder_hidden_size": (1, 4096),
+    "decoder_hidden_size": (1, 16384),
+    "acoustic_dim": (1, 8192),
+    "semantic_dim": (1, 8192),
+    "quantizer_dim": (1, 16384),
+    "codebook_size": (2, 1 << 16),
+    "codebook_dim": (1, 8192),
+    "num_quantizers": (1, 64),
+    "downsample_factor": (1, 1 << 16),
+    "kernel_size": (1, 63),
+    "unit_kernel_size": (1, 63),
+}
+
+
+def _checked(build):
+    """Run a config reader; malformed values (strings, lists, zeros where sizes go)
+    become one CodecError instead of a TypeError or a math domain error."""
+    try:
+        return build()
+    except CodecError:
+        raise
+    except (TypeError, ValueError, ZeroDivisionError, KeyError, AttributeError, OverflowError) as e:
+        raise CodecError(f"malformed codec config: {type(e).__name__}: {e}") from None
 
 
 # transformers' HiggsAudioV2TokenizerConfig defaults for the acoustic (DAC) sub-config
@@ -123,6 +197,12 @@ _DAC_DEFAULTS = {
 
 def from_transformers(config):
     """CodecArgs from a transformers `higgs_audio_v2_tokenizer` config.json dict."""
+    if not isinstance(config, dict):
+        raise CodecError(f"a codec config must be a JSON object, not a {type(config).__name__}")
+    return _checked(lambda: _from_transformers(config))
+
+
+def _from_transformers(config):
     model_type = config.get("model_type")
     if model_type != "higgs_audio_v2_tokenizer":
         hint = ""
@@ -138,6 +218,16 @@ def from_transformers(config):
     ratios = tuple(dac["downsampling_ratios"])
     codebook_size = config.get("codebook_size", 1024)
     bandwidths = config.get("target_bandwidths", (0.5, 1, 1.5, 2, 4))
+    if not isinstance(codebook_size, int) or not 2 <= codebook_size <= 1 << 16:
+        raise CodecError(f"codec config: codebook_size={codebook_size!r} is outside 2..65536")
+    if not bandwidths or not all(
+        isinstance(b, int | float) and 0 < b <= 1000 for b in bandwidths
+    ):  # kbps; the released codec's largest is 4
+        raise CodecError(
+            f"codec config: target_bandwidths={bandwidths!r} must be in (0, 1000] kbps"
+        )
+    if not ratios or not all(isinstance(r, int) and 1 <= r <= 64 for r in ratios):
+        raise CodecError(f"codec config: downsampling_ratios={list(ratios)!r} must be in 1..64")
     frame_rate = math.ceil(sample_rate / math.prod(ratios))
     num_quantizers = int(
         1000 * bandwidths[-1] // (frame_rate * math.ceil(math.log2(codebook_size)))
@@ -179,6 +269,12 @@ def from_original(config, widths, hubert=None):
     (encoder_hidden_size, decoder_hidden_size, semantic_dim, quantizer_dim) as read
     from the checkpoint's weight shapes, so that small test checkpoints load too.
     """
+    if not isinstance(config, dict):
+        raise CodecError(f"a codec config must be a JSON object, not a {type(config).__name__}")
+    return _checked(lambda: _from_original(config, widths, hubert))
+
+
+def _from_original(config, widths, hubert=None):
     if not isinstance(config.get("bins", 1024), int):
         raise CodecError("original codec config: only RVQ codebooks (integer 'bins') are supported")
     for key, want in (("merge_mode", "concat"), ("downsample_mode", "step_down")):

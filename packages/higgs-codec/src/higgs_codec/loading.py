@@ -12,6 +12,7 @@
 
 import json
 import re
+import stat
 import struct
 from dataclasses import replace
 from pathlib import Path
@@ -52,13 +53,18 @@ def load_codec(path_or_repo, *, decode_only=False, semantic_model=None):
     original code fetches for the checkpoint's semantic teacher.
     """
     directory = _locate(path_or_repo)
-    directory, layout = _find_layout(directory)
-    if layout == "transformers":
-        args, weights = _read_transformers(directory, decode_only)
-    else:
-        args, weights = _read_original(directory, decode_only, semantic_model)
-    codec = Codec(args, decode_only=decode_only)
-    _load_weights(codec, weights, directory)
+    try:
+        directory, layout = _find_layout(directory)
+        if layout == "transformers":
+            args, weights = _read_transformers(directory, decode_only)
+        else:
+            args, weights = _read_original(directory, decode_only, semantic_model)
+        codec = Codec(args, decode_only=decode_only)
+        _load_weights(codec, weights, directory)
+    except CodecError:
+        raise
+    except Exception as e:  # anything else a broken or hostile checkpoint provokes
+        raise CodecError(f"cannot load the codec in {directory}: {type(e).__name__}: {e}") from e
     codec.eval()
     codec.path = directory  # where it came from: callers key caches of codes on it
     return codec
@@ -109,11 +115,40 @@ def _download(repo_id):
     )
 
 
-def _read_json(path):
+MAX_JSON_BYTES = 16 << 20  # a config or an index is a few KB
+
+
+def _regular(path, max_bytes=None):
+    """``path`` if it is a regular file (symlinks followed): never a FIFO or a device."""
+    path = Path(path)
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
+        info = path.stat()
+    except OSError as e:
+        raise CodecError(f"could not read {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise CodecError(f"{path} is not a regular file")
+    if max_bytes is not None and info.st_size > max_bytes:
+        raise CodecError(f"{path} is {info.st_size} bytes; a checkpoint's is far smaller")
+    return path
+
+
+def _inside(directory, name):
+    """A file the checkpoint names (a shard in its index): a plain name in ``directory``."""
+    parts = Path(name).parts if isinstance(name, str) else ()
+    if not parts or Path(name).is_absolute() or ".." in parts:
+        raise CodecError(f"{directory} names {name!r}, which is not a file in the checkpoint")
+    return _regular(directory / name)
+
+
+def _read_json(path):
+    _regular(path, MAX_JSON_BYTES)
+    try:
+        value = json.loads(Path(path).read_bytes())
+    except (OSError, ValueError, RecursionError) as e:
         raise CodecError(f"could not read {path}: {e}") from e
+    if not isinstance(value, dict):
+        raise CodecError(f"{path} must hold a JSON object, not a {type(value).__name__}")
+    return value
 
 
 def _codec_kind(config):
@@ -162,9 +197,12 @@ _SAFETENSORS_DTYPES = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "I64": "<i8", "
 def _read_safetensors_file(path, keep):
     """The tensors of one .safetensors file whose names pass `keep`, memory-mapped, so
     that skipped tensors are never read (decode_only skips most of the file)."""
+    _regular(path)
     try:
         with open(path, "rb") as f:
             (size,) = struct.unpack("<Q", f.read(8))
+            if size > min(Path(path).stat().st_size, MAX_JSON_BYTES * 4):
+                raise ValueError(f"a header of {size} bytes")
             header = json.loads(f.read(size))
         data = np.memmap(path, dtype=np.uint8, mode="r")
         out = {}
@@ -187,7 +225,10 @@ def _read_safetensors(directory, keep=lambda key: True):
     index = directory / SAFETENSORS_INDEX
     files = [directory / SAFETENSORS]
     if index.is_file():
-        files = sorted({directory / f for f in _read_json(index)["weight_map"].values()})
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CodecError(f"unreadable shard index {index}: no 'weight_map' object")
+        files = sorted({_inside(directory, f) for f in map(str, weight_map.values())})
     weights = {}
     for f in files:
         weights.update(_read_safetensors_file(f, keep))
