@@ -31,7 +31,10 @@ def edit_config(folder, change):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda c: c["text_config"].update(num_hidden_layers=10**9), "num_hidden_layers=1000000000"),
+        (
+            lambda c: c["text_config"].update(num_hidden_layers=10**9),
+            "num_hidden_layers=1000000000",
+        ),
         (lambda c: c["text_config"].update(num_attention_heads=0), "num_attention_heads=0"),
         (lambda c: c["text_config"].update(hidden_size=-32), "hidden_size=-32"),
         (lambda c: c["text_config"].update(intermediate_size="big"), "intermediate_size='big'"),

@@ -161,6 +161,8 @@ def _codec_kind(config):
 
 def _find_layout(directory):
     config_path = directory / "config.json"
+    if config_path.exists():
+        _regular(config_path, MAX_JSON_BYTES)  # a FIFO or a device is never read
     if config_path.is_file():
         config = _read_json(config_path)
         kind = _codec_kind(config)
