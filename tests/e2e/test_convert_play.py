@@ -61,3 +61,19 @@ def test_bench_prints_its_figures():
     for label in ("prefill", "decode step", "real-time", "floor", "step / floor", "peak memory"):
         assert label in r.stdout
     assert "[bfloat16] 1/28 layers" in r.stdout
+
+
+def test_convert_never_writes_over_or_into_its_source(home, tiny_model, tmp_path):
+    import shutil
+
+    src = tmp_path / "model"
+    shutil.copytree(tiny_model, src, symlinks=False)
+    before = {p.name: p.read_bytes() for p in src.iterdir() if p.is_file()}
+    for dst in (src, src / "q8", tmp_path / "link"):
+        if dst.name == "link":
+            dst.symlink_to(src)
+        r = CliRunner().invoke(cli, ["convert", str(src), str(dst), "--bits", "8", "--force"])
+        assert r.exit_code == 1 and "is the source model" in r.stderr, r.stderr
+        assert r.stderr.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in src.iterdir() if p.is_file()} == before
+    assert higgs_core.load_model(src).config.quantization is None

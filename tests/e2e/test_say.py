@@ -199,3 +199,67 @@ def test_wrong_checkpoint_layout(home, tmp_path):
 def test_debug_shows_the_traceback(home):
     r = CliRunner().invoke(cli, ["say", "Hi.", "--voice", "nobody", "--debug"])
     assert r.exit_code == 1 and "Traceback" in r.stderr
+
+
+def _higgs(*args, **kwargs):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "higgs_cli", *args], capture_output=True, text=True, **kwargs
+    )
+
+
+def test_an_unwritable_output_fails_before_the_model_loads(home, tmp_path):
+    for target, message in [
+        ("/proc/nope/out.wav", "cannot write /proc/nope/out.wav"),
+        ("/proc/out.wav", "cannot write /proc/out.wav"),
+        (str(tmp_path), "it is a folder"),
+    ]:
+        r = say("Hi.", "-o", target, "--model", "/no/such/model")
+        assert r.exit_code == 1 and message in r.stderr and "/no/such/model" not in r.stderr
+        assert r.stderr.count("\n") == 1 and ".partial" not in r.stderr
+
+
+def test_stdout_failures_are_reported(home):
+    import os
+    import subprocess
+    import sys
+
+    # A full disk behind the redirect.
+    with open("/dev/full", "wb") as full:
+        r = subprocess.run(
+            [sys.executable, "-m", "higgs_cli", "say", "Hi.", "-o", "-", "-q"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    assert r.returncode == 1 and "cannot write to stdout: No space left on device" in r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr
+    # A reader that went away (a closed pipe), streamed too.
+    for extra in ([], ["--stream", "--format", "pcm"]):
+        read, write = os.pipe()
+        os.close(read)
+        cmd = [sys.executable, "-m", "higgs_cli", "say", "Hi.", "-o", "-", "-q"]
+        r = subprocess.run(cmd + extra, stdout=write, stderr=subprocess.PIPE, text=True)
+        os.close(write)
+        assert r.returncode == 1 and "cannot write to stdout" in r.stderr, (extra, r.stderr)
+        assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr
+
+
+def test_binary_audio_is_not_written_to_a_terminal(home):
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    leader, follower = pty.openpty()
+    r = subprocess.run(
+        [sys.executable, "-m", "higgs_cli", "say", "Hi.", "-o", "-", "--model", "/no/model"],
+        stdout=follower,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(follower)
+    os.close(leader)
+    assert r.returncode == 1 and "refusing to write binary audio to a terminal" in r.stderr

@@ -463,3 +463,10 @@ def test_a_stop_during_generation_is_prompt_and_clean(home, tmp_path, signals):
     assert rc in (0, -signal.SIGTERM, -signal.SIGINT, 130, 143), (rc, text)
     assert "terminate called" not in text and "Traceback" not in text, text
     assert "higgs: stopping: requests in flight get up to 3 s" in text
+
+
+def test_deeply_nested_json_is_a_400(app_tts):
+    body = b"[" * 100_000 + b"]" * 100_000
+    with client(app_tts, max_body_bytes=1 << 20) as c:
+        r = c.post(SPEECH, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and error_of(r)["code"] == "invalid_json"

@@ -15,6 +15,7 @@ from higgs_cli.output import (
     STREAMABLE,
     Player,
     Writer,
+    check_writable,
     default_path,
     format_for,
     write_clip,
@@ -352,8 +353,8 @@ def say(
     fmt = format_for(output or "", fmt) if output else fmt
     if stream and output == "-" and fmt not in STREAMABLE:
         fail(f"{fmt} cannot stream to stdout; use --format wav or pcm")
-    if output and output != "-" and not Path(output).parent.is_dir():
-        fail(f"cannot write {output}: folder {Path(output).parent} does not exist")
+    if output:
+        check_writable(output)  # before any work: a failed write would lose all of it
     settings = settings_of(speech, ref_in_system=ref_in_system)
     # Everything that can be checked is, before loading anything.
     request = Request(text, tuple(voices), tuple(zip(ref_audio, ref_text, strict=True)), settings)
@@ -846,9 +847,14 @@ def convert(src, dst, bits, group_size, force):
     from higgs_core import load_model, quantize, resolve_path, save_model
 
     out = Path(dst)
+    src_path = resolve_path(src)
+    here, there = out.resolve(), src_path.resolve()
+    if here == there or there in here.parents:
+        fail(f"{dst} is the source model {src} or inside it: write the copy somewhere else")
+    if out.exists() and not out.is_dir():
+        fail(f"{dst} exists and is not a folder")
     if out.exists() and any(out.iterdir()) and not force:
         fail(f"{dst} is not empty (pass --force to write into it)")
-    src_path = resolve_path(src)
     model = load_model(src_path)
     quantize(model, bits=int(bits), group_size=int(group_size))
     save_model(model, out)

@@ -1,6 +1,7 @@
 """Writing speech out: files (wav, flac, raw pcm), stdout, and the speaker."""
 
 import io
+import os
 import re
 import struct
 import sys
@@ -87,8 +88,7 @@ def write_clip(target: str, samples: np.ndarray, sample_rate: int, fmt: str):
     """Write a whole clip to a file (via a temporary file, renamed) or stdout ('-')."""
     data = encode(samples, sample_rate, fmt)
     if target == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
+        _to_stdout(data)
         return
     path = Path(target)
     tmp = path.with_name(f".{path.name}.partial")
@@ -100,6 +100,41 @@ def write_clip(target: str, samples: np.ndarray, sample_rate: int, fmt: str):
         raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
 
 
+def _to_stdout(data: bytes):
+    try:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    except OSError as e:  # a closed pipe, a full disk behind a redirect
+        # Nothing more can reach stdout: keep Python's exit-time flush from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise OutputError(f"cannot write to stdout: {e.strerror or e}") from e
+
+
+def check_writable(target: str):
+    """Fail now, before any work, if ``target`` ('-' for stdout) cannot be written."""
+    if target == "-":
+        if sys.stdout.isatty():
+            raise OutputError(
+                "refusing to write binary audio to a terminal: redirect it (> file.wav) "
+                "or give -o FILE"
+            )
+        return
+    path = Path(target)
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a folder")
+    if not path.parent.is_dir():
+        raise OutputError(f"cannot write {path}: folder {path.parent} does not exist")
+    probe = path.with_name(f".{path.name}.partial")
+    try:
+        with open(probe, "wb"):
+            pass
+        probe.unlink()
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
+
+
 class Writer:
     """Writes a clip chunk by chunk to a file or to stdout ('-')."""
 
@@ -107,6 +142,7 @@ class Writer:
         if fmt not in FORMATS:
             raise OutputError(f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
         self.fmt, self.sample_rate = fmt, sample_rate
+        self.target = target
         self.to_stdout = target == "-"
         self._sf = None
         if self.to_stdout:
@@ -114,7 +150,7 @@ class Writer:
                 raise OutputError(f"{fmt} cannot stream to stdout; use wav or pcm")
             self._out = sys.stdout.buffer
             if fmt == "wav":
-                self._out.write(wav_header(sample_rate))
+                _to_stdout(wav_header(sample_rate))
         else:
             path = Path(target)
             if not path.parent.is_dir():
@@ -128,20 +164,30 @@ class Writer:
                 self._sf = sf.SoundFile(path, "w", sample_rate, 1, subtype, format=container)
 
     def write(self, samples: np.ndarray):
-        if self._sf is not None:
-            self._sf.write(samples)
-        else:
-            self._out.write(pcm16(samples))
-            if self.to_stdout:
-                self._out.flush()
+        try:
+            if self._sf is not None:
+                self._sf.write(samples)
+            elif self.to_stdout:
+                _to_stdout(pcm16(samples))
+            else:
+                self._out.write(pcm16(samples))
+        except OutputError:
+            raise
+        except (OSError, RuntimeError) as e:  # soundfile says "System error" for a full disk
+            raise OutputError(
+                f"cannot write {self.target}: {getattr(e, 'strerror', None) or e}"
+            ) from e
 
     def close(self):
-        if self._sf is not None:
-            self._sf.close()
-        elif not self.to_stdout:
-            self._out.close()
-        else:
-            self._out.flush()
+        try:
+            if self._sf is not None:
+                self._sf.close()
+            elif not self.to_stdout:
+                self._out.close()
+        except (OSError, RuntimeError) as e:
+            raise OutputError(
+                f"cannot write {self.target}: {getattr(e, 'strerror', None) or e}"
+            ) from e
 
 
 class Player:

@@ -319,6 +319,8 @@ async def speech(request: Request):
     raw = await read_body(request, app.state.limits.max_body_bytes)
     try:
         body = json.loads(raw or b"{}")
+    except RecursionError:
+        raise ApiError(400, "the body is nested too deeply", code="invalid_json") from None
     except ValueError as e:
         raise ApiError(400, f"the body is not valid JSON: {e}", code="invalid_json") from e
     if not isinstance(body, dict):
