@@ -470,3 +470,16 @@ def test_deeply_nested_json_is_a_400(app_tts):
     with client(app_tts, max_body_bytes=1 << 20) as c:
         r = c.post(SPEECH, content=body, headers={"content-type": "application/json"})
     assert r.status_code == 400 and error_of(r)["code"] == "invalid_json"
+
+
+def test_a_server_that_cannot_listen_says_so_in_one_line(home):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cmd = [sys.executable, "-m", "higgs_cli", "serve", "--port", str(port)]
+        r = subprocess.run(cmd + ["--model", "/no/model"], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in r.stderr
+    r = subprocess.run(cmd[:-1] + ["99999"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "'--port'" in r.stderr, r.stderr

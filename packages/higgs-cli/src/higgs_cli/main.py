@@ -948,7 +948,13 @@ def bench(layers, bits, dtype, group_size, frames, prompt_length, batch_sizes):
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=int, default=8000, show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=8000,
+    show_default=True,
+    help="Port to listen on.",
+)
 @model_options
 @click.option("--max-input-chars", type=int, default=4096, show_default=True)
 @click.option(
@@ -1035,13 +1041,22 @@ def serve(
     warmup,
 ):
     """Serve OpenAI's speech API (POST /v1/audio/speech) and voice management."""
+    import contextlib
     import logging
+    import signal
+    import socket
 
     import uvicorn
 
     from higgs_cli.pipeline import Higgs
     from higgs_cli.serve import Limits, create_app
 
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:  # before the model loads: a port in use is one line, not a traceback
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+        except OSError as e:
+            fail(f"cannot listen on {host}:{port}: {e.strerror or e}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     tts = Higgs.from_pretrained(model, codec, prefix_cache_mb=prefix_cache_mb)
     tts.max_ref_seconds = max_ref_seconds
@@ -1058,8 +1073,15 @@ def serve(
     )
     app = create_app(tts, model_id=Path(str(model)).name, limits=limits)
     click.echo(f"higgs: serving {model} on http://{host}:{port}", err=True)
+    # No ASGI lifespan: a forced stop would cancel it mid-way (an asyncio traceback);
+    # the worker is closed here instead, once the server has stopped.
     config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=shutdown_timeout
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=shutdown_timeout,
+        lifespan="off",
     )
 
     class Server(uvicorn.Server):
@@ -1072,4 +1094,34 @@ def serve(
                 )
             super().handle_exit(sig, frame)
 
-    Server(config).run()
+        @contextlib.contextmanager
+        def capture_signals(self):
+            # uvicorn re-raises the stop signal once it is done, into a running event
+            # loop, which then prints an asyncio traceback; here a stop just ends run().
+            stops = (signal.SIGINT, signal.SIGTERM)
+            previous = {s: signal.signal(s, self.handle_exit) for s in stops}
+            try:
+                yield
+            finally:
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
+
+    code = 0
+    try:
+        Server(config).run()
+    except SystemExit as e:  # uvicorn's own start-up failure (it has said why)
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        # A second stop while the worker winds down: stop now.
+        for stop in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stop, lambda *_: os._exit(130))
+        app.state.worker.close()  # joins the thread that owns MLX's stream
+        click.echo("higgs: stopped", err=True)
+        # Everything is stopped and written. Skip the interpreter's and the C++
+        # runtime's teardown: MLX's stream threads, one of them made on the worker
+        # thread, abort the process when static destructors run ("terminate called
+        # without an active exception", every time here once a stream has served).
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

@@ -57,11 +57,15 @@ def default_path(text: str, fmt: str, folder: Path = Path(".")) -> Path:
     return path
 
 
-def wav_header(sample_rate: int, data_bytes: int = 0xFFFFFFFF - 36) -> bytes:
-    """A 16-bit mono WAV header; the default size marks a stream of unknown length."""
+UNKNOWN = 0xFFFFFFFF  # a streamed WAV's sizes: unknown, as streaming encoders write them
+
+
+def wav_header(sample_rate: int, data_bytes: int = UNKNOWN) -> bytes:
+    """A 16-bit mono WAV header; the default marks a stream of unknown length (both the
+    RIFF and the data size 0xFFFFFFFF, what ffmpeg and sox write when streaming)."""
     return (
         b"RIFF"
-        + struct.pack("<I", min(data_bytes + 36, 0xFFFFFFFF))
+        + struct.pack("<I", UNKNOWN if data_bytes == UNKNOWN else min(data_bytes + 36, UNKNOWN))
         + b"WAVEfmt "
         + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
         + b"data"

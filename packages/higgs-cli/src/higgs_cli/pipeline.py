@@ -26,7 +26,14 @@ import numpy as np
 from higgs_cli.prefixes import PrefixCache, load_prefix, model_identity, prefix_key, save_prefix
 from higgs_cli.prompt import Prompt, Speaker, conversation, encode_prompt
 from higgs_cli.runner import Job, Runner, Work
-from higgs_cli.settings import MAX_SPEAKERS, HiggsError, Request, Settings, check_speakers
+from higgs_cli.settings import (
+    MAX_SPEAKERS,
+    HiggsError,
+    NoAudio,
+    Request,
+    Settings,
+    check_speakers,
+)
 from higgs_cli.speech import ManyStream, Progress, Speech, SpeechStream
 from higgs_cli.text import chunk_text, count_words, normalize, sound_events
 from higgs_cli.voices import BUILTINS, PIN_TEXT, VoiceError, VoiceStore, check_name, fingerprint
@@ -38,6 +45,7 @@ __all__ = [
     "Higgs",
     "HiggsError",
     "ManyStream",
+    "NoAudio",
     "Progress",
     "Request",
     "Settings",
@@ -474,6 +482,11 @@ class Higgs:
                     "model ended it; it may be cut short"
                 )
         codes = self._codes([res for _, _, res in done])
+        if codes.shape[1] == 0:  # the same answer whether it streams or not
+            raise NoAudio(
+                "no audio was made: the model ended the speech before its first whole frame "
+                "(try another seed or a longer text)"
+            )
         if decoder:
             tail = np.array(decoder.flush(), dtype=np.float32)
             if tail.size:

@@ -27,7 +27,7 @@ from starlette.routing import Route
 
 from higgs_cli.output import FORMATS, MEDIA_TYPES, STREAMABLE, encode, pcm16, wav_header
 from higgs_cli.pipeline import add_voice, check_ref_audio
-from higgs_cli.settings import HiggsError, Settings
+from higgs_cli.settings import HiggsError, NoAudio, Settings
 from higgs_cli.settings import Request as SpeakRequest
 from higgs_cli.voices import VoiceError, check_name
 
@@ -209,9 +209,10 @@ class Worker:
 
     def close(self, timeout: float = 10.0):
         """Stop taking work, end the jobs in flight and wait for the thread, which
-        owns MLX's stream: exiting while it runs can abort the process."""
-        self._jobs.put(None)
-        self._thread.join(timeout)
+        owns MLX's stream: exiting while it runs can abort the process. Idempotent."""
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join(timeout)
 
 
 # request parsing -------------------------------------------------------------------
@@ -328,8 +329,9 @@ async def speech(request: Request):
     req = parse_speech(body, app)
     tts = app.state.tts
 
-    def record(status, speech=None):
-        seconds = speech.duration if speech else 0.0
+    def record(status, speech=None, seconds=None):
+        if seconds is None:
+            seconds = speech.duration if speech else 0.0
         rtf = (time.perf_counter() - t0) / seconds if seconds else 0.0
         log.info(
             "%s voice=%s chars=%d audio=%.2fs rtf=%.2f status=%s",
@@ -358,23 +360,35 @@ async def speech(request: Request):
             f"{app.state.streams} streams are open; the limit is {app.state.limits.max_streams}",
             "too_many_streams",
         )
-    result = []
 
     def make(batch):
-        speech_ = yield from tts.job(req.request, batch, emit=job.emit)
-        result.append(speech_)
+        yield from tts.job(req.request, batch, emit=job.emit)
 
     job = Job(make, app.state.limits.request_timeout)
     app.state.worker.submit(job)
     app.state.streams += 1
+    # Nothing is sent until the first audio exists: a request that fails before it (no
+    # audio at all, a voice that cannot be made) gets its error status, as a whole one does.
+    try:
+        first = await wait_or_cancel(request, job, done_ok=True)
+    except BaseException as e:
+        app.state.streams -= 1
+        job.cancel.set()
+        record(status_of(e))
+        raise
+    bytes_per_second = 2 * tts.sample_rate
 
     async def body_iter():
-        status = 200
+        status, sent = 200, 0
         try:
             if req.fmt == "wav":
                 yield wav_header(tts.sample_rate)
-            while (item := await job.next()) is not _DONE:
-                yield pcm16(np.asarray(item))
+            item = first
+            while item is not _DONE:
+                data = pcm16(np.asarray(item))
+                yield data
+                sent += len(data)
+                item = await job.next()
         except BaseException as e:
             status = status_of(e)
             if status == 500:
@@ -383,7 +397,7 @@ async def speech(request: Request):
         finally:
             job.cancel.set()
             app.state.streams -= 1
-            record(status, result[0] if result else None)
+            record(status, seconds=sent / bytes_per_second)  # what reached the client
 
     return PacedStream(
         body_iter(),
@@ -402,6 +416,8 @@ def as_api_error(error: BaseException) -> ApiError:
         return ApiError(408, str(error), code="client_stalled")
     if isinstance(error, TimeoutError):
         return ApiError(504, str(error), type="timeout_error", code="timeout")
+    if isinstance(error, NoAudio):
+        return ApiError(422, str(error), code="no_audio")
     if isinstance(error, HiggsError | VoiceError):
         return ApiError(400, str(error))
     return ApiError(500, f"internal error: {error}", type="server_error")
@@ -411,14 +427,15 @@ def status_of(error: BaseException) -> int:
     return as_api_error(error).status
 
 
-async def wait_or_cancel(request: Request, job: Job):
-    """The job's one result; cancels the job if the client disconnects first."""
+async def wait_or_cancel(request: Request, job: Job, done_ok: bool = False):
+    """The job's next item (its one result); cancels the job if the client disconnects
+    first. ``done_ok``: the end of the job may come instead (it is returned)."""
     result = asyncio.ensure_future(job.next())
     while True:
         done, _ = await asyncio.wait({result}, timeout=0.25)
         if done:
             value = result.result()
-            if value is _DONE:
+            if value is _DONE and not done_ok:
                 raise RuntimeError("the job produced no result")
             return value
         if await request.is_disconnected():

@@ -37,6 +37,10 @@ class HiggsError(Exception):
     """A problem the user can fix: the message says what and how."""
 
 
+class NoAudio(HiggsError):
+    """Generation ended before any audio: nothing to return."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """How to speak: sampling, the seed, budgets and long-text handling.
