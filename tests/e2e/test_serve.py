@@ -478,8 +478,8 @@ def test_a_server_that_cannot_listen_says_so_in_one_line(home):
         taken.listen()
         port = taken.getsockname()[1]
         cmd = [sys.executable, "-m", "higgs_cli", "serve", "--port", str(port)]
-        r = subprocess.run(cmd + ["--model", "/no/model"], capture_output=True, text=True)
+        r = subprocess.run([*cmd, "--model", "/no/model"], capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in r.stderr
-    r = subprocess.run(cmd[:-1] + ["99999"], capture_output=True, text=True)
+    r = subprocess.run([*cmd[:-1], "99999"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "'--port'" in r.stderr, r.stderr
