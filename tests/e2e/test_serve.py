@@ -176,7 +176,8 @@ def test_timeout_is_504(app_tts):
         ({"input": ""}, "empty_input"),
         ({"input": "x" * 50}, "input_too_long"),
         ({"input": "Hi.", "voice": "nobody"}, "unknown_voice"),
-        ({"input": "Hi.", "voice": "../x"}, "unknown_voice"),
+        ({"input": "Hi.", "voice": "../x"}, "invalid_name"),
+        ({"text": "Hi."}, "missing_input"),
         ({"input": "Hi.", "response_format": "aac"}, "unsupported_format"),
         ({"input": "Hi.", "speed": 1.5}, "unsupported_speed"),
         ({"input": "Hi.", "stream": True, "response_format": "mp3"}, "unsupported_stream"),
@@ -215,7 +216,12 @@ def test_voice_upload_use_and_delete(app_tts):
         r = c.post(SPEECH, json={"input": "Hi.", "voice": "me", "response_format": "wav"})
         assert r.status_code == 200
         r = c.post("/v1/audio/voices", data={"name": "me", "text": "Again."}, files=files)
-        assert r.status_code == 409
+        assert r.status_code == 409 and error_of(r)["code"] == "voice_exists"
+        assert "force=true" in error_of(r)["message"] and "--" not in error_of(r)["message"]
+        data = {"name": "me", "text": "Again.", "force": "true"}
+        assert c.post("/v1/audio/voices", data=data, files=files).status_code == 201
+        voices = {v["name"]: v for v in c.get("/v1/audio/voices").json()["voices"]}
+        assert voices["me"]["transcript"] == "Again."
         assert c.delete("/v1/audio/voices/me").status_code == 200
         assert c.delete("/v1/audio/voices/me").status_code == 404
         r = c.post(SPEECH, json={"input": "Hi.", "voice": "me"})
@@ -238,6 +244,42 @@ def test_bad_voice_uploads(app_tts, data, files, status):
         assert r.status_code == status, r.text
         error_of(r)
         assert "ok" not in {v["name"] for v in c.get("/v1/audio/voices").json()["voices"]}
+
+
+def test_damaged_voices_and_builtin_deletes(app_tts):
+    files = {"file": ("me.wav", tone(), "audio/wav")}
+    with client(app_tts) as c:
+        assert c.post("/v1/audio/voices", data={"name": "me", "text": "t"}, files=files).is_success
+        (app_tts.voices.root / "me" / "voice.json").write_text("{broken")
+        listed = {v["name"]: v for v in c.get("/v1/audio/voices").json()["voices"]}
+        assert listed["me"]["kind"] == "damaged" and "damaged" in listed["me"]["problem"]
+        r = c.post(SPEECH, json={"input": "Hi.", "voice": "me"})
+        assert r.status_code == 400 and error_of(r)["code"] == "damaged_voice"
+        message = error_of(r)["message"]
+        assert "DELETE /v1/audio/voices/me" in message and "higgs voices" not in message
+        r = c.post("/v1/audio/voices", data={"name": "me", "text": "t"}, files=files)
+        assert r.status_code == 409 and error_of(r)["code"] == "voice_exists"
+        r = c.delete("/v1/audio/voices/me")
+        assert r.json() == {"name": "me", "result": "removed", "deleted": True}
+        # A built-in voice is never deleted: only a pin is forgotten, if there is one.
+        r = c.delete("/v1/audio/voices/en_woman")
+        assert r.status_code == 404 and "no pin" in error_of(r)["message"]
+        app_tts.voices.pin("en_woman", "pin-x", np.ones((8, 3)), "The pin sentence.")
+        r = c.delete("/v1/audio/voices/en_woman")
+        assert r.json() == {"name": "en_woman", "result": "pin forgotten", "deleted": False}
+        assert "en_woman" in {v["name"] for v in c.get("/v1/audio/voices").json()["voices"]}
+        r = c.delete("/v1/audio/voices/..%2Fx")
+        assert r.status_code in (400, 404)
+        error_of(r)
+
+
+def test_unknown_paths_and_methods_answer_in_the_api_shape(app_tts):
+    with client(app_tts) as c:
+        r = c.get("/v1/nothing")
+        assert r.status_code == 404 and error_of(r)["code"] == "not_found"
+        r = c.get(SPEECH)
+        assert r.status_code == 405 and error_of(r)["code"] == "method_not_allowed"
+        assert "GET" in error_of(r)["message"]
 
 
 # a real server process --------------------------------------------------------------

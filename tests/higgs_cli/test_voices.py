@@ -1,9 +1,22 @@
 import json
+import os
+import subprocess
+import sys
+import threading
 
 import numpy as np
 import pytest
 
-from higgs_cli.voices import BUILTINS, VoiceError, VoiceStore, data_dir, fingerprint
+from higgs_cli.voices import (
+    BUILTINS,
+    DamagedVoice,
+    UnknownVoice,
+    VoiceError,
+    VoiceExists,
+    VoiceStore,
+    data_dir,
+    fingerprint,
+)
 
 
 @pytest.fixture
@@ -72,10 +85,14 @@ def test_add_refuses_to_clobber_and_builtin_names(store, wav):
     assert leftovers(store) == []
 
 
-def test_a_failed_add_leaves_nothing(store, tmp_path):
+def test_a_failed_add_leaves_nothing(store, tmp_path, wav):
     store.root.mkdir(parents=True)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(VoiceError, match=r"no audio file .*missing\.wav"):
         store.add("dave", tmp_path / "missing.wav", "words")
+    blocked = VoiceStore(tmp_path / "a-file")  # a store that cannot be made: one VoiceError
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(VoiceError, match="cannot write the voice store"):
+        blocked.add("dave", wav, "words")
     assert not (store.root / "dave").exists()
     assert leftovers(store) == []
 
@@ -83,8 +100,9 @@ def test_a_failed_add_leaves_nothing(store, tmp_path):
 def test_damaged_and_foreign_entries_are_reported(store, wav):
     store.add("erin", wav, "words", codes=np.zeros((8, 3)), key="k")
     (store.root / "erin" / "voice.json").write_text("{not json")
-    with pytest.raises(VoiceError, match=r"erin.*damaged.*higgs voices remove erin"):
+    with pytest.raises(DamagedVoice, match=r"'erin' is damaged") as caught:
         store.get("erin")
+    assert caught.value.name == "erin"
     listed = {v.name: v for v in store.list()}
     assert listed["erin"].problem and "damaged" in listed["erin"].problem
 
@@ -135,3 +153,110 @@ def test_fingerprints_tell_checkpoints_apart(tmp_path):
     assert fingerprint(a) != fingerprint(b)
     (b / "model.safetensors").write_bytes(b"x" * 10)
     assert fingerprint(a) == fingerprint(b)  # same config, same weight files
+
+
+def test_two_adds_of_one_name_one_wins(store, tmp_path):
+    store.root.mkdir(parents=True)
+    wavs = []
+    for i in range(6):
+        wavs.append(tmp_path / f"take{i}.wav")
+        wavs[-1].write_bytes(f"RIFF{i}".encode())
+    results, barrier = {}, threading.Barrier(len(wavs))
+
+    def add(i):
+        barrier.wait()
+        try:
+            store.add("gina", wavs[i], f"take {i}")
+            results[i] = "added"
+        except VoiceExists:
+            results[i] = "exists"
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(len(wavs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [i for i, r in results.items() if r == "added"]
+    assert len(winners) == 1 and len(results) == len(wavs)
+    v = store.get("gina")  # the stored entry is the winner's, whole
+    assert v.transcript == f"take {winners[0]}"
+    assert v.audio.read_bytes() == wavs[winners[0]].read_bytes()
+    assert leftovers(store) == []
+
+
+def test_force_replaces_and_leaves_nothing_aside(store, wav, tmp_path):
+    store.add("hal", wav, "first", codes=np.zeros((8, 3)), key="k")
+    with pytest.raises(VoiceExists, match="'hal' already exists"):
+        store.add("hal", wav, "second")
+    other = tmp_path / "other.flac"
+    other.write_bytes(b"fLaC")
+    store.add("hal", other, "second", force=True)
+    v = store.get("hal")
+    assert v.transcript == "second" and v.audio.name == "audio.flac"
+    assert store.codes("hal", "k", 8) is None  # the old recording's codes went with it
+    assert sorted(p.name for p in (store.root / "hal").iterdir()) == ["audio.flac", "voice.json"]
+    assert leftovers(store) == []
+
+
+def test_a_crashed_writers_leftovers_are_cleaned(store, wav):
+    store.root.mkdir(parents=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pid = int(dead.stdout)
+    for kind in ("add", "old", "rm"):
+        junk = store.root / f".{kind}-{pid}-abc" / "ivy"
+        junk.mkdir(parents=True)
+        (junk / "voice.json").write_text("{}")
+    mine = store.root / f".add-{os.getpid()}-live"  # a live writer's staging stays
+    mine.mkdir()
+    assert "ivy" not in store.names()  # leftovers never look like voices
+    store.add("ivy", wav, "words")
+    assert leftovers(store) == [mine.name]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["npz", "out_of_range", "wrong_dtype", "empty", "pickle"],
+)
+def test_damaged_codes_of_any_kind_are_one_error(store, wav, damage):
+    store.add("jo", wav, "words", codes=np.zeros((8, 3)), key="k")
+    path = store.root / "jo" / "codes-k.npy"
+    if damage == "npz":
+        with open(path, "wb") as f:
+            np.savez(f, a=np.zeros((8, 3), np.uint16))
+    elif damage == "out_of_range":
+        np.save(path, np.full((8, 3), 1024, np.uint16))
+    elif damage == "wrong_dtype":
+        np.save(path, np.zeros((8, 3), np.float32))
+    elif damage == "empty":
+        np.save(path, np.zeros((8, 0), np.uint16))
+    else:
+        np.save(path, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(DamagedVoice, match=r"'jo' is damaged .*stored codes"):
+        store.codes("jo", "k", 8)
+    store.save_codes("jo", "k", np.ones((8, 3)))  # encoding again repairs it
+    np.testing.assert_array_equal(store.codes("jo", "k", 8), np.ones((8, 3)))
+
+
+def test_a_transcript_that_is_not_text_is_damage(store, wav):
+    store.add("kim", wav, "words")
+    meta = store.root / "kim" / "voice.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "transcript": ["a"]}))
+    with pytest.raises(DamagedVoice, match="transcript is not text"):
+        store.get("kim")
+    assert store.get("kim", strict=False).kind == "damaged"
+    assert store.remove("kim") == "removed"
+
+
+def test_remove_says_what_it_did(store):
+    with pytest.raises(UnknownVoice, match="no pin to forget"):
+        store.remove("en_woman")
+    store.pin("en_woman", "pin-a", np.ones((8, 2)), "The pin sentence.")
+    assert store.remove("en_woman") == "pin forgotten"
+    assert store.get("en_woman").kind == "builtin"
+    with pytest.raises(UnknownVoice, match="unknown voice 'nobody'"):
+        store.remove("nobody")

@@ -85,10 +85,21 @@ def friendly(fn):
             if debug:
                 traceback.print_exc()
             msg = " ".join(str(e).split()) or type(e).__name__  # one line, all of it
-            click.echo(f"higgs: error: {msg}", err=True)
+            click.echo(f"higgs: error: {msg}{cli_hint(e)}", err=True)
             sys.exit(1)
 
     return click.option("--debug", is_flag=True, help="Show the full traceback on errors.")(wrapper)
+
+
+def cli_hint(error: Exception) -> str:
+    """What to do about a library error, in the command line's words."""
+    from higgs_cli.voices import DamagedVoice, VoiceExists
+
+    if isinstance(error, VoiceExists):
+        return "; remove it first or pass --force"
+    if isinstance(error, DamagedVoice):
+        return f"; remove it with `higgs voices remove {error.name}`"
+    return ""
 
 
 def model_options(fn):
@@ -736,8 +747,7 @@ def voices_list():
             click.echo(f"{v.name:<20} damaged   {v.problem}")
             continue
         what = v.transcript if v.kind == "recording" else v.description
-        kind = "recording" if v.kind == "recording" else "built-in"
-        click.echo(f"{v.name:<20} {kind:<9} {shorten(what or '', 60)}")
+        click.echo(f"{v.name:<20} {v.kind:<9} {shorten(what or '', 60)}")
 
 
 def shorten(s: str, n: int) -> str:
@@ -754,7 +764,7 @@ def voices_show(name):
     store = VoiceStore()
     v = store.get(name)
     click.echo(f"name         {v.name}")
-    click.echo(f"kind         {'built-in' if v.kind == 'builtin' else v.kind}")
+    click.echo(f"kind         {v.kind}")
     if v.description:
         click.echo(f"description  {v.description}")
     if v.transcript:
@@ -817,8 +827,8 @@ def voices_remove(name):
     """Remove voice NAME (for a built-in voice: forget its pin)."""
     from higgs_cli.voices import VoiceStore
 
-    VoiceStore().remove(name)
-    click.echo(f"removed voice {name!r}", err=True)
+    result = VoiceStore().remove(name)
+    click.echo(f"{name!r}: {result}", err=True)
 
 
 # convert ---------------------------------------------------------------------------

@@ -29,7 +29,14 @@ from higgs_cli.output import FORMATS, MEDIA_TYPES, STREAMABLE, encode, pcm16, wa
 from higgs_cli.pipeline import add_voice, check_ref_audio
 from higgs_cli.settings import HiggsError, NoAudio, Settings
 from higgs_cli.settings import Request as SpeakRequest
-from higgs_cli.voices import VoiceError, check_name
+from higgs_cli.voices import (
+    DamagedVoice,
+    InvalidVoiceName,
+    UnknownVoice,
+    VoiceError,
+    VoiceExists,
+    check_name,
+)
 
 log = logging.getLogger("higgs.serve")
 
@@ -257,6 +264,8 @@ class SpeechRequest:
 
 def parse_speech(body: dict, app) -> SpeechRequest:
     limits: Limits = app.state.limits
+    if "input" not in body or body["input"] is None:
+        raise ApiError(400, "'input' is missing: give the text to speak", code="missing_input")
     text = field(body, "input", str, "").strip()
     if not text:
         raise ApiError(400, "'input' is empty: give the text to speak", code="empty_input")
@@ -276,7 +285,9 @@ def parse_speech(body: dict, app) -> SpeechRequest:
         try:
             app.state.tts.voices.get(voice)
         except VoiceError as e:
-            raise ApiError(400, str(e), code="unknown_voice") from e
+            error = voice_error(e)
+            error.status = 400  # in a speech request, the voice is a bad field
+            raise error from e
     fmt = field(body, "response_format", str, "mp3")
     if fmt not in FORMATS:
         raise ApiError(
@@ -418,9 +429,25 @@ def as_api_error(error: BaseException) -> ApiError:
         return ApiError(504, str(error), type="timeout_error", code="timeout")
     if isinstance(error, NoAudio):
         return ApiError(422, str(error), code="no_audio")
-    if isinstance(error, HiggsError | VoiceError):
+    if isinstance(error, VoiceError):
+        return voice_error(error)
+    if isinstance(error, HiggsError):
         return ApiError(400, str(error))
     return ApiError(500, f"internal error: {error}", type="server_error")
+
+
+def voice_error(error: VoiceError) -> ApiError:
+    """A voice store error in HTTP's terms (and the API's words, not the CLI's)."""
+    if isinstance(error, UnknownVoice):
+        return ApiError(404, str(error), code="unknown_voice")
+    if isinstance(error, VoiceExists):
+        return ApiError(409, f"{error}; send force=true to replace it", code="voice_exists")
+    if isinstance(error, DamagedVoice):
+        hint = f"; DELETE /v1/audio/voices/{error.name} removes it"
+        return ApiError(409, f"{error}{hint}", code="damaged_voice")
+    if isinstance(error, InvalidVoiceName):
+        return ApiError(400, str(error), code="invalid_name")
+    return ApiError(400, str(error), code="voice_rejected")
 
 
 def status_of(error: BaseException) -> int:
@@ -447,7 +474,7 @@ async def wait_or_cancel(request: Request, job: Job, done_ok: bool = False):
 async def list_voices(request: Request):
     voices = []
     for v in request.app.state.tts.voices.list():
-        entry = {"name": v.name, "kind": v.kind if not v.problem else "damaged"}
+        entry = {"name": v.name, "kind": v.kind}
         for key in ("transcript", "description", "problem"):
             if getattr(v, key):
                 entry[key] = getattr(v, key)
@@ -481,7 +508,7 @@ async def create_voice(request: Request):
     try:
         check_name(name)
     except VoiceError as e:
-        raise ApiError(400, str(e), code="invalid_name") from e
+        raise voice_error(e) from e
     data = await upload.read()
     if len(data) > limit:
         raise ApiError(413, f"upload over {limit} bytes", code="body_too_large")
@@ -518,8 +545,7 @@ async def create_voice(request: Request):
         try:
             voice = await wait_or_cancel(request, job)
         except VoiceError as e:
-            status = 409 if "exists" in str(e) else 400
-            raise ApiError(status, str(e), code="voice_rejected") from e
+            raise voice_error(e) from e
         except (ValueError, OSError, RuntimeError) as e:
             raise ApiError(400, f"cannot use the upload: {e}", code="invalid_audio") from e
     log.info("voice added: %s", voice.name)
@@ -529,11 +555,11 @@ async def create_voice(request: Request):
 async def delete_voice(request: Request):
     name = request.path_params["name"]
     try:
-        request.app.state.tts.voices.remove(name)
+        result = request.app.state.tts.voices.remove(name)
     except VoiceError as e:
-        status = 400 if "invalid" in str(e) else 404
-        raise ApiError(status, str(e), code="unknown_voice") from e
-    return JSONResponse({"name": name, "deleted": True})
+        raise voice_error(e) from e
+    # A built-in voice stays listed: only its pin goes (it is made again on next use).
+    return JSONResponse({"name": name, "result": result, "deleted": result == "removed"})
 
 
 async def models(request: Request):
@@ -575,7 +601,16 @@ def create_app(tts, *, model_id: str = "higgs-audio-v2", limits: Limits | None =
         yield
         app.state.worker.close()
 
+    async def not_found(request, exc):
+        status = getattr(exc, "status_code", 404)
+        what = "no such endpoint" if status == 404 else f"{request.method} is not allowed here"
+        code = "not_found" if status == 404 else "method_not_allowed"
+        return ApiError(
+            status, f"{what}: {request.method} {request.url.path}", code=code
+        ).response()
+
     app = Starlette(
+        exception_handlers={404: not_found, 405: not_found},
         routes=[
             Route("/v1/audio/speech", handled(speech), methods=["POST"]),
             Route("/v1/audio/voices", handled(list_voices), methods=["GET"]),

@@ -12,6 +12,8 @@ project's own text descriptions, spoken once by the model and then cloned; they
 are not the recordings of similar names in the release's ``voice_prompts``.
 """
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -26,6 +28,7 @@ import numpy as np
 
 FORMAT = 1
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+CODEBOOK = 1024  # codes are 0..1023 (Higgs Audio v2's codec)
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,26 @@ PIN_TEXT = "Hello there. This is my voice, and I will read your text for you tod
 
 class VoiceError(Exception):
     """A voice that is unknown, invalid or damaged, with what to do about it."""
+
+
+class InvalidVoiceName(VoiceError):
+    """A name that cannot be a voice (it would be a path trick, or is empty)."""
+
+
+class UnknownVoice(VoiceError):
+    """No voice of that name."""
+
+
+class VoiceExists(VoiceError):
+    """A voice of that name is there already (replacing it must be asked for)."""
+
+
+class DamagedVoice(VoiceError):
+    """A stored entry that cannot be used as it is; removing it makes room for a new one."""
+
+    def __init__(self, name: str, why: str):
+        super().__init__(f"voice {name!r} is damaged ({why})")
+        self.name = name
 
 
 @dataclass
@@ -92,8 +115,8 @@ def fingerprint(folder: Path) -> str:
 
 
 def check_name(name: str) -> str:
-    if not NAME.fullmatch(name or ""):
-        raise VoiceError(
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise InvalidVoiceName(
             f"invalid voice name {name!r}: use 1-64 letters, digits, '_' or '-', "
             "starting with a letter or digit"
         )
@@ -147,7 +170,7 @@ class VoiceStore:
             return Voice(name, "builtin", description=BUILTINS[name].description)
         if not folder.is_dir():
             known = ", ".join(self.names())
-            raise VoiceError(f"unknown voice {name!r} (known: {known})")
+            raise UnknownVoice(f"unknown voice {name!r} (known: {known})")
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             if meta.get("format") != FORMAT or meta.get("kind") not in ("builtin", "recording"):
@@ -158,6 +181,11 @@ class VoiceStore:
                 transcript=meta.get("transcript"),
                 description=meta.get("description"),
             )
+            for field_name in ("transcript", "description"):
+                if getattr(voice, field_name) is not None and not isinstance(
+                    getattr(voice, field_name), str
+                ):
+                    raise ValueError(f"its {field_name} is not text")
             if voice.kind == "recording":
                 if not voice.transcript:
                     raise ValueError("no transcript")
@@ -168,12 +196,10 @@ class VoiceStore:
             elif name in BUILTINS:
                 voice.description = BUILTINS[name].description
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            problem = (
-                f"voice {name!r} is damaged ({e}); remove it with `higgs voices remove {name}`"
-            )
+            damaged = DamagedVoice(name, str(e))
             if strict:
-                raise VoiceError(problem) from e
-            return Voice(name, "unknown", problem=problem)
+                raise damaged from e
+            return Voice(name, "damaged", problem=str(damaged))
         return voice
 
     def codes(self, name: str, key: str, num_codebooks: int) -> np.ndarray | None:
@@ -185,11 +211,16 @@ class VoiceStore:
         if not path.exists():
             return None
         try:
-            codes = np.load(path, allow_pickle=False)
+            with open(path, "rb") as f:
+                codes = np.load(f, allow_pickle=False)
+                if not isinstance(codes, np.ndarray):  # an .npz archive, say
+                    raise ValueError("not a single array")
             if codes.ndim != 2 or codes.shape[0] != num_codebooks or codes.dtype != np.uint16:
                 raise ValueError(f"codes of shape {codes.shape} and type {codes.dtype}")
-        except (OSError, ValueError, EOFError) as e:
-            raise VoiceError(f"stored codes of voice {name!r} are damaged ({e})") from e
+            if codes.size == 0 or codes.max() >= CODEBOOK:
+                raise ValueError("codes out of the codebook's range")
+        except Exception as e:  # whatever a damaged file makes numpy raise
+            raise DamagedVoice(name, f"its stored codes: {type(e).__name__}: {e}") from e
         return codes.astype(np.int32)
 
     # writing ---------------------------------------------------------------
@@ -204,7 +235,12 @@ class VoiceStore:
         key: str | None = None,
         force: bool = False,
     ) -> Voice:
-        """Store a recording (copied), its transcript and its codes for ``key``."""
+        """Store a recording (copied), its transcript and its codes for ``key``.
+
+        The entry is made in a staging folder and renamed into place in one step
+        that fails if the name is taken meanwhile (two adds of one name: one wins,
+        the other says the voice exists); ``force`` replaces an existing one.
+        """
         check_name(name)
         transcript = " ".join(transcript.split())
         if not transcript:
@@ -213,11 +249,17 @@ class VoiceStore:
             raise VoiceError(f"the transcript holds the control token {m.group()}")
         if name in BUILTINS:
             raise VoiceError(f"{name!r} is a built-in voice; choose another name")
+        if not Path(audio).is_file():
+            raise VoiceError(f"no audio file {str(audio)!r}")
         dest = self.root / name
         if dest.exists() and not force:
-            raise VoiceError(f"voice {name!r} exists; remove it first or pass --force")
-        self.root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=f".add-{name}-"))
+            raise VoiceExists(f"voice {name!r} already exists")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._clean_leftovers()
+            staging = Path(tempfile.mkdtemp(dir=self.root, prefix=f".add-{os.getpid()}-"))
+        except OSError as e:
+            raise VoiceError(f"cannot write the voice store {self.root}: {e.strerror or e}") from e
         try:
             copy = f"audio{audio.suffix.lower() or '.wav'}"
             shutil.copyfile(audio, staging / copy)
@@ -225,7 +267,9 @@ class VoiceStore:
             (staging / "voice.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
             if codes is not None:
                 np.save(staging / f"codes-{key}.npy", np.asarray(codes, np.uint16))
-            self._swap_in(staging, dest)
+            self._swap_in(staging, dest, force)
+        except OSError as e:
+            raise VoiceError(f"cannot store voice {name!r}: {e.strerror or e}") from e
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return self.get(name)
@@ -262,23 +306,60 @@ class VoiceStore:
         folder.mkdir(parents=True, exist_ok=True)
         _write_atomic(folder / f"codes-{key}.npy", _npy_bytes(np.asarray(codes, np.uint16)))
 
-    def remove(self, name: str):
-        """Delete a voice (for a built-in one: its pins, made again on next use)."""
+    def remove(self, name: str) -> str:
+        """Delete a voice; for a built-in one, forget its pins (made again on next use),
+        the voice itself stays. Returns what happened: "removed" or "pin forgotten"."""
         folder = self.root / check_name(name)
         if not folder.exists():
             if name in BUILTINS:
-                raise VoiceError(f"built-in voice {name!r} has no pin to remove")
-            raise VoiceError(f"unknown voice {name!r}")
-        # Rename first so a half-deleted folder never looks like a voice.
-        trash = Path(tempfile.mkdtemp(dir=self.root, prefix=f".rm-{name}-"))
-        os.replace(folder, trash / name)
+                raise UnknownVoice(f"built-in voice {name!r} has no pin to forget")
+            raise UnknownVoice(f"unknown voice {name!r}")
+        try:
+            # Rename first so a half-deleted folder never looks like a voice.
+            trash = Path(tempfile.mkdtemp(dir=self.root, prefix=f".rm-{os.getpid()}-"))
+            os.replace(folder, trash / name)
+        except OSError as e:
+            raise VoiceError(f"cannot remove voice {name!r}: {e.strerror or e}") from e
         shutil.rmtree(trash, ignore_errors=True)
+        return "pin forgotten" if name in BUILTINS else "removed"
 
-    def _swap_in(self, staging: Path, dest: Path):
-        if dest.exists():
-            trash = Path(tempfile.mkdtemp(dir=self.root, prefix=f".old-{dest.name}-"))
-            os.replace(dest, trash / dest.name)
-            os.replace(staging, dest)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(staging, dest)
+    def _swap_in(self, staging: Path, dest: Path, force: bool):
+        """Rename ``staging`` to ``dest``: never over another voice unless ``force``,
+        which moves the old one aside first (retrying if another writer gets between)."""
+        for _ in range(8):
+            if force and dest.exists():
+                trash = Path(tempfile.mkdtemp(dir=self.root, prefix=f".old-{os.getpid()}-"))
+                with contextlib.suppress(FileNotFoundError):  # another writer moved it first
+                    os.replace(dest, trash / dest.name)
+                shutil.rmtree(trash, ignore_errors=True)
+            try:
+                # rename() refuses to replace a folder that is not empty: a voice made
+                # meanwhile by someone else stays theirs.
+                os.rename(staging, dest)
+                return
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                if not force:
+                    raise VoiceExists(f"voice {dest.name!r} already exists") from None
+        raise VoiceError(f"voice {dest.name!r} kept changing while it was being replaced")
+
+    def _clean_leftovers(self):
+        """Staging and trash folders a crashed writer left (their process is gone)."""
+        for path in self.root.glob(".*-*-*"):
+            kind, _, rest = path.name[1:].partition("-")
+            pid = rest.partition("-")[0]
+            if kind in ("add", "old", "rm") and pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
