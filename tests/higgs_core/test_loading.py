@@ -139,7 +139,7 @@ def test_hub_id_offline_and_uncached_says_how_to_pass_a_path(offline_hub):
     message = str(err.value)
     assert "'bosonai/higgs-audio-v2-generation-3B-base'" in message
     assert "not in the local cache" in message
-    assert "pass DIR instead of the repo id (load_model('DIR')" in message
+    assert "`hf download bosonai/higgs-audio-v2-generation-3B-base --local-dir DIR`" in message
 
 
 def test_hub_id_found_in_the_cache_loads_offline(offline_hub, ref):

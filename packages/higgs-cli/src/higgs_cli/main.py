@@ -94,7 +94,22 @@ def friendly(fn):
 def cli_hint(error: Exception) -> str:
     """What to do about a library error, in the command line's words."""
     from higgs_cli.voices import DamagedVoice, VoiceExists
+    from higgs_codec import CodecNotFoundError
+    from higgs_core import ModelNotFoundError
 
+    if isinstance(error, ModelNotFoundError):
+        if error.repo_id is None:
+            return " (given by --model or HIGGS_MODEL)"
+        # Offline: the codec will be missing too.
+        return (
+            f" with --model DIR (or HIGGS_MODEL=DIR). higgs needs the codec as well: `hf "
+            f"download {DEFAULT_CODEC} --local-dir CODEC_DIR`, then --codec CODEC_DIR "
+            "(or HIGGS_CODEC=CODEC_DIR)"
+        )
+    if isinstance(error, CodecNotFoundError) and error.what == "codec":
+        if error.repo_id is None:
+            return " (given by --codec or HIGGS_CODEC)"
+        return " with --codec DIR (or HIGGS_CODEC=DIR)"
     if isinstance(error, VoiceExists):
         return "; remove it first or pass --force"
     if isinstance(error, DamagedVoice):

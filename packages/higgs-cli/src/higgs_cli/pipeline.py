@@ -139,11 +139,15 @@ class Higgs:
         from tokenizers import Tokenizer
 
         from higgs_codec import load_codec
+        from higgs_codec import resolve_path as resolve_codec
         from higgs_core import load_model, resolve_path
 
         model = model or os.environ.get("HIGGS_MODEL") or DEFAULT_MODEL
         codec = codec or os.environ.get("HIGGS_CODEC") or DEFAULT_CODEC
+        # Both found (or fetched) before either loads: a missing codec is not
+        # discovered after the model's seconds of loading.
         model_path = resolve_path(model)
+        codec = resolve_codec(codec)
         loaded = load_model(model_path, dtype=dtype)
         tok_file = model_path / "tokenizer.json"
         if not tok_file.is_file():

@@ -8,8 +8,8 @@ audio = codec.decode(codes)                             # float32 [T * 960] at 2
 from importlib.metadata import version as _version
 
 from .audio import read_audio, resample, write_audio
-from .errors import CodecError, CodecFileNotFoundError
-from .loading import load_codec
+from .errors import CodecError, CodecFileNotFoundError, CodecNotFoundError
+from .loading import load_codec, resolve_path
 from .model import Codec
 from .streaming import StreamDecoder
 
@@ -19,9 +19,11 @@ __all__ = [
     "Codec",
     "CodecError",
     "CodecFileNotFoundError",
+    "CodecNotFoundError",
     "StreamDecoder",
     "load_codec",
     "read_audio",
     "resample",
+    "resolve_path",
     "write_audio",
 ]

@@ -22,7 +22,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from . import config as cfg
-from .errors import CodecError, CodecFileNotFoundError
+from .errors import CodecError, CodecNotFoundError
 from .layers import Conv1d, ConvTranspose1d
 from .model import Codec
 from .torch_pickle import load_torch_checkpoint
@@ -31,7 +31,7 @@ SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 ORIGINAL_WEIGHTS = "model.pth"
 SUBFOLDER = "audio_tokenizer"
-REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 # weights a checkpoint may carry that nothing here uses
 IGNORED = re.compile(
@@ -52,7 +52,7 @@ def load_codec(path_or_repo, *, decode_only=False, semantic_model=None):
     HuBERT config (and weights, if model.pth lacks them); by default the repo the
     original code fetches for the checkpoint's semantic teacher.
     """
-    directory = _locate(path_or_repo)
+    directory = resolve_path(path_or_repo)
     try:
         directory, layout = _find_layout(directory)
         if layout == "transformers":
@@ -73,46 +73,68 @@ def load_codec(path_or_repo, *, decode_only=False, semantic_model=None):
 # -- finding the checkpoint -------------------------------------------------------------
 
 
-def _locate(path_or_repo):
+def resolve_path(path_or_repo: str | Path, what: str = "codec") -> Path:
+    """The local directory of a checkpoint: ``path_or_repo`` itself when it is a
+    directory, else the hub repo's snapshot of the codec's files.
+
+    higgs_core.loading.resolve_path is its twin (neither package may import the
+    other): the same rules, errors and words, tested side by side.
+    """
+    return _local(path_or_repo, what) or _download(str(path_or_repo), what)
+
+
+def _local(path_or_repo: str | Path, what: str) -> Path | None:
+    """The directory ``path_or_repo`` names, or None when it is a hub repo id."""
     path = Path(path_or_repo).expanduser()
+    if path.is_dir():
+        return path
     if path.exists():
-        return path.parent if path.is_file() else path
-    name = str(path_or_repo)
-    if REPO_ID.match(name) and not name.startswith("."):
-        return _download(name)
-    raise CodecFileNotFoundError(f"no codec checkpoint at {path}: the path does not exist")
+        raise CodecNotFoundError(f"{path} is a file; pass the {what}'s directory", what=what)
+    if isinstance(path_or_repo, Path) or not REPO_ID.fullmatch(str(path_or_repo)):
+        raise CodecNotFoundError(f"no such {what} directory: {path}", what=what)
+    return None
 
 
-CODEC_HINT = (
-    "pass the path of a local directory holding config.json with model.safetensors or model.pth"
-)
-HUBERT_HINT = "pass semantic_model= the path of a local directory holding the HuBERT config.json"
-
-
-def _snapshot(repo_id, patterns, hint=CODEC_HINT):
+def _snapshot(repo_id: str, patterns: list[str], what: str = "codec") -> Path:
+    # The HuBERT teacher's repo comes from the checkpoint's config, not the caller.
+    use = "as semantic_model=" if what != "codec" else "instead of the repo id"
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
 
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
-    except Exception as e:  # offline, not cached, no such repo, gated...
-        raise CodecError(
-            f"'{repo_id}' is not a local directory, and could not be fetched from the Hugging "
-            f"Face Hub nor found in its local cache ({type(e).__name__}: {e}). Download it "
-            f"while online, or {hint}."
+    except (RepositoryNotFoundError, GatedRepoError) as e:
+        raise CodecNotFoundError(
+            f"{repo_id!r} is neither a local directory nor a Hugging Face Hub repo this "
+            f"machine can access ({type(e).__name__})",
+            repo_id=repo_id,
+            what=what,
+        ) from e
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, OSError) as e:
+        raise CodecNotFoundError(
+            f"cannot download {repo_id!r} from the Hugging Face Hub (offline or unreachable) "
+            "and it is not in the local cache. Fetch it where there is a network, e.g. "
+            f"`hf download {repo_id} --local-dir DIR`, then pass DIR {use}",
+            repo_id=repo_id,
+            what=what,
         ) from e
 
 
-def _download(repo_id):
+def _download(repo_id: str, what: str) -> Path:
     """Fetch only the codec's files: the repo's config says whether the codec is the
     repo itself or its audio_tokenizer/ folder (a model repo)."""
-    root = _snapshot(repo_id, ["config.json"])
+    root = _snapshot(repo_id, ["config.json"], what)
     config = _read_json(root / "config.json") if (root / "config.json").is_file() else {}
     if _codec_kind(config) is None:
-        return _snapshot(repo_id, [f"{SUBFOLDER}/*"])
-    return _snapshot(
-        repo_id,
-        ["config.json", SAFETENSORS, SAFETENSORS_INDEX, "model-*.safetensors", ORIGINAL_WEIGHTS],
-    )
+        return _snapshot(repo_id, [f"{SUBFOLDER}/*"], what)
+    files = ["config.json", SAFETENSORS, SAFETENSORS_INDEX, "model-*.safetensors"]
+    return _snapshot(repo_id, [*files, ORIGINAL_WEIGHTS], what)
 
 
 MAX_JSON_BYTES = 16 << 20  # a config or an index is a few KB
@@ -328,12 +350,10 @@ def _read_original(directory, decode_only, semantic_model):
 
 
 def _locate_hubert(source, need_weights):
-    path = Path(source).expanduser()
-    if not path.exists():
-        if not REPO_ID.match(str(source)):
-            raise CodecFileNotFoundError(f"no HuBERT checkpoint at {path}: the path does not exist")
+    path = _local(source, "HuBERT checkpoint")
+    if path is None:
         patterns = ["config.json"] + ([SAFETENSORS, "pytorch_model.bin"] if need_weights else [])
-        path = _snapshot(str(source), patterns, HUBERT_HINT)
+        path = _snapshot(str(source), patterns, "HuBERT checkpoint")
     if not (path / "config.json").is_file():
         raise CodecError(f"{path} holds no HuBERT config.json")
     return path

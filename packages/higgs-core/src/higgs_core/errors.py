@@ -8,4 +8,11 @@ class CheckpointError(ValueError):
 
 class ModelNotFoundError(FileNotFoundError):
     """No such local directory, or a hub repo that cannot be fetched or found in
-    the local cache."""
+    the local cache (``repo_id`` says which)."""
+
+    def __init__(self, message: str, *, repo_id: str | None = None):
+        super().__init__(message)
+        self.repo_id = repo_id
+
+    def __str__(self) -> str:
+        return str(self.args[0])

@@ -32,7 +32,11 @@ _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 def resolve_path(path_or_repo: str | Path) -> Path:
     """The local directory of a checkpoint: ``path_or_repo`` itself when it is
-    a directory, else the hub repo's snapshot (downloaded if not cached)."""
+    a directory, else the hub repo's snapshot (downloaded if not cached).
+
+    higgs_codec.loading.resolve_path is its twin (neither package may import the
+    other): the same rules, errors and words, tested side by side.
+    """
     path = Path(path_or_repo).expanduser()
     if path.is_dir():
         return path
@@ -41,10 +45,10 @@ def resolve_path(path_or_repo: str | Path) -> Path:
     name = str(path_or_repo)
     if isinstance(path_or_repo, Path) or not _REPO_ID.fullmatch(name):
         raise ModelNotFoundError(f"no such checkpoint directory: {path}")
-    return _download(name)
+    return _download(name, HUB_PATTERNS)
 
 
-def _download(repo_id: str) -> Path:
+def _download(repo_id: str, patterns: list[str]) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -55,18 +59,19 @@ def _download(repo_id: str) -> Path:
     )
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except (RepositoryNotFoundError, GatedRepoError) as e:
         raise ModelNotFoundError(
             f"{repo_id!r} is neither a local directory nor a Hugging Face Hub repo this "
-            f"machine can access ({type(e).__name__})"
+            f"machine can access ({type(e).__name__})",
+            repo_id=repo_id,
         ) from e
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, OSError) as e:
         raise ModelNotFoundError(
             f"cannot download {repo_id!r} from the Hugging Face Hub (offline or unreachable) "
             "and it is not in the local cache. Fetch it where there is a network, e.g. "
-            f"`hf download {repo_id} --local-dir DIR`, then pass DIR instead of the repo id "
-            "(load_model('DIR'), or `higgs ... --model DIR`)"
+            f"`hf download {repo_id} --local-dir DIR`, then pass DIR instead of the repo id",
+            repo_id=repo_id,
         ) from e
 
 
