@@ -100,6 +100,44 @@ def test_flac_and_default_file_name(home, tmp_path, monkeypatch):
     assert sf.info(tmp_path / "good-morning.flac").samplerate == 24000
 
 
+def test_the_extension_decides_the_format(home, tmp_path):
+    for name, fmt, args in [
+        ("a.flac", "FLAC", []),
+        ("b.FLAC", "FLAC", ["--format", "flac"]),
+        ("c.wav", "WAV", []),
+        ("d", "FLAC", ["--format", "flac"]),  # no extension: as --format says
+        ("e", "WAV", []),
+    ]:
+        r = say("Hi.", "-o", str(tmp_path / name), "--max-seconds", "1", *args)
+        assert r.exit_code == 0, r.stderr
+        assert sf.info(tmp_path / name).format == fmt, name
+
+
+def test_non_ascii_text_names_its_file(home, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for text in ("Grüße aus München.", "你好，世界。", "नमस्ते दुनिया।"):
+        assert say(text, "--max-seconds", "1").exit_code == 0
+    names = sorted(p.name for p in tmp_path.glob("*.wav"))
+    assert names == sorted(["grüße-aus-münchen.wav", "你好-世界.wav", "नमस्ते-दुनिया.wav"])
+
+
+def test_progress_audio_seconds_only_grow(tts, steer):
+    steer(40)  # every chunk runs 40 frames, so each reports several times
+    seen = []
+    speech = tts.say(
+        "First part is here. Second part follows now. Third part ends it.",
+        chunk_words=4,
+        max_seconds=30,
+        progress=seen.append,
+    )
+    seconds = [p.audio_seconds for p in seen]
+    assert len({p.chunk for p in seen}) == 3 and len(seen) > 6
+    assert seconds == sorted(seconds), seconds
+    assert seconds[-1] == pytest.approx(speech.duration)
+    finished = [p.audio_seconds for p in seen if p.done]
+    assert len(finished) == 3 and finished[-1] == pytest.approx(speech.duration)
+
+
 def test_long_text_is_chunked_with_context(tts, monkeypatch):
     calls = []
     real = higgs_core.Batch.submit
@@ -165,6 +203,8 @@ def _contains(ids, sub):
         (["[SPEAKER99999999] Hi."], "at most 8 speakers"),
         (["Hi.", "--model", "/no/such/model"], "/no/such/model"),
         (["Hi.", "--stream", "-o", "-", "--format", "flac"], "cannot stream to stdout"),
+        (["Hi.", "-o", "x.mp3", "--format", "wav"], "'x.mp3' is named .mp3 but --format is wav"),
+        (["Hi.", "-o", "x.m4a"], ".m4a is not a format higgs writes"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(home, tmp_path, args, message):

@@ -2,6 +2,7 @@
 
 import functools
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -123,6 +124,7 @@ def model_options(fn):
         envvar="HIGGS_CODEC",
         default=DEFAULT_CODEC,
         show_default=True,
+        metavar="DIR|REPO",
         help="Audio tokenizer: hub id or local folder (env HIGGS_CODEC).",
     )(fn)
     return click.option(
@@ -130,6 +132,7 @@ def model_options(fn):
         envvar="HIGGS_MODEL",
         default=DEFAULT_MODEL,
         show_default=True,
+        metavar="DIR|REPO",
         help="Model: hub id or local folder (env HIGGS_MODEL).",
     )(fn)
 
@@ -179,9 +182,14 @@ class StatusLine:
         self.draw(line)
 
     def draw(self, line: str):
-        line = "\r" + line
-        self.width = max(self.width, len(line))
-        click.echo(line.ljust(self.width), err=True, nl=False)
+        # Narrower than the terminal (asked each time: it may be resized), else the
+        # line wraps and every redraw adds a line. The bar goes first, then the tail.
+        room = shutil.get_terminal_size().columns - 1
+        if len(line) > room and line.startswith("["):
+            line = line[line.index("]") + 1 :].lstrip()
+        line = line[:room]
+        self.width = min(max(self.width, len(line)), room)
+        click.echo("\r" + line.ljust(self.width), err=True, nl=False)
 
     def clear(self):
         if self.enabled and self.width:
@@ -817,6 +825,7 @@ def voices_show(name):
     envvar="HIGGS_CODEC",
     default=DEFAULT_CODEC,
     show_default=True,
+    metavar="DIR|REPO",
     help="Audio tokenizer: hub id or local folder (env HIGGS_CODEC).",
 )
 @friendly
@@ -861,13 +870,16 @@ TOKENIZER_FILES = (
 @click.argument("dst", type=click.Path())
 @click.option("--bits", type=click.Choice(["4", "6", "8"]), required=True, help="Bits per weight.")
 @click.option(
-    "--group-size", type=click.Choice(["32", "64", "128"]), default="64", show_default=True
+    "--group-size",
+    type=click.Choice(["32", "64", "128"]),
+    default="64",
+    show_default=True,
+    help="Weights sharing one scale and bias (smaller: closer to bf16, larger file).",
 )
 @click.option("--force", is_flag=True, help="Write into a folder that is not empty.")
 @friendly
 def convert(src, dst, bits, group_size, force):
     """Quantize model SRC (hub id or folder) into folder DST."""
-    import shutil
 
     from higgs_core import load_model, quantize, resolve_path, save_model
 
@@ -913,9 +925,14 @@ def convert(src, dst, bits, group_size, force):
     type=click.Choice(["bfloat16", "float16", "float32"]),
     default="bfloat16",
     show_default=True,
+    help="Float type of the random weights (and of activations).",
 )
 @click.option(
-    "--group-size", type=click.Choice(["32", "64", "128"]), default="64", show_default=True
+    "--group-size",
+    type=click.Choice(["32", "64", "128"]),
+    default="64",
+    show_default=True,
+    help="Quantization group size, with --bits.",
 )
 @click.option(
     "--frames", type=click.IntRange(2), default=16, show_default=True, help="Timed decode steps."
@@ -981,27 +998,37 @@ def bench(layers, bits, dtype, group_size, frames, prompt_length, batch_sizes):
     help="Port to listen on.",
 )
 @model_options
-@click.option("--max-input-chars", type=int, default=4096, show_default=True)
+@click.option(
+    "--max-input-chars",
+    type=click.IntRange(1, 1_000_000),
+    default=4096,
+    show_default=True,
+    help="Longest 'input' text a request may send.",
+)
 @click.option(
     "--max-body-mb",
-    type=float,
+    type=click.FloatRange(0, 1024, min_open=True),
     default=25.0,
     show_default=True,
     help="Largest request body (voice uploads included).",
 )
 @click.option(
     "--max-queue",
-    type=int,
+    type=click.IntRange(1, 10_000),
     default=16,
     show_default=True,
     help="Generation requests waiting or running before 429.",
 )
 @click.option(
-    "--max-streams", type=int, default=4, show_default=True, help="Streamed responses open at once."
+    "--max-streams",
+    type=click.IntRange(1, 10_000),
+    default=4,
+    show_default=True,
+    help="Streamed responses open at once.",
 )
 @click.option(
     "--timeout",
-    type=float,
+    type=click.FloatRange(0, 86_400, min_open=True),
     default=300.0,
     show_default=True,
     help="Seconds of generation allowed per request.",

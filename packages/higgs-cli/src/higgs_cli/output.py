@@ -2,9 +2,9 @@
 
 import io
 import os
-import re
 import struct
 import sys
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -37,17 +37,40 @@ def pcm16(samples: np.ndarray) -> bytes:
     return (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
 
 
+# File extensions and the format each one means.
+EXTENSIONS = {
+    "wav": "wav",
+    "wave": "wav",
+    "flac": "flac",
+    "mp3": "mp3",
+    "opus": "opus",
+    "ogg": "opus",
+    "pcm": "pcm",
+    "raw": "pcm",
+}
+
+
 def format_for(path: str, fmt: str | None) -> str:
-    if fmt:
-        return fmt
-    suffix = Path(path).suffix.lower().lstrip(".")
-    suffix = {"ogg": "opus", "raw": "pcm"}.get(suffix, suffix)
-    return suffix if suffix in FORMATS else "wav"
+    """The format to write ``path`` in: its extension decides, and ``fmt`` (--format)
+    must agree with it. Without an extension (or on stdout): ``fmt``, else wav."""
+    suffix = Path(path).suffix.lower().lstrip(".") if path != "-" else ""
+    if not suffix:
+        return fmt or "wav"
+    named = EXTENSIONS.get(suffix)
+    if named is None:
+        known = ", ".join(f".{e}" for e in EXTENSIONS)
+        raise OutputError(
+            f"cannot write audio as {path!r}: .{suffix} is not a format higgs writes ({known})"
+        )
+    if fmt and fmt != named:
+        raise OutputError(f"{path!r} is named .{suffix} but --format is {fmt}: change one")
+    return named
 
 
 def default_path(text: str, fmt: str, folder: Path = Path(".")) -> Path:
-    """A file name from the text's first words that does not overwrite anything."""
-    words = re.findall(r"[A-Za-z0-9]+", text.lower())[:5]
+    """A file name from the text's first words (in any script) that does not
+    overwrite anything."""
+    words = _words(unicodedata.normalize("NFC", text).lower())[:5]
     stem = "-".join(words)[:40].strip("-") or "speech"
     path = folder / f"{stem}.{fmt}"
     n = 2
@@ -55,6 +78,14 @@ def default_path(text: str, fmt: str, folder: Path = Path(".")) -> Path:
         path = folder / f"{stem}-{n}.{fmt}"
         n += 1
     return path
+
+
+def _words(text: str) -> list[str]:
+    """Runs of letters, marks and digits: a name safe on every file system (no
+    separators, dots or reserved characters), and whole in scripts with combining
+    vowel signs, which ``\\w`` would split."""
+    keep = "".join(c if unicodedata.category(c)[0] in "LMN" else " " for c in text)
+    return keep.split()
 
 
 UNKNOWN = 0xFFFFFFFF  # a streamed WAV's sizes: unknown, as streaming encoders write them

@@ -441,7 +441,9 @@ class Higgs:
                 for frame in frames:
                     columns.push(frame)
                 if n // 5 > (n - len(frames)) // 5:
-                    report(i, n, m, s + n / self.frame_rate)
+                    # Audio is the columns that are final (the delay ramp's frames are
+                    # not yet audio), so the figure only grows, into the chunk's total.
+                    report(i, n, m, s + max(columns.ready, 0) / self.frame_rate)
                 if not decoder:
                     return
                 # A few columns a push: the stream decoder's cost per push is mostly

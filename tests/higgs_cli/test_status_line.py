@@ -1,0 +1,60 @@
+"""The progress line is redrawn in place, so it must never wrap."""
+
+import os
+
+import pytest
+
+from higgs_cli.main import BatchLine, StatusLine
+from higgs_cli.speech import Progress
+
+
+@pytest.fixture
+def terminal(monkeypatch):
+    def set_width(columns):
+        monkeypatch.setattr(
+            "shutil.get_terminal_size", lambda fallback=None: os.terminal_size((columns, 24))
+        )
+
+    return set_width
+
+
+def drawn(capsys):
+    return [d for d in capsys.readouterr().err.split("\r") if d.strip()]
+
+
+@pytest.mark.parametrize("columns", [20, 40, 60, 80, 200])
+def test_progress_fits_the_terminal(terminal, capsys, columns):
+    terminal(columns)
+    line = StatusLine(True)
+    for frames in (5, 50, 500):
+        line(Progress(1, 3, frames, 600, 123.4, 456.7))
+    for draw in drawn(capsys):
+        assert len(draw) <= columns - 1, (columns, draw)
+    line(Progress(1, 3, 500, 600, 123.4, 456.7))
+    last = drawn(capsys)[-1].rstrip()
+    if columns >= 100:  # room for everything, bar included
+        assert last.startswith("[") and "RTF" in last
+    elif columns >= 60:  # the bar gives way first
+        assert not last.startswith("[") and "123.4 s audio" in last
+
+
+def test_a_narrower_terminal_is_followed(terminal, capsys):
+    line = StatusLine(True)
+    terminal(120)
+    line(Progress(0, 1, 50, 600, 2.0, 1.0))
+    terminal(30)
+    line(Progress(0, 1, 55, 600, 2.2, 1.1))
+    line.clear()
+    for draw in drawn(capsys)[1:]:
+        assert len(draw) <= 29
+
+
+def test_batch_line_fits_too(terminal, capsys):
+    terminal(50)
+
+    class Tally:
+        done, failed, total, skipped, audio_seconds, elapsed = 3, 1, 10, 0, 42.0, 12.0
+
+    BatchLine(True).show(Tally())
+    (draw,) = drawn(capsys)
+    assert len(draw) <= 49 and "rows" in draw
