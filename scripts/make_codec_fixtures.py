@@ -3,7 +3,9 @@
 Run from the repository root with the reference environment (PyTorch, torchaudio,
 transformers 5.x):
 
-    /work/refenv/bin/python scripts/make_codec_fixtures.py
+    "$HIGGS_REF_PYTHON" scripts/make_codec_fixtures.py
+
+(scripts/README.md says how to make that environment.)
 
 It builds a tiny random `HiggsAudioV2TokenizerModel` with the real layer structure
 (DAC acoustic encoder/decoder with ratios [8, 5, 4, 2, 3], HuBERT with the real conv

@@ -4,7 +4,9 @@ on-disk layout, and what transformers computes with them.
 Run from the repository root, in an environment with torch, transformers >= 5
 (``HiggsAudioV2ForConditionalGeneration``) and safetensors:
 
-    /work/refenv/bin/python scripts/make_core_fixtures.py
+    "$HIGGS_REF_PYTHON" scripts/make_core_fixtures.py
+
+(scripts/README.md says how to make that environment.)
 
 It rewrites ``tests/fixtures/core/``:
 

@@ -90,3 +90,23 @@ def test_sampling_installs_alone_and_its_readme_example_runs(tmp_path):
     label, shape = out.stdout.strip().split(" ", 1)
     assert label in {"eos", "max_frames"}
     assert shape.startswith("(4, ")
+
+
+def test_no_path_of_a_developers_machine_is_committed():
+    # A home folder, this sandbox's work area or a named venv: describe how to make
+    # it instead (scripts/README.md does for the reference environment).
+    machine = re.compile("|".join(["/" + "work/", "/home/[a-z]", "/Users/[A-Za-z]", "ref" + "env"]))
+    files = run("git", "ls-files").stdout.split()
+    found = []
+    for name in files:
+        path = ROOT / name
+        if name == "uv.lock" or path.suffix in (".npz", ".npy", ".safetensors", ".pth", ".wav"):
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        found += [
+            f"{name}:{n}" for n, line in enumerate(text.splitlines(), 1) if machine.search(line)
+        ]
+    assert found == []
