@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -97,7 +98,8 @@ def read_manifest(path: str | os.PathLike, defaults: Defaults) -> list[Row]:
         raise ManifestError(f"manifest {path} is not UTF-8 text ({e.reason})") from e
     is_csv = path.suffix.lower() == ".csv" or not text.lstrip().startswith("{")
     items = _csv_rows(text, path) if is_csv else _jsonl_rows(text)
-    rows, seen = [], set()
+    rows: list[Row] = []
+    seen: set[str] = set()
     for line, fields, problem in items:
         if len(rows) >= MAX_ROWS:
             raise ManifestError(f"manifest {path} has over {MAX_ROWS} rows")
@@ -265,7 +267,16 @@ class Results:
             self.done.add(entry["id"])
 
 
-def entry(row: Row, output: str | None, speech=None, seconds=0.0, error: str | None = None):
+class Named(Protocol):
+    """What :func:`entry` reads of a row (a :class:`Row`, or a Ray worker's view)."""
+
+    @property
+    def id(self) -> str | None: ...
+    @property
+    def line(self) -> int: ...
+
+
+def entry(row: Named, output: str | None, speech=None, seconds=0.0, error: str | None = None):
     return {
         "id": row.id,
         "line": row.line,

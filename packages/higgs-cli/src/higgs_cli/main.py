@@ -666,7 +666,8 @@ def _check_voices(todo: list, bad: list):
     from higgs_cli.settings import HiggsError
     from higgs_cli.voices import VoiceError, VoiceStore
 
-    store, known = VoiceStore(), {}
+    store = VoiceStore()
+    known: dict[str, str | None] = {}  # voice: why it cannot be used
     for row in list(todo):
         if row.ref is not None:
             try:
@@ -684,8 +685,8 @@ def _check_voices(todo: list, bad: list):
                 known[row.voice] = None
             except VoiceError as e:
                 known[row.voice] = " ".join(str(e).split())
-        if known[row.voice] is not None:
-            row.error = known[row.voice]
+        if (problem := known[row.voice]) is not None:
+            row.error = problem
             todo.remove(row)
             bad.append(row)
 
@@ -697,6 +698,7 @@ def _ray_items(todo: list, model, codec, record):
 
     from higgs_cli.batch import entry
     from higgs_cli.pipeline import Higgs
+    from higgs_cli.settings import HiggsError
 
     voices, problems, tts, encoded = {}, {}, None, {}
     for row in todo:
@@ -713,6 +715,8 @@ def _ray_items(todo: list, model, codec, record):
                 voices[key] = (" ".join(row.ref[1].split()), encoded[path])
             else:
                 speaker = tts.speaker(row.voice)
+                if speaker.transcript is None or speaker.codes is None:
+                    raise HiggsError(f"voice {row.voice!r} has no recording to clone")
                 voices[key] = (speaker.transcript, speaker.codes.tolist())
         except Exception as e:
             problems[key] = " ".join(str(e).split()) or type(e).__name__

@@ -223,6 +223,7 @@ class Higgs:
             warn(f"{e}; making it again")
             codes = None
         if voice.kind == "recording":
+            assert voice.audio is not None  # the store checks a recording has its copy
             if codes is None:
                 codes = self.encode_file(voice.audio)
                 try:
@@ -330,6 +331,7 @@ class Higgs:
         many = self._many(list(requests), max_batch, progress, warn, streaming=False)
         for _ in many:
             pass
+        assert many.speeches is not None  # set once the pieces run out
         return many.speeches
 
     def stream_many(
@@ -396,10 +398,10 @@ class Higgs:
         ``emit`` is None); returns the :class:`Speech`."""
         return self._speak(request.check(), batch, emit, progress, warn)
 
-    def _speak(self, request: Request, batch: Batch, emit, progress, warn) -> Work:
+    def _speak(self, request: Request, batch: Batch, emit, progress, tell) -> Work:
         settings = request.settings
         warnings: list[str] = []
-        tell = warn or _quiet
+        tell = tell or _quiet
 
         def warn(message: str):
             warnings.append(message)
@@ -452,8 +454,8 @@ class Higgs:
                 want = PUSH_FRAMES
                 if not sent:
                     want = max(1, min(want, decoder.first_audio_frames - decoder.frames_in))
-                if (codes := columns.take(want)) is not None:
-                    push(codes)
+                if (ready := columns.take(want)) is not None:
+                    push(ready)
 
             res = yield from self._frames(
                 batch,
@@ -465,8 +467,8 @@ class Higgs:
                 folder=self._prefix_folder(request),
                 warn=warn,
             )
-            if decoder and (codes := columns.take()) is not None:
-                push(codes)
+            if decoder and (rest := columns.take()) is not None:
+                push(rest)
             codes = np.array(res.codes, dtype=np.int32)
             done.append((piece, prompt, res))
             audio_seconds += codes.shape[1] / self.frame_rate
@@ -538,7 +540,7 @@ class Higgs:
         if prompt.prefix_tokens >= MIN_PREFIX:
             P = prompt.prefix_tokens
             n_audio = int(self.model.audio_mask(ids[:P]).sum())
-            prefix_audio = audio[:n_audio] if n_audio else None
+            prefix_audio = audio[:n_audio] if audio is not None and n_audio else None
             key = prefix_key(self.model_identity, ids[:P], prefix_audio)
             prefix = self.prefixes.get(key) or self._read_prefix(key, folder, prefix_audio, warn)
             keep = 0 if prefix is not None else P

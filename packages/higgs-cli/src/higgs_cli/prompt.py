@@ -7,6 +7,7 @@ delayed frame of each clip) and ends with the assistant header and
 """
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -191,13 +192,14 @@ def encode_prompt(
         if clip is None:
             ids.extend(tokenizer.encode(text, add_special_tokens=False).ids)
             continue
-        if text == AUDIO_IN and audio_in_id is None:
+        token = audio_out_id if text == AUDIO_OUT else audio_in_id
+        if token is None:
             raise ValueError("the prompt holds audio in, but no audio_in_id was given")
         delayed = np.array(
             build_delay_pattern(mx.array(clip, dtype=mx.int32), stream_bos, stream_eos)
         )
         n = delayed.shape[1]
-        ids.extend([audio_out_id if text == AUDIO_OUT else audio_in_id] * n)
+        ids.extend([token] * n)
         clips.append(delayed.T)
         is_out += [text == AUDIO_OUT] * n
     K = clips[0].shape[1] if clips else 0
@@ -234,7 +236,7 @@ def conversation(
     speakers: list[Speaker],
     *,
     scene: str | None = DEFAULT_SCENE,
-    context: list[tuple[str, np.ndarray]] = (),
+    context: Sequence[tuple[str, np.ndarray]] = (),
     refs_in_system: bool = False,
 ) -> list[Message]:
     """The messages that ask for ``text``, as the release's ``prepare_generation_context``
@@ -266,7 +268,7 @@ def conversation(
             messages.append(system_message(INSTRUCTION, scene, []))
         several = len(speakers) > 1
         for i, s in enumerate(speakers):
-            said = f"[SPEAKER{i}] {s.transcript}" if several else s.transcript
+            said = f"[SPEAKER{i}] {s.transcript}" if several else s.transcript or ""
             messages += [Message("user", said), Message("assistant", audio=s.codes)]
     elif len(tags := speaker_tags(text)) > 1:
         lines = [f"{tag}: {SMART_VOICES[i % 2]}" for i, tag in enumerate(tags)]

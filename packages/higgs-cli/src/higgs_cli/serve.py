@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -501,7 +502,7 @@ async def create_voice(request: Request):
     except Exception as e:
         raise ApiError(400, f"expected a multipart form: {e}", code="invalid_form") from e
     name, text, upload = form.get("name"), form.get("text"), form.get("file")
-    if not isinstance(name, str) or not isinstance(text, str) or not hasattr(upload, "read"):
+    if not isinstance(name, str) or not isinstance(text, str) or not isinstance(upload, UploadFile):
         raise ApiError(
             400, "send form fields 'name', 'text' and a 'file' upload", code="invalid_form"
         )

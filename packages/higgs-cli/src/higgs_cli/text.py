@@ -121,7 +121,7 @@ def _split_long(sentence: str, max_words: int) -> list[str]:
             # one long CJK run: cut between characters
             return [sentence[i : i + max_words] for i in range(0, len(sentence), max_words)]
         return [" ".join(words[i : i + max_words]) for i in range(0, len(words), max_words)]
-    out = []
+    out: list[str] = []
     for clause in clauses:
         if out and count_words(out[-1]) + count_words(clause) <= max_words:
             out[-1] += " " + clause

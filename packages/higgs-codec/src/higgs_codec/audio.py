@@ -9,12 +9,18 @@ import math
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO, overload
 
 import mlx.core as mx
 import numpy as np
 import soundfile as sf
 
 from .errors import CodecError, CodecFileNotFoundError
+
+# Samples: numpy or MLX, [N] or [C, N] (channels first).
+Wave = np.ndarray | mx.array
+# Where audio is read or written: a path, or an open binary file.
+AudioFile = str | os.PathLike[str] | BinaryIO
 
 WRITE_FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16")}
 
@@ -23,7 +29,7 @@ WRITE_FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16")}
 MAX_FILTER_TAPS = 1 << 24
 
 
-def read_audio(path, max_seconds: float | None = None):
+def read_audio(path: AudioFile, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     """Read wav/flac/ogg (anything libsndfile reads) -> (float32 [C, N], sample_rate).
 
     ``max_seconds``: refuse a longer recording, judged from the file's header before
@@ -46,7 +52,7 @@ def read_audio(path, max_seconds: float | None = None):
     return np.ascontiguousarray(data.T), int(sample_rate)
 
 
-def read_audio_info(path) -> float:
+def read_audio_info(path: AudioFile) -> float:
     """An audio file's length in seconds, from its header (nothing is decoded)."""
     if isinstance(path, (str, os.PathLike)) and not Path(path).is_file():
         raise CodecFileNotFoundError(f"audio file not found: {path}")
@@ -59,7 +65,9 @@ def read_audio_info(path) -> float:
     return info.frames / info.samplerate
 
 
-def write_audio(file, samples, sample_rate, format=None):
+def write_audio(
+    file: AudioFile, samples: Wave, sample_rate: int, format: str | None = None
+) -> None:
     """Write float samples [N] or [C, N] in [-1, 1] as 16-bit wav or flac.
 
     `format` is "wav" or "flac"; left out, it follows the file name's suffix (wav for
@@ -84,7 +92,7 @@ def write_audio(file, samples, sample_rate, format=None):
     sf.write(file, data.T if data.ndim == 2 else data, int(sample_rate), subtype, format=major)
 
 
-def to_mono(wave):
+def to_mono(wave: Wave) -> mx.array:
     """[N] or [C, N] (numpy or mlx, channels first) -> float32 mx.array [N], channel mean."""
     if isinstance(wave, mx.array):
         floating = mx.issubdtype(wave.dtype, mx.floating)
@@ -102,7 +110,9 @@ def to_mono(wave):
 
 
 @lru_cache(maxsize=32)
-def _sinc_filters(orig, new, width_zeros=6, rolloff=0.99):
+def _sinc_filters(
+    orig: int, new: int, width_zeros: int = 6, rolloff: float = 0.99
+) -> tuple[mx.array, int]:
     """Filter bank [new, taps] of torchaudio's sinc_interp_hann resampler (reduced rates)."""
     base = min(orig, new) * rolloff
     width = math.ceil(width_zeros * orig / base)
@@ -116,7 +126,11 @@ def _sinc_filters(orig, new, width_zeros=6, rolloff=0.99):
     return mx.array(kernels.astype(np.float32)[:, :, None]), width
 
 
-def resample(wave, orig_sr, new_sr):
+@overload
+def resample(wave: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray: ...
+@overload
+def resample(wave: mx.array, orig_sr: int, new_sr: int) -> mx.array: ...
+def resample(wave: Wave, orig_sr: int, new_sr: int) -> Wave:
     """Resample along the last axis like torchaudio.functional.resample (defaults).
 
     numpy in -> numpy out, mlx in -> mlx out; float32; output length ceil(N * new / orig).
@@ -124,7 +138,10 @@ def resample(wave, orig_sr, new_sr):
     if int(orig_sr) != orig_sr or int(new_sr) != new_sr or orig_sr <= 0 or new_sr <= 0:
         raise CodecError(f"sample rates must be positive integers, got {orig_sr} and {new_sr}")
     as_numpy = not isinstance(wave, mx.array)
-    x = mx.array(np.asarray(wave, dtype=np.float32)) if as_numpy else wave.astype(mx.float32)
+    if isinstance(wave, mx.array):
+        x = wave.astype(mx.float32)
+    else:
+        x = mx.array(np.asarray(wave, dtype=np.float32))
     if orig_sr != new_sr:
         g = math.gcd(int(orig_sr), int(new_sr))
         orig, new = int(orig_sr) // g, int(new_sr) // g

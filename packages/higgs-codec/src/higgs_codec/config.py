@@ -7,9 +7,13 @@ transformers would, and the weights are checked against the result when loading.
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from .errors import CodecError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -30,7 +34,7 @@ class HubertArgs:
     feat_proj_layer_norm: bool = True
 
     @classmethod
-    def from_dict(cls, d):
+    def from_dict(cls, d: dict) -> "HubertArgs":
         unsupported = {
             "feat_extract_norm": "group",
             "do_stable_layer_norm": False,
@@ -174,7 +178,7 @@ _BOUNDS = {
 }
 
 
-def _checked(build):
+def _checked(build: Callable[[], T]) -> T:
     """Run a config reader; malformed values (strings, lists, zeros where sizes go)
     become one CodecError instead of a TypeError or a math domain error."""
     try:
@@ -195,14 +199,14 @@ _DAC_DEFAULTS = {
 }
 
 
-def from_transformers(config):
+def from_transformers(config: dict) -> "CodecArgs":
     """CodecArgs from a transformers `higgs_audio_v2_tokenizer` config.json dict."""
     if not isinstance(config, dict):
         raise CodecError(f"a codec config must be a JSON object, not a {type(config).__name__}")
     return _checked(lambda: _from_transformers(config))
 
 
-def _from_transformers(config):
+def _from_transformers(config: dict) -> "CodecArgs":
     model_type = config.get("model_type")
     if model_type != "higgs_audio_v2_tokenizer":
         hint = ""
@@ -262,7 +266,9 @@ ORIGINAL_SEMANTIC_REPOS = {
 }
 
 
-def from_original(config, widths, hubert=None):
+def from_original(
+    config: dict, widths: tuple[int, int, int, int], hubert: HubertArgs | None = None
+) -> "CodecArgs":
     """CodecArgs from the original release's config.json (HiggsAudioTokenizer kwargs).
 
     The original code hard-codes the DAC widths (64 in, 1024 out); `widths` carries
@@ -274,7 +280,9 @@ def from_original(config, widths, hubert=None):
     return _checked(lambda: _from_original(config, widths, hubert))
 
 
-def _from_original(config, widths, hubert=None):
+def _from_original(
+    config: dict, widths: tuple[int, int, int, int], hubert: HubertArgs | None = None
+) -> "CodecArgs":
     if not isinstance(config.get("bins", 1024), int):
         raise CodecError("original codec config: only RVQ codebooks (integer 'bins') are supported")
     for key, want in (("merge_mode", "concat"), ("downsample_mode", "step_down")):

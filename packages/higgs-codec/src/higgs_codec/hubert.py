@@ -22,23 +22,23 @@ FEATURE_CHUNK_FRAMES = 1500
 class ChannelNorm(nn.Module):
     """GroupNorm with one group per channel: normalise each channel over time."""
 
-    def __init__(self, channels, eps=1e-5):
+    def __init__(self, channels: int, eps: float = 1e-5):
         super().__init__()
         self.weight = mx.ones((channels,))
         self.bias = mx.zeros((channels,))
         self.eps = eps
 
-    def __call__(self, x):
+    def __call__(self, x: mx.array) -> mx.array:
         mean = x.mean(axis=1, keepdims=True)
         var = mx.square(x - mean).mean(axis=1, keepdims=True)
         return self.normalize(x, mean, var)
 
-    def normalize(self, x, mean, var):
+    def normalize(self, x: mx.array, mean: mx.array, var: mx.array) -> mx.array:
         return (x - mean) * mx.rsqrt(var + self.eps) * self.weight + self.bias
 
 
 class ConvLayer(nn.Module):
-    def __init__(self, args: HubertArgs, i):
+    def __init__(self, args: HubertArgs, i: int):
         super().__init__()
         in_dim = args.conv_dim[i - 1] if i > 0 else 1
         out_dim = args.conv_dim[i]
@@ -48,7 +48,7 @@ class ConvLayer(nn.Module):
         if i == 0:
             self.layer_norm = ChannelNorm(out_dim)
 
-    def __call__(self, x):
+    def __call__(self, x: mx.array) -> mx.array:
         x = self.conv(x)
         if "layer_norm" in self:
             x = self.layer_norm(x)
@@ -61,12 +61,12 @@ class FeatureEncoder(nn.Module):
         self.conv_layers = [ConvLayer(args, i) for i in range(len(args.conv_dim))]
         self.kernels, self.strides = args.conv_kernel, args.conv_stride
 
-    def output_length(self, n):
+    def output_length(self, n: int) -> int:
         for k, s in zip(self.kernels, self.strides, strict=True):
             n = (n - k) // s + 1
         return max(n, 0)
 
-    def __call__(self, x):
+    def __call__(self, x: mx.array) -> mx.array:
         """x [B, N, 1] -> [B, frames, C]. The first layer normalises each channel over the
         whole input, so long inputs take two passes: the first conv's channel statistics
         over all of it, then windows of FEATURE_CHUNK_FRAMES frames (the convs are
@@ -93,13 +93,14 @@ class FeatureEncoder(nn.Module):
             mx.eval(y)
         return mx.concatenate(outs, axis=1)
 
-    def _first_layer_stats(self, x):
+    def _first_layer_stats(self, x: mx.array) -> tuple[mx.array, mx.array]:
         """Per (batch, channel) mean and biased variance of the first conv's output,
         merged over windows in float64 (Chan et al.)."""
         conv, k, s = self.conv_layers[0].conv, self.kernels[0], self.strides[0]
         total = (x.shape[1] - k) // s + 1
         step = FEATURE_CHUNK_FRAMES * math.prod(self.strides) // s
-        count, mean, m2 = 0, 0.0, 0.0
+        count = 0
+        mean = m2 = np.zeros((x.shape[0], 1, conv.weight.shape[0]))
         for a in range(0, total, step):
             b = min(a + step, total)
             y = np.asarray(conv(x[:, a * s : (b - 1) * s + k]), dtype=np.float64)
@@ -119,7 +120,7 @@ class FeatureProjection(nn.Module):
             self.layer_norm = nn.LayerNorm(args.conv_dim[-1], eps=args.layer_norm_eps)
         self.projection = Linear(args.conv_dim[-1], args.hidden_size)
 
-    def __call__(self, x):
+    def __call__(self, x: mx.array) -> mx.array:
         if "layer_norm" in self:
             x = self.layer_norm(x)
         return self.projection(x)
@@ -138,7 +139,7 @@ class PositionalConv(nn.Module):
         )
         self.trim = 1 if k % 2 == 0 else 0  # an even kernel yields one extra frame
 
-    def __call__(self, x):
+    def __call__(self, x: mx.array) -> mx.array:
         y = self.conv(x)
         if self.trim:
             y = y[:, : -self.trim]
@@ -146,7 +147,7 @@ class PositionalConv(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, dim, heads):
+    def __init__(self, dim: int, heads: int):
         super().__init__()
         self.heads = heads
         self.scale = (dim // heads) ** -0.5
@@ -155,10 +156,10 @@ class Attention(nn.Module):
         self.v_proj = Linear(dim, dim)
         self.out_proj = Linear(dim, dim)
 
-    def __call__(self, x):
+    def __call__(self, x: mx.array) -> mx.array:
         b, n, d = x.shape
 
-        def split(t):
+        def split(t: mx.array):
             return t.reshape(b, n, self.heads, -1).transpose(0, 2, 1, 3)
 
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
@@ -174,7 +175,7 @@ class FeedForward(nn.Module):
         self.intermediate_dense = Linear(args.hidden_size, args.intermediate_size)
         self.output_dense = Linear(args.intermediate_size, args.hidden_size)
 
-    def __call__(self, x):
+    def __call__(self, x: mx.array) -> mx.array:
         return self.output_dense(nn.gelu(self.intermediate_dense(x)))
 
 
@@ -186,7 +187,7 @@ class EncoderLayer(nn.Module):
         self.feed_forward = FeedForward(args)
         self.final_layer_norm = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
 
-    def __call__(self, x):
+    def __call__(self, x: mx.array) -> mx.array:
         x = self.layer_norm(x + self.attention(x))
         return self.final_layer_norm(x + self.feed_forward(x))
 
@@ -206,7 +207,7 @@ class Hubert(nn.Module):
         self.feature_projection = FeatureProjection(args)
         self.encoder = Encoder(args)
 
-    def mean_hidden_states(self, wave):
+    def mean_hidden_states(self, wave: mx.array) -> mx.array:
         """wave [B, N] at 16 kHz -> the mean of all hidden states [B, frames, hidden]."""
         x = self.feature_extractor(wave[..., None])
         x = self.feature_projection(x)

@@ -11,6 +11,7 @@ import ctypes
 import glob
 import os
 import sys
+from collections.abc import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -45,7 +46,7 @@ def _find_thread_setter():
 _THREADS = _find_thread_setter() if sys.platform.startswith("linux") else None
 
 
-def gemm(a, b):
+def gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """numpy a @ b on BLAS_THREADS threads (only the calling thread's setting changes)."""
     if _THREADS is None or not BLAS_THREADS:
         return a @ b
@@ -56,13 +57,13 @@ def gemm(a, b):
         _THREADS(previous)
 
 
-def use_numpy_gemm(flag):
+def use_numpy_gemm(flag: bool | None) -> None:
     """True/False forces the numpy (CPU BLAS) path on or off; None restores the default."""
     global _NUMPY_GEMM
     _NUMPY_GEMM = flag
 
 
-def numpy_gemm():
+def numpy_gemm() -> bool:
     if _NUMPY_GEMM is not None:
         return _NUMPY_GEMM
     return sys.platform.startswith("linux") and mx.default_device() == mx.cpu
@@ -71,29 +72,29 @@ def numpy_gemm():
 class _Prepared:
     """A numpy copy of a weight in the layout its GEMM wants, rebuilt if the weight changes."""
 
-    def __init__(self):
-        self.source = None
-        self.value = None
+    def __init__(self) -> None:
+        self.source: mx.array | None = None
+        self.value: np.ndarray | None = None
 
-    def get(self, weight, prepare):
-        if self.source is not weight:
+    def get(self, weight: mx.array, prepare: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        if self.source is not weight or self.value is None:
             self.source, self.value = weight, prepare(np.asarray(weight))
         return self.value
 
 
-def _bias(y, bias):
+def _bias(y: np.ndarray, bias: mx.array | None) -> np.ndarray:
     return y if bias is None else y + np.asarray(bias)
 
 
 class Linear(nn.Module):
-    def __init__(self, in_dim, out_dim, bias=True):
+    def __init__(self, in_dim: int, out_dim: int, bias: bool = True):
         super().__init__()
         scale = in_dim**-0.5
         self.weight = mx.random.uniform(-scale, scale, (out_dim, in_dim))
         if bias:
             self.bias = mx.random.uniform(-scale, scale, (out_dim,))
 
-    def __call__(self, x):
+    def __call__(self, x: mx.array) -> mx.array:
         if not numpy_gemm():
             y = x @ self.weight.T
             return y + self.bias if "bias" in self else y
@@ -102,7 +103,15 @@ class Linear(nn.Module):
 
 class Conv1d(nn.Module):
     def __init__(
-        self, in_dim, out_dim, kernel, stride=1, padding=0, dilation=1, groups=1, bias=True
+        self,
+        in_dim: int,
+        out_dim: int,
+        kernel: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        groups: int = 1,
+        bias: bool = True,
     ):
         super().__init__()
         scale = (in_dim // groups * kernel) ** -0.5
@@ -112,14 +121,14 @@ class Conv1d(nn.Module):
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self._taps = _Prepared()
 
-    def __call__(self, x, padding=None):
+    def __call__(self, x: mx.array, padding: int | None = None) -> mx.array:
         padding = self.padding if padding is None else padding
         if not numpy_gemm():
             y = mx.conv1d(x, self.weight, self.stride, padding, self.dilation, self.groups)
             return y + self.bias if "bias" in self else y
         return mx.array(_bias(self._numpy(np.asarray(x), padding), self.get("bias")))
 
-    def _numpy(self, x, padding):
+    def _numpy(self, x: np.ndarray, padding: int) -> np.ndarray:
         out_dim, k, in_dim = self.weight.shape
         s, d, g = self.stride, self.dilation, self.groups
         if padding:
@@ -168,7 +177,16 @@ class Conv1d(nn.Module):
 
 
 class ConvTranspose1d(nn.Module):
-    def __init__(self, in_dim, out_dim, kernel, stride=1, padding=0, output_padding=0, bias=True):
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        kernel: int,
+        stride: int = 1,
+        padding: int = 0,
+        output_padding: int = 0,
+        bias: bool = True,
+    ):
         super().__init__()
         scale = (in_dim * kernel) ** -0.5
         self.weight = mx.random.uniform(-scale, scale, (out_dim, kernel, in_dim))
@@ -177,7 +195,9 @@ class ConvTranspose1d(nn.Module):
         self.stride, self.padding, self.output_padding = stride, padding, output_padding
         self._taps = _Prepared()
 
-    def __call__(self, x, padding=None, output_padding=None):
+    def __call__(
+        self, x: mx.array, padding: int | None = None, output_padding: int | None = None
+    ) -> mx.array:
         """padding/output_padding override the layer's (the stream decoder crops itself)."""
         p = self.padding if padding is None else padding
         op = self.output_padding if output_padding is None else output_padding
@@ -186,18 +206,17 @@ class ConvTranspose1d(nn.Module):
             return y + self.bias if "bias" in self else y
         out_dim, k, in_dim = self.weight.shape
         s = self.stride
-        x = np.asarray(x)
-        b, n = x.shape[:2]
+        xn = np.asarray(x)
+        b, n = xn.shape[:2]
         taps = self._taps.get(self.weight, lambda w: w.transpose(2, 1, 0).reshape(in_dim, -1))
-        z = gemm(x, taps).reshape(b, n, k, out_dim)
+        z = gemm(xn, taps).reshape(b, n, k, out_dim)
         full = np.zeros((b, (n - 1) * s + k + op, out_dim), np.float32)
         for t in range(k):
             full[:, t : t + (n - 1) * s + 1 : s] += z[:, :, t]
-        y = full[:, p : full.shape[1] - p]
-        return mx.array(_bias(y, self.get("bias")))
+        return mx.array(_bias(full[:, p : full.shape[1] - p], self.get("bias")))
 
 
-def attention(q, k, v, scale, block):
+def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, block: int) -> mx.array:
     """Softmax attention over [B, H, L, D] in query blocks of `block` rows."""
     if not numpy_gemm():
         outs = [
@@ -205,11 +224,11 @@ def attention(q, k, v, scale, block):
             for i in range(0, q.shape[2], block)
         ]
         return outs[0] if len(outs) == 1 else mx.concatenate(outs, axis=2)
-    q, k, v = np.asarray(q), np.asarray(k), np.asarray(v)
-    kt = np.swapaxes(k, -1, -2)
-    out = np.empty(q.shape, np.float32)
-    for i in range(0, q.shape[2], block):
-        s = gemm(q[:, :, i : i + block] * np.float32(scale), kt)
+    qn, kn, vn = np.asarray(q), np.asarray(k), np.asarray(v)
+    kt = np.swapaxes(kn, -1, -2)
+    out = np.empty(qn.shape, np.float32)
+    for i in range(0, qn.shape[2], block):
+        s = gemm(qn[:, :, i : i + block] * np.float32(scale), kt)
         s = np.exp(s - s.max(axis=-1, keepdims=True))
-        out[:, :, i : i + block] = gemm(s / s.sum(axis=-1, keepdims=True), v)
+        out[:, :, i : i + block] = gemm(s / s.sum(axis=-1, keepdims=True), vn)
     return mx.array(out)

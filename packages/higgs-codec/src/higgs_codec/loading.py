@@ -11,13 +11,16 @@
 """
 
 import json
+import os
 import re
 import stat
 import struct
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
@@ -26,6 +29,9 @@ from .errors import CodecError, CodecNotFoundError
 from .layers import Conv1d, ConvTranspose1d
 from .model import Codec
 from .torch_pickle import load_torch_checkpoint
+
+# A checkpoint's tensors by name, as read (numpy; MLX arrays once converted).
+Weights = dict[str, np.ndarray]
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -44,7 +50,12 @@ DECODE = re.compile(
 )
 
 
-def load_codec(path_or_repo, *, decode_only=False, semantic_model=None):
+def load_codec(
+    path_or_repo: str | os.PathLike[str],
+    *,
+    decode_only: bool = False,
+    semantic_model: str | os.PathLike[str] | None = None,
+) -> Codec:
     """Load the audio tokenizer from a local directory or a Hub repo id.
 
     decode_only: build and load only what decoding needs (no HuBERT, no encoders).
@@ -73,7 +84,7 @@ def load_codec(path_or_repo, *, decode_only=False, semantic_model=None):
 # -- finding the checkpoint -------------------------------------------------------------
 
 
-def resolve_path(path_or_repo: str | Path, what: str = "codec") -> Path:
+def resolve_path(path_or_repo: str | os.PathLike[str], what: str = "codec") -> Path:
     """The local directory of a checkpoint: ``path_or_repo`` itself when it is a
     directory, else the hub repo's snapshot of the codec's files.
 
@@ -83,14 +94,14 @@ def resolve_path(path_or_repo: str | Path, what: str = "codec") -> Path:
     return _local(path_or_repo, what) or _download(str(path_or_repo), what)
 
 
-def _local(path_or_repo: str | Path, what: str) -> Path | None:
+def _local(path_or_repo: str | os.PathLike[str], what: str) -> Path | None:
     """The directory ``path_or_repo`` names, or None when it is a hub repo id."""
     path = Path(path_or_repo).expanduser()
     if path.is_dir():
         return path
     if path.exists():
         raise CodecNotFoundError(f"{path} is a file; pass the {what}'s directory", what=what)
-    if isinstance(path_or_repo, Path) or not REPO_ID.fullmatch(str(path_or_repo)):
+    if not isinstance(path_or_repo, str) or not REPO_ID.fullmatch(str(path_or_repo)):
         raise CodecNotFoundError(f"no such {what} directory: {path}", what=what)
     return None
 
@@ -140,7 +151,7 @@ def _download(repo_id: str, what: str) -> Path:
 MAX_JSON_BYTES = 16 << 20  # a config or an index is a few KB
 
 
-def _regular(path, max_bytes=None):
+def _regular(path: str | os.PathLike[str], max_bytes: int | None = None) -> Path:
     """``path`` if it is a regular file (symlinks followed): never a FIFO or a device."""
     path = Path(path)
     try:
@@ -154,7 +165,7 @@ def _regular(path, max_bytes=None):
     return path
 
 
-def _inside(directory, name):
+def _inside(directory: Path, name: str) -> Path:
     """A file the checkpoint names (a shard in its index): a plain name in ``directory``."""
     parts = Path(name).parts if isinstance(name, str) else ()
     if not parts or Path(name).is_absolute() or ".." in parts:
@@ -162,7 +173,7 @@ def _inside(directory, name):
     return _regular(directory / name)
 
 
-def _read_json(path):
+def _read_json(path: str | os.PathLike[str]) -> dict:
     _regular(path, MAX_JSON_BYTES)
     try:
         value = json.loads(Path(path).read_bytes())
@@ -173,7 +184,7 @@ def _read_json(path):
     return value
 
 
-def _codec_kind(config):
+def _codec_kind(config: dict) -> str | None:
     if config.get("model_type") == "higgs_audio_v2_tokenizer":
         return "transformers"
     if "model_type" not in config and {"n_q", "ratios", "bins"} & set(config):
@@ -181,7 +192,7 @@ def _codec_kind(config):
     return None
 
 
-def _find_layout(directory):
+def _find_layout(directory: Path) -> tuple[Path, str]:
     config_path = directory / "config.json"
     if config_path.exists():
         _regular(config_path, MAX_JSON_BYTES)  # a FIFO or a device is never read
@@ -218,7 +229,7 @@ def _find_layout(directory):
 _SAFETENSORS_DTYPES = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "I64": "<i8", "I32": "<i4"}
 
 
-def _read_safetensors_file(path, keep):
+def _read_safetensors_file(path: Path, keep: Callable[[str], bool]) -> Weights:
     """The tensors of one .safetensors file whose names pass `keep`, memory-mapped, so
     that skipped tensors are never read (decode_only skips most of the file)."""
     _regular(path)
@@ -245,7 +256,7 @@ def _read_safetensors_file(path, keep):
         raise CodecError(f"could not read weights from {path}: {e!r}") from e
 
 
-def _read_safetensors(directory, keep=lambda key: True):
+def _read_safetensors(directory: Path, keep: Callable[[str], bool] = lambda key: True) -> Weights:
     index = directory / SAFETENSORS_INDEX
     files = [directory / SAFETENSORS]
     if index.is_file():
@@ -259,19 +270,19 @@ def _read_safetensors(directory, keep=lambda key: True):
     return weights
 
 
-def _read_transformers(directory, decode_only):
+def _read_transformers(directory: Path, decode_only: bool) -> tuple[cfg.CodecArgs, Weights]:
     args = cfg.from_transformers(_read_json(directory / "config.json"))
     return args, _read_safetensors(directory, lambda key: _wanted(key, decode_only))
 
 
-def _wanted(key, decode_only):
-    return not IGNORED.match(key) and (not decode_only or DECODE.match(key))
+def _wanted(key: str, decode_only: bool) -> bool:
+    return not IGNORED.match(key) and (not decode_only or DECODE.match(key) is not None)
 
 
 _INNER = ("snake1", "conv1", "snake2", "conv2")
 
 
-def _original_key(key, n_blocks):
+def _original_key(key: str, n_blocks: int) -> str | None:
     """An original-release key -> the transformers name (None: not used here)."""
     parts = key.split(".")
     head = parts[0]
@@ -304,14 +315,16 @@ def _original_key(key, n_blocks):
     return None
 
 
-def _weight_shape(weights, base):
+def _weight_shape(weights: Weights, base: str) -> tuple[int, ...] | None:
     for suffix in (".weight", ".weight_v", ".parametrizations.weight.original1"):
         if base + suffix in weights:
             return weights[base + suffix].shape
     return None
 
 
-def _read_original(directory, decode_only, semantic_model):
+def _read_original(
+    directory: Path, decode_only: bool, semantic_model: str | os.PathLike[str] | None
+) -> tuple[cfg.CodecArgs, Weights]:
     config = _read_json(directory / "config.json")
     raw = load_torch_checkpoint(directory / ORIGINAL_WEIGHTS)
     n_blocks = len(config.get("ratios", (8, 5, 4, 2)))
@@ -349,7 +362,7 @@ def _read_original(directory, decode_only, semantic_model):
     return args, weights
 
 
-def _locate_hubert(source, need_weights):
+def _locate_hubert(source: str | os.PathLike[str], need_weights: bool) -> Path:
     path = _local(source, "HuBERT checkpoint")
     if path is None:
         patterns = ["config.json"] + ([SAFETENSORS, "pytorch_model.bin"] if need_weights else [])
@@ -359,7 +372,7 @@ def _locate_hubert(source, need_weights):
     return path
 
 
-def _read_hubert_weights(directory):
+def _read_hubert_weights(directory: Path) -> Weights:
     if (directory / SAFETENSORS).is_file() or (directory / SAFETENSORS_INDEX).is_file():
         raw = _read_safetensors(directory)
     elif (directory / "pytorch_model.bin").is_file():
@@ -374,7 +387,7 @@ def _read_hubert_weights(directory):
 # -- from checkpoint tensors to the model's parameters ----------------------------------
 
 
-def _fold_weight_norm(weights):
+def _fold_weight_norm(weights: Weights) -> Weights:
     """Replace every weight-norm pair (g, v) by weight = g * v / |v|, the norm taken over
     the axes where g has size 1 (dim 0 for the DAC convs, dim 2 for HuBERT's pos conv)."""
     pairs = {
@@ -401,13 +414,15 @@ def _fold_weight_norm(weights):
     return out
 
 
-def _torch_conv_shape(expected, module):
+def _torch_conv_shape(expected: tuple[int, ...], module: nn.Module) -> tuple[int, ...]:
     """The torch layout of an MLX conv weight shape [out, k, in]."""
     out, k, inp = expected
     return (inp, out, k) if isinstance(module, ConvTranspose1d) else (out, inp, k)
 
 
-def _channels_last(weights, expected, modules):
+def _channels_last(
+    weights: Weights, expected: dict[str, mx.array], modules: dict[str, nn.Module]
+) -> bool:
     """Whether the checkpoint stores conv weights as MLX does ([out, k, in]) rather than as
     torch does; decided over all conv weights whose shape tells the layouts apart."""
     votes = set()
@@ -415,6 +430,7 @@ def _channels_last(weights, expected, modules):
         module = modules.get(key.rpartition(".")[0])
         conv = isinstance(module, (Conv1d, ConvTranspose1d))
         if conv and key.endswith(".weight") and key in expected and len(value.shape) == 3:
+            assert module is not None
             mlx_shape = tuple(expected[key].shape)
             torch_shape = _torch_conv_shape(mlx_shape, module)
             if mlx_shape != torch_shape and tuple(value.shape) in (mlx_shape, torch_shape):
@@ -424,7 +440,12 @@ def _channels_last(weights, expected, modules):
     return votes == {True}
 
 
-def _to_mlx(value, expected, module, channels_last):
+def _to_mlx(
+    value: np.ndarray | mx.array,
+    expected: tuple[int, ...],
+    module: nn.Module | None,
+    channels_last: bool,
+) -> mx.array | None:
     """A checkpoint tensor -> float32 mx.array in MLX layout, or None if it cannot fit."""
     x = value if isinstance(value, mx.array) else mx.array(np.asarray(value))
     x = x.astype(mx.float32)
@@ -440,7 +461,7 @@ def _to_mlx(value, expected, module, channels_last):
     return None
 
 
-def _load_weights(codec, weights, source):
+def _load_weights(codec: Codec, weights: Weights, source: Path) -> None:
     weights = _fold_weight_norm(weights)
     expected = dict(tree_flatten(codec.parameters()))
     modules = dict(codec.named_modules())

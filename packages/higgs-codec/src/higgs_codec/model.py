@@ -1,5 +1,7 @@
 """The codec: encode audio to RVQ codes, decode codes to 24 kHz audio."""
 
+from typing import TYPE_CHECKING
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -13,13 +15,16 @@ from .layers import Linear
 from .quantizer import ResidualVectorQuantizer
 from .semantic import SemanticEncoder
 
+if TYPE_CHECKING:
+    from .streaming import StreamDecoder
+
 # whole-utterance decode above this many frames goes through the stream decoder in
 # chunks, which gives the same samples with memory bounded by the chunk
 DECODE_CHUNK_FRAMES = 750
 
 
 class Codec(nn.Module):
-    def __init__(self, args: CodecArgs, decode_only=False):
+    def __init__(self, args: CodecArgs, decode_only: bool = False):
         super().__init__()
         self.args = args
         self.decode_only = decode_only
@@ -52,7 +57,7 @@ class Codec(nn.Module):
 
     # -- decoding ---------------------------------------------------------------------
 
-    def check_codes(self, codes):
+    def check_codes(self, codes: "np.ndarray | mx.array") -> mx.array:
         """codes [K, T] (numpy or mlx, integer) -> int32 mx.array, validated."""
         if not isinstance(codes, mx.array):
             codes = np.asarray(codes)
@@ -72,11 +77,11 @@ class Codec(nn.Module):
             )
         return codes
 
-    def latents(self, codes):
+    def latents(self, codes: mx.array) -> mx.array:
         """Validated codes [K, T] -> decoder input [1, T, acoustic_dim]."""
         return self.fc2(self.quantizer.decode(codes))[None]
 
-    def decode(self, codes):
+    def decode(self, codes: "np.ndarray | mx.array") -> mx.array:
         """codes [K, T] -> float32 samples [T * hop] at `sample_rate`."""
         codes = self.check_codes(codes)
         frames = codes.shape[1]
@@ -92,7 +97,7 @@ class Codec(nn.Module):
         parts.append(stream.flush())
         return mx.concatenate(parts)
 
-    def stream_decoder(self):
+    def stream_decoder(self) -> "StreamDecoder":
         """A decoder that takes frames as they come and returns the samples that are final."""
         from .streaming import StreamDecoder
 
@@ -100,7 +105,7 @@ class Codec(nn.Module):
 
     # -- encoding ---------------------------------------------------------------------
 
-    def encode(self, wave, sample_rate):
+    def encode(self, wave: "np.ndarray | mx.array", sample_rate: int) -> mx.array:
         """wave [N] or [C, N] (numpy or mlx; channels are averaged) -> int32 codes [K, T]."""
         if self.decode_only:
             raise CodecError(
@@ -121,7 +126,7 @@ class Codec(nn.Module):
         embeddings = self.embeddings(x)
         return self.quantizer.encode(embeddings[0])
 
-    def semantic_features(self, x):
+    def semantic_features(self, x: mx.array) -> mx.array:
         """24 kHz wave [N] -> averaged HuBERT states at the frame rate [1, T, semantic_dim]."""
         a = self.args
         wave = resample(x, a.sample_rate, a.semantic_sample_rate)
@@ -129,7 +134,7 @@ class Codec(nn.Module):
         states = self.semantic_model.mean_hidden_states(wave)
         return states[:, :: max(a.semantic_downsample_factor, 1)]
 
-    def embeddings(self, x):
+    def embeddings(self, x: mx.array) -> mx.array:
         """24 kHz wave [N] -> RVQ input [1, T, quantizer_dim], as the original release glues
         the branches: when the acoustic frame count misses the semantic one, the acoustic
         encoder reads the wave padded by 160 * downsample samples each side, and both

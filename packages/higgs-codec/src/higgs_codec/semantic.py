@@ -7,23 +7,23 @@ from .config import CodecArgs
 from .layers import Conv1d
 
 
-def elu(x):
+def elu(x: mx.array) -> mx.array:
     return mx.where(x > 0, x, mx.expm1(mx.minimum(x, 0)))
 
 
 class ResidualUnit(nn.Module):
-    def __init__(self, dim, kernel, dilation):
+    def __init__(self, dim: int, kernel: int, dilation: int):
         super().__init__()
         pad = (kernel - 1) // 2 * dilation
         self.conv1 = Conv1d(dim, dim, kernel, padding=pad, dilation=dilation, bias=False)
         self.conv2 = Conv1d(dim, dim, 1, bias=False)
 
-    def __call__(self, x):
+    def __call__(self, x: mx.array) -> mx.array:
         return x + self.conv2(elu(self.conv1(elu(x))))
 
 
 class EncoderBlock(nn.Module):
-    def __init__(self, args: CodecArgs, in_dim, out_dim, stride):
+    def __init__(self, args: CodecArgs, in_dim: int, out_dim: int, stride: int):
         super().__init__()
         self.res_units = [
             ResidualUnit(in_dim, args.unit_kernel_size, d) for d in args.block_dilations
@@ -31,7 +31,7 @@ class EncoderBlock(nn.Module):
         kernel = 3 if stride == 1 else 2 * stride
         self.conv = Conv1d(in_dim, out_dim, kernel, stride=stride, padding=(kernel - 1) // 2)
 
-    def __call__(self, x):
+    def __call__(self, x: mx.array) -> mx.array:
         for unit in self.res_units:
             x = unit(x)
         return self.conv(x)
@@ -50,7 +50,7 @@ class SemanticEncoder(nn.Module):
             in_dim = out_dim
         self.conv_blocks = blocks
 
-    def __call__(self, x):
+    def __call__(self, x: mx.array) -> mx.array:
         x = self.conv(x)
         for block in self.conv_blocks:
             x = block(x)

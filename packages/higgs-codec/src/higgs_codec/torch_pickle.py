@@ -13,6 +13,7 @@ more values than its storage.
 """
 
 import io
+import os
 import pickle
 import pickletools
 import zipfile
@@ -23,7 +24,7 @@ import numpy as np
 
 from .errors import CodecError
 
-_STORAGE_DTYPES = {
+_STORAGE_DTYPES: dict[str, "type[np.generic] | str"] = {
     "FloatStorage": np.float32,
     "DoubleStorage": np.float64,
     "HalfStorage": np.float16,
@@ -38,17 +39,17 @@ _STORAGE_DTYPES = {
 
 
 class _StorageType:
-    def __init__(self, dtype):
+    def __init__(self, dtype: "type[np.generic] | str"):
         self.dtype = dtype
 
 
 class _Opaque:
     """Stands in for an allowed non-tensor object (e.g. an io.BytesIO); dropped later."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: object, **kwargs: object) -> None:
         pass
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: object) -> None:
         pass
 
 
@@ -56,7 +57,10 @@ MAX_PICKLE_BYTES = 64 << 20  # a state dict's pickle is KBs: the tensors live in
 MAX_MEMO = 1 << 20  # memo slots a pickle may name
 
 
-def _rebuild_tensor(storage, offset, size, stride, *_):
+def _rebuild_tensor(
+    storage: np.ndarray, offset: int, size: tuple[int, ...], stride: tuple[int, ...], *_: object
+) -> np.ndarray:
+    # The annotations say what torch writes; a hostile pickle may pass anything, hence the checks.
     itemsize = storage.dtype.itemsize
     if not all(isinstance(v, int) for v in (offset, *size, *stride)):
         raise pickle.UnpicklingError("a tensor's offset, size and stride must be integers")
@@ -78,7 +82,7 @@ def _rebuild_tensor(storage, offset, size, stride, *_):
     return np.array(view)
 
 
-def _rebuild_parameter(data, *_):
+def _rebuild_parameter(data: np.ndarray, *_: object) -> np.ndarray:
     return data
 
 
@@ -98,9 +102,9 @@ def _scan(data: bytes):
     try:
         for op, arg, _ in pickletools.genops(data):
             if op.name in ("PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"):
-                if int(arg) > MAX_MEMO:
+                if int(arg or 0) > MAX_MEMO:
                     raise pickle.UnpicklingError(f"it names memo slot {arg}")
-            elif op.name in ("FRAME",) and int(arg) > len(data):
+            elif op.name in ("FRAME",) and int(arg or 0) > len(data):
                 raise pickle.UnpicklingError(f"it declares a frame of {arg} bytes")
     except ValueError as e:  # truncated or malformed opcodes
         raise pickle.UnpicklingError(f"malformed pickle ({e})") from None
@@ -112,11 +116,11 @@ class _Unpickler(pickle._Unpickler):
 
     dispatch: ClassVar[dict] = dict(pickle._Unpickler.dispatch)
 
-    def __init__(self, data, archive, prefix):
+    def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str):
         super().__init__(io.BytesIO(data))
         self.archive = archive
         self.prefix = prefix
-        self.storages = {}
+        self.storages: dict[str, np.ndarray] = {}
 
     def load_build(self):
         # BUILD sets state on the object below it: only on the dicts and stand-ins
@@ -129,7 +133,7 @@ class _Unpickler(pickle._Unpickler):
 
     dispatch[pickle.BUILD[0]] = load_build
 
-    def find_class(self, module, name):
+    def find_class(self, module: str, name: str):
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(_STORAGE_DTYPES[name])
         try:
@@ -139,7 +143,7 @@ class _Unpickler(pickle._Unpickler):
                 f"it asks for {module}.{name}, which a tensor checkpoint never needs"
             ) from None
 
-    def persistent_load(self, pid):
+    def persistent_load(self, pid: object) -> np.ndarray:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
         _, storage_type, key, _location, _numel = pid
@@ -157,7 +161,7 @@ class _Unpickler(pickle._Unpickler):
         return self.storages[key]
 
 
-def load_torch_checkpoint(path):
+def load_torch_checkpoint(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """A torch.save'd state dict -> {name: numpy array}; non-tensor entries are dropped.
 
     bfloat16 tensors come back as float32. Raises CodecError for anything that is not

@@ -395,7 +395,8 @@ class Batch:
             cache.append(kept)
         mx.eval([c.state for c in cache])
         n_audio = int(self.model.audio_mask(s.ids[:n]).sum())
-        return Prefix(s.ids[:n].copy(), s.audio[:n_audio] if n_audio else None, cache)
+        audio = s.audio[:n_audio] if s.audio is not None and n_audio else None
+        return Prefix(s.ids[:n].copy(), audio, cache)
 
     def _finish(self, s: Stream, reason: str, now: float):
         stacked = mx.stack(s.frames, axis=1) if s.frames else None

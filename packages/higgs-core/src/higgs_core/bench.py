@@ -13,14 +13,14 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
-from mlx.utils import tree_flatten, tree_map
+from mlx.utils import tree_map
 from mlx_lm.models.activations import swiglu
 from mlx_lm.models.base import scaled_dot_product_attention
 
 from higgs_core.config import ModelConfig
 from higgs_core.generate import generate
 from higgs_core.kernels import use_kernels
-from higgs_core.loading import quantize
+from higgs_core.loading import named_arrays, quantize
 from higgs_core.model import HiggsAudioModel
 from higgs_sampling import FrameSampler, SamplingParams
 
@@ -55,7 +55,7 @@ def build(
         mx.eval(module.parameters())
     if bits:
         quantize(model, bits, group_size)
-        for _, value in tree_flatten(model.parameters()):  # frees each float source in turn
+        for _, value in named_arrays(model):  # frees each float source in turn
             mx.eval(value)
     use_kernels(model)  # as load_model does
     return model
@@ -185,7 +185,7 @@ def run(
         for layer in model.layers:
             layer.mlp.act = layer.audio_mlp.act = swiglu
         kernels += ", stock swiglu"
-    size = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+    size = sum(v.nbytes for _, v in named_arrays(model))
     mx.reset_peak_memory()
 
     ids, audio = prompt(prompt_length, model.config, np.random.default_rng(seed))

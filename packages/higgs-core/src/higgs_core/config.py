@@ -100,7 +100,7 @@ class ModelConfig:
         ``audio_discrete_codes_mask`` (``audio_in_discrete_codes_mask |
         audio_out_mask``), which sends them through the audio FFN path.
         """
-        ids = (self.audio_out_token_id,)
+        ids: tuple[int, ...] = (self.audio_out_token_id,)
         if self.audio_delay_token_id is not None:
             ids += (self.audio_delay_token_id,)
         if self.encode_audio_in_tokens:

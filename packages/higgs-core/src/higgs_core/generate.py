@@ -66,10 +66,11 @@ class FrameGenerator:
             while handed < len(stream.frames) and not stream.finished:
                 yield stream.frames[handed]
                 handed += 1
-        frames = stream.result.frames
-        for t in range(handed, frames.shape[1]):
-            yield frames[:, t]
-        self.result = stream.result
+        result = stream.result
+        assert result is not None  # a finished stream has one
+        for t in range(handed, result.frames.shape[1]):
+            yield result.frames[:, t]
+        self.result = result
 
 
 def generate_frames(
@@ -113,4 +114,5 @@ def generate(model: HiggsAudioModel, input_ids, audio_ids=None, **kwargs) -> Gen
     gen = generate_frames(model, input_ids, audio_ids, **kwargs)
     for _ in gen:
         pass
+    assert gen.result is not None  # set when the frames run out
     return gen.result

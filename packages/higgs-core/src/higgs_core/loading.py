@@ -7,9 +7,11 @@ block in config.json). :func:`save_model` writes the last of these.
 """
 
 import json
+import os
 import re
 import stat
 from pathlib import Path
+from typing import cast
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -30,7 +32,7 @@ NEVER_QUANTIZED = ("audio_codebook_embeddings", "audio_decoder_proj.audio_lm_hea
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
-def resolve_path(path_or_repo: str | Path) -> Path:
+def resolve_path(path_or_repo: str | os.PathLike[str]) -> Path:
     """The local directory of a checkpoint: ``path_or_repo`` itself when it is
     a directory, else the hub repo's snapshot (downloaded if not cached).
 
@@ -43,7 +45,7 @@ def resolve_path(path_or_repo: str | Path) -> Path:
     if path.exists():
         raise ModelNotFoundError(f"{path} is a file; pass the checkpoint's directory")
     name = str(path_or_repo)
-    if isinstance(path_or_repo, Path) or not _REPO_ID.fullmatch(name):
+    if not isinstance(path_or_repo, str) or not _REPO_ID.fullmatch(name):
         raise ModelNotFoundError(f"no such checkpoint directory: {path}")
     return _download(name, HUB_PATTERNS)
 
@@ -73,6 +75,11 @@ def _download(repo_id: str, patterns: list[str]) -> Path:
             f"`hf download {repo_id} --local-dir DIR`, then pass DIR instead of the repo id",
             repo_id=repo_id,
         ) from e
+
+
+def named_arrays(model: nn.Module) -> list[tuple[str, mx.array]]:
+    """The model's arrays by dotted name (tree_flatten of its parameters, typed)."""
+    return cast(list[tuple[str, mx.array]], tree_flatten(model.parameters()))
 
 
 MAX_JSON_BYTES = 16 << 20  # a config or a shard index is a few KB; refuse absurd ones
@@ -159,9 +166,12 @@ def load_model(path_or_repo: str | Path, *, dtype: mx.Dtype | str | None = None)
 
 def _load(path: Path, dtype) -> HiggsAudioModel:
     config = ModelConfig.from_dict(read_config(path))
-    weights = {}
+    weights: dict[str, mx.array] = {}
     for file in weight_files(path):
-        weights.update(mx.load(str(file)))
+        loaded = mx.load(str(file))
+        if not isinstance(loaded, dict):
+            raise CheckpointError(f"{file} holds no named tensors")
+        weights.update(loaded)
     weights = HiggsAudioModel.sanitize(weights)
     config = config.replace(has_text_head="audio_decoder_proj.text_lm_head.weight" in weights)
 
@@ -179,7 +189,7 @@ def _load(path: Path, dtype) -> HiggsAudioModel:
     except ValueError as e:  # shapes that do not fit the config
         raise CheckpointError(f"checkpoint {path} does not fit its config: {e}") from None
     # One tensor at a time: a cast frees each source as soon as its copy exists.
-    for _, value in tree_flatten(model.parameters()):
+    for _, value in named_arrays(model):
         mx.eval(value)
     materialize_buffers(model)
     use_kernels(model)
@@ -224,7 +234,7 @@ def _quantize_as_stored(model: nn.Module, quantization: dict, weights: dict):
 
 
 def _check_names(model: nn.Module, weights: dict, path: Path):
-    expected = {k for k, _ in tree_flatten(model.parameters())}
+    expected = {k for k, _ in named_arrays(model)}
     missing = sorted(expected - weights.keys())
     unexpected = sorted(weights.keys() - expected)
     if missing or unexpected:
@@ -261,7 +271,7 @@ def quantize(model: HiggsAudioModel, bits: int, group_size: int = 64) -> HiggsAu
     # Quantize now, one tensor at a time: each float source is freed as its
     # copy lands, and none stays alive in a lazy graph (the text head is never
     # run while generating audio).
-    for _, value in tree_flatten(model.parameters()):
+    for _, value in named_arrays(model):
         mx.eval(value)
     quantization = {"group_size": group_size, "bits": bits, "mode": "affine"}
     model.config = model.config.replace(quantization=quantization)
@@ -274,8 +284,9 @@ def save_model(model: HiggsAudioModel, path: str | Path, *, max_shard_gb: float 
     ``quantization`` block if any) that :func:`load_model` reads back."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    weights = dict(tree_flatten(model.parameters()))
-    shards, size = [{}], 0
+    weights = dict(named_arrays(model))
+    shards: list[dict[str, mx.array]] = [{}]
+    size = 0
     for key, value in weights.items():
         if shards[-1] and size + value.nbytes > max_shard_gb * 2**30:
             shards.append({})

@@ -174,7 +174,9 @@ class DualFFNLayer(nn.Module):
     def _audio_ffn(self, h: mx.array) -> mx.array:
         return self.audio_mlp(self.audio_post_attention_layernorm(h))
 
-    def __call__(self, x: mx.array, mask, cache: KVCache | None, route: Routing) -> mx.array:
+    def __call__(
+        self, x: mx.array, mask, cache: KVCache | list[KVCache] | None, route: Routing
+    ) -> mx.array:
         normed = route.apply(x, self.input_layernorm, self.audio_input_layernorm)
         h = x + self.self_attn(normed, mask, cache)
         return h + route.apply(h, self._text_ffn, self._audio_ffn)
@@ -212,7 +214,7 @@ class HiggsAudioModel(nn.Module):
 
     def embed(self, input_ids: np.ndarray, audio_ids: mx.array | None, route: Routing) -> mx.array:
         """One sequence's embeddings ``[1, L, D]``; audio rows come from ``audio_ids [N, K]``."""
-        if route.audio is None:
+        if route.audio is None or audio_ids is None:  # (route() has checked they agree)
             return self.embed_tokens(mx.array(input_ids))[None]
         audio = self.embed_audio(audio_ids)[None]
         if route.text is None:
@@ -277,16 +279,17 @@ class HiggsAudioModel(nn.Module):
             raise ValueError(
                 f"the token ids hold {n} audio positions but {have} audio frames were given"
             )
-        if n and tuple(audio_ids.shape[1:]) != (self.config.num_codebooks,):
-            raise ValueError(
-                f"audio frames must be [N, {self.config.num_codebooks}], got {audio_ids.shape}"
-            )
-        if n:  # a code out of range would silently read another codebook's rows
-            lo, hi = mx.min(audio_ids).item(), mx.max(audio_ids).item()
-            if lo < 0 or hi >= self.config.audio_vocab_size:
+        if audio_ids is not None and n:
+            if tuple(audio_ids.shape[1:]) != (self.config.num_codebooks,):
                 raise ValueError(
-                    f"audio codes must lie in 0..{self.config.audio_vocab_size - 1} "
-                    f"(codes, then stream BOS and EOS), got {lo}..{hi}"
+                    f"audio frames must be [N, {self.config.num_codebooks}], got {audio_ids.shape}"
+                )
+            # A code out of range would silently read another codebook's rows.
+            V = self.config.audio_vocab_size
+            if mx.any((audio_ids < 0) | (audio_ids >= V)).item():
+                raise ValueError(
+                    f"audio codes must lie in 0..{V - 1} (codes, then stream BOS and EOS), "
+                    f"got {mx.min(audio_ids).item()}..{mx.max(audio_ids).item()}"
                 )
         return Routing.from_mask(is_audio)
 
@@ -327,7 +330,7 @@ class HiggsAudioModel(nn.Module):
         positions; the audio logits of position ``end - 1``."""
         is_audio = self.audio_mask(input_ids)
         before, upto = int(is_audio[:start].sum()), int(is_audio[:end].sum())
-        chunk_audio = audio_ids[before:upto] if upto > before else None
+        chunk_audio = audio_ids[before:upto] if audio_ids is not None and upto > before else None
         route = Routing.from_mask(is_audio[start:end])
         h = self.backbone(self.embed(input_ids[start:end], chunk_audio, route), route, cache)
         return self.audio_logits(self.norm(h[0, -1]))

@@ -49,6 +49,7 @@ class KernelQuantizedLinear(nn.QuantizedLinear):
 def _kernel_version(layer: nn.Module) -> nn.Module | None:
     """The kernel-backed twin of `layer`, sharing its arrays, or None when the
     kernels do not cover it."""
+    cls: type[nn.Module]
     if type(layer) is nn.Linear:
         if layer["weight"].dtype not in (mx.float32, mx.bfloat16, mx.float16):
             return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlx.core as mx  # registers mx.array with nanobind before the extension loads
 
 try:
-    from . import _ext
+    from . import _ext  # type: ignore[attr-defined]  # the compiled extension
 except ImportError as error:  # not built (no compiler, not Linux) or built for another MLX
     _ext = None
     import_error: ImportError | None = error

@@ -67,7 +67,7 @@ def advance(codes, pos, eos_col, stop, max_frames, delays: Sequence[int], bos: i
     """The state machine's step for sampled ``codes [..., K]`` at frame ``pos``: force
     the ramp-in BOS and ramp-out EOS, and move ``pos``, ``eos_col`` and ``stop`` on.
     ``max_frames`` is a number, or an array with one budget per stream."""
-    d = mx.array(delays, dtype=mx.int32)
+    d = mx.array(list(delays), dtype=mx.int32)
     D = max(delays)
     live = stop == int(StopReason.RUNNING)
     codes = mx.where(d >= pos[..., None], bos, codes)  # ramp-in
