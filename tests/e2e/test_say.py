@@ -303,3 +303,16 @@ def test_binary_audio_is_not_written_to_a_terminal(home):
     os.close(follower)
     os.close(leader)
     assert r.returncode == 1 and "refusing to write binary audio to a terminal" in r.stderr
+
+
+def test_verbose_sums_up_the_stop_reasons(home, tmp_path):
+    # Six one-word chunks: -v gives one line of counts, never an entry per chunk.
+    out = tmp_path / "v.wav"
+    text = "One. Two. Three. Four. Five. Six."
+    r = say(text, "-o", str(out), "--chunk-words", "1", "--max-seconds", "6", "-v")
+    assert r.exit_code == 0, r.stderr
+    lines = [line for line in r.stderr.splitlines() if "stop:" in line]
+    assert len(lines) == 1 and "chunks         6 (stop: " in lines[0], r.stderr
+    counts = lines[0].split("(stop: ")[1].rstrip(")").split(", ")
+    assert sum(int(c.split()[0]) for c in counts) == 6, lines
+    assert len(counts) == len({c.split()[1] for c in counts}), lines

@@ -3,9 +3,11 @@
 import contextlib
 import io
 import json
+import logging
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -15,8 +17,10 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+from click.testing import CliRunner
 from starlette.testclient import TestClient
 
+from higgs_cli.main import cli
 from higgs_cli.serve import Limits, create_app
 from higgs_cli.voices import VoiceStore
 
@@ -94,7 +98,8 @@ def test_openai_voice_names_and_voice_objects(app_tts):
     assert a.content == b.content  # alloy is en_woman
 
 
-def test_streaming_sends_audio_before_generation_ends(app_tts, monkeypatch):
+def test_streaming_sends_audio_before_generation_ends(app_tts, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="higgs.serve")
     events, gate = [], threading.Event()
     real = app_tts.job
 
@@ -120,8 +125,14 @@ def test_streaming_sends_audio_before_generation_ends(app_tts, monkeypatch):
                 gate.set()
             data += part
     assert events == ["first audio generated", "client got audio", "generation done"]
+    # The streaming header: RIFF and data sizes unknown (0xFFFFFFFF), as ffmpeg and sox write.
+    assert data[:4] == b"RIFF" and data[36:40] == b"data"
+    assert struct.unpack("<I", data[4:8])[0] == struct.unpack("<I", data[40:44])[0] == 0xFFFFFFFF
     samples, sr = sf.read(io.BytesIO(data), dtype="int16")
     assert sr == 24000 and len(samples) > 0
+    # The log counts the audio that reached the client.
+    logged = [r.getMessage() for r in caplog.records if "audio=" in r.getMessage()]
+    assert len(logged) == 1 and f"audio={(len(data) - 44) / 48000:.2f}s" in logged[0], logged
 
 
 def test_streamed_pcm_equals_the_stream_api(app_tts):
@@ -206,13 +217,19 @@ def test_bad_json_and_big_bodies(app_tts):
         assert r.status_code == 413
 
 
-def test_voice_upload_use_and_delete(app_tts):
+def test_voice_upload_use_and_delete(app_tts, tmp_path, monkeypatch):
     files = {"file": ("me.wav", tone(), "audio/wav")}
     with client(app_tts) as c:
         r = c.post("/v1/audio/voices", data={"name": "me", "text": "A tone."}, files=files)
         assert r.status_code == 201, r.text
         voices = {v["name"]: v for v in c.get("/v1/audio/voices").json()["voices"]}
         assert voices["me"]["transcript"] == "A tone."
+        # The CLI lists the same store with the same kind words as the API.
+        monkeypatch.setenv("HIGGS_HOME", str(tmp_path))
+        listed = CliRunner().invoke(cli, ["voices", "list"]).stdout.splitlines()
+        assert {line.split()[0]: line.split()[1] for line in listed} == {
+            name: v["kind"] for name, v in voices.items()
+        }
         r = c.post(SPEECH, json={"input": "Hi.", "voice": "me", "response_format": "wav"})
         assert r.status_code == 200
         r = c.post("/v1/audio/voices", data={"name": "me", "text": "Again."}, files=files)
