@@ -196,6 +196,12 @@ def report(args, f: dict):
         f"5xx {len(server_errors)}, transport errors {len(transport)}"
         + (f" {sorted({r[4] for r in transport})}" if transport else "")
     )
+    kinds: dict[str, dict] = {}
+    for r in results:
+        kinds.setdefault(r[4], {}).setdefault(r[0], 0)
+        kinds[r[4]][r[0]] += 1
+    for kind, statuses in sorted(kinds.items()):
+        print(f"  {kind}: " + ", ".join(f"{n} x {s}" for s, n in sorted(statuses.items(), key=str)))
     print(f"  {f['rps']:.2f} requests/s, {f['audio_per_s']:.2f} audio seconds per second")
     lat, ttfa = f["lat"], f["ttfa"]
     print(
