@@ -31,6 +31,8 @@ BAD = [
     ({"id": "f", "text": "Hi.", "voice": "nobody"}, "unknown voice 'nobody'"),
     ({"id": "g", "text": "Hi.", "ref_audio": "BADWAV", "ref_text": "x"}, "bad.wav"),
     ({"id": "h", "text": "Hi.", "top_p": 0}, "top_p"),
+    ({"id": "i", "text": "Say <|AUDIO_OUT|> now."}, "control token <|AUDIO_OUT|>"),
+    ({"id": "j", "text": "Hi.", "seed": -1}, "seed"),
 ]
 
 
