@@ -210,11 +210,15 @@ def _contains(ids, sub):
 def test_bad_input_is_one_line_and_nonzero(home, tmp_path, args, message):
     args = [str(tmp_path / "r.wav") if a == "REF" else a for a in args]
     (tmp_path / "r.wav").write_bytes(b"")
-    r = CliRunner().invoke(cli, ["say", *args])
-    assert r.exit_code != 0
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    assert lines[0].startswith("higgs: error: ") and message in lines[0], lines[0]
+    # Each is found before the model loads: with no model at all, the same answer.
+    for model in ([], ["--model", "/no/such/model"]):
+        if model and "--model" in args:
+            continue
+        r = CliRunner().invoke(cli, ["say", *args, *model])
+        assert r.exit_code != 0
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1, r.stderr
+        assert lines[0].startswith("higgs: error: ") and message in lines[0], lines[0]
 
 
 def test_unreadable_reference_audio(home, tmp_path):
