@@ -74,6 +74,10 @@ void from_f32(const float* src, int64_t count, void* dst, DType t) {
 
 constexpr int64_t KC = 256;  // depth of a packed panel (a multiple of every group size)
 constexpr int64_t kGemvRows = 16;  // rows of x the matrix-vector kernels take; more are a matmul
+// Quantized weights: the prefill path dequantizes W into panels at ~3 ns a value,
+// which 32 rows (a large decode batch) do not earn back (one layer's q, k, gate and
+// down: 193 ms as a matmul, ~55 ms as matrix-vector); serve's largest batch stays here.
+constexpr int64_t kGemvRowsQuantized = 64;
 constexpr int64_t NC = 64;   // output columns per task in the prefill path
 
 // Rows of W per matrix-vector task: a few tasks per thread so a late-waking
@@ -160,8 +164,10 @@ void set_isa(const char* name) {
   current() = choose_isa(name);
 }
 
-void linear(const Weight& w, const void* x, DType xt, int64_t m, void* y, DType yt) {
-  if (m <= 0 || w.N <= 0) return;
+void linear(const Weight& weight, const void* x, DType xt, int64_t m, void* y, DType yt) {
+  if (m <= 0 || weight.N <= 0) return;
+  Weight w = weight;
+  w.half_x = xt != DType::F32;
   const Isa& chosen = isa();
   std::vector<float> xbuf, ybuf;
   const float* xf = static_cast<const float*>(x);
@@ -198,7 +204,7 @@ void linear(const Weight& w, const void* x, DType xt, int64_t m, void* y, DType 
       const int64_t n0 = t * rows;
       chosen.gemv_bf16(w, static_cast<const uint16_t*>(x), n0, std::min(w.N, n0 + rows), yf);
     });
-  } else if (m <= kGemvRows) {
+  } else if (m <= (w.quantized() ? kGemvRowsQuantized : kGemvRows)) {
     gemv_path(chosen, w, xf, int(m), yf);
   } else {
     gemm_path(chosen, w, xf, m, yf);

@@ -35,6 +35,10 @@ struct Weight {
   DType dtype;
   QWeight quant;
   int64_t N, K;
+  // Set by linear() for this call: the activations came in 16 bits (bf16 or f16),
+  // so a kernel may round them to int8 per group (see kernels_avx2.cpp); float32
+  // activations keep their precision.
+  bool half_x = false;
   bool quantized() const {
     return quant.codes != nullptr;
   }

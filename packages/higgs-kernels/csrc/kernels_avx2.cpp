@@ -20,6 +20,13 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+inline float hmax(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
 // Eight consecutive weights as fp32.
 template <DType T>
 inline __m256 load8(const void* base, int64_t i) {
@@ -125,54 +132,31 @@ void gemv_bf16(const Weight& w, const uint16_t* x, int64_t n0, int64_t n1, float
 
 constexpr int64_t kBlockRows = 24;  // a multiple of every tile's NB
 
-// 16 bf16 weights as two fp32 vectors with no shuffle across 128-bit lanes:
-// lo holds weights 0-3 and 8-11, hi 4-7 and 12-15 (x is prepared in that order).
-inline void bf16x16(const uint16_t* p, __m256& lo, __m256& hi) {
-  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  const __m256i z = _mm256_setzero_si256();
-  lo = _mm256_castsi256_ps(_mm256_unpacklo_epi16(z, v));
-  hi = _mm256_castsi256_ps(_mm256_unpackhi_epi16(z, v));
-}
-constexpr int kBf16Order[16] = {0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15};
-
-// x as fp32 [m, K], each whole 16-value block in kBf16Order (the tail as it is).
-void prepare_bf16_rows(const Weight& w, const float* x, int m, std::vector<uint8_t>& out) {
-  const int64_t K = w.K, whole = K / 16 * 16;
-  out.resize(size_t(m) * K * 4);
-  auto* xp = reinterpret_cast<float*>(out.data());
-  for (int r = 0; r < m; ++r) {
-    const float* xr = x + r * K;
-    float* dst = xp + r * K;
-    for (int64_t b = 0; b < whole; b += 16)
-      for (int p = 0; p < 16; ++p) dst[b + p] = xr[b + kBf16Order[p]];
-    for (int64_t k = whole; k < K; ++k) dst[k] = xr[k];
-  }
-}
-
-// The tiles take columns [k0, k1) of W and x (k0 a multiple of 16; rows at
-// stride K) and add their sums into y when `add`.
+// The tiles take columns [k0, k1) of W and x (rows at stride K) and add their
+// sums into y when `add`. Eight k at a time: each row of W widened once (one
+// register per row, so a 4 x 3 tile fits beside its 12 accumulators), every
+// accumulator one FMA per step. (Sixteen k per step from one 32-byte load
+// needs two registers per row and chains two FMAs per accumulator; it measured
+// 1.2-1.3x slower at 8 rows on Zen 3.)
 template <int RT, int NB>
-inline void bf16_tile(const uint16_t* W, int64_t K, int64_t k0, int64_t k1, const float* xp,
+inline void bf16_tile(const uint16_t* W, int64_t K, int64_t k0, int64_t k1, const float* x,
                       int64_t n, float* y, int64_t ldy, bool add) {
   __m256 acc[RT][NB];
   for (int r = 0; r < RT; ++r)
     for (int j = 0; j < NB; ++j) acc[r][j] = _mm256_setzero_ps();
   int64_t k = k0;
-  for (; k + 16 <= k1; k += 16) {
-    __m256 lo[NB], hi[NB];
-    for (int j = 0; j < NB; ++j) bf16x16(W + (n + j) * K + k, lo[j], hi[j]);
+  for (; k + 8 <= k1; k += 8) {
+    __m256 wv[NB];
+    for (int j = 0; j < NB; ++j) wv[j] = load8<DType::BF16>(W, (n + j) * K + k);
     for (int r = 0; r < RT; ++r) {
-      const __m256 xl = _mm256_loadu_ps(xp + r * K + k), xh = _mm256_loadu_ps(xp + r * K + k + 8);
-      for (int j = 0; j < NB; ++j) {
-        acc[r][j] = _mm256_fmadd_ps(xl, lo[j], acc[r][j]);
-        acc[r][j] = _mm256_fmadd_ps(xh, hi[j], acc[r][j]);
-      }
+      const __m256 xv = _mm256_loadu_ps(x + r * K + k);
+      for (int j = 0; j < NB; ++j) acc[r][j] = _mm256_fmadd_ps(xv, wv[j], acc[r][j]);
     }
   }
   for (int r = 0; r < RT; ++r)
     for (int j = 0; j < NB; ++j) {
       float s = hsum(acc[r][j]);
-      for (int64_t t = k; t < k1; ++t) s += xp[r * K + t] * bf16_to_f32(W[(n + j) * K + t]);
+      for (int64_t t = k; t < k1; ++t) s += x[r * K + t] * bf16_to_f32(W[(n + j) * K + t]);
       float& out = y[r * ldy + n + j];
       out = add ? out + s : s;
     }
@@ -207,7 +191,8 @@ template <DType T, int RT>
 inline void dense_group(const Weight& w, int64_t k0, int64_t k1, const float* x, int64_t n0,
                         int64_t n1, float* y, int64_t ldy, bool add) {
   if constexpr (T == DType::BF16) {
-    constexpr int NB = RT >= 3 ? 2 : RT == 2 ? 3 : 4;
+    // Registers: RT * NB accumulators + NB weights + one x, at most 16.
+    constexpr int NB = RT >= 3 ? 3 : RT == 2 ? 4 : 6;
     const auto* W = static_cast<const uint16_t*>(w.data);
     int64_t n = n0;
     for (; n + NB <= n1; n += NB) bf16_tile<RT, NB>(W, w.K, k0, k1, x, n, y, ldy, add);
@@ -487,6 +472,26 @@ constexpr int source_of(int p) {
   }
 }
 
+// One row of x rounded to integers per group of G: q[k] = round(x[k] * qmax /
+// max|x| of its group) (to nearest, ties to even, as std::nearbyint), and the
+// group's scale max|x| / qmax into sx. Vector code: a prepare runs on one thread
+// before the matrix-vector tasks, where a scalar loop cost ~7 ns a value (0.5 ms
+// for eight rows of down_proj).
+void round_row(const float* xr, int64_t K, int G, float qmax, int32_t* q, float* sx) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int64_t g0 = 0; g0 < K; g0 += G) {
+    __m256 m = _mm256_setzero_ps();
+    for (int64_t k = g0; k < g0 + G; k += 8)
+      m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(xr + k)));
+    const float mx = hmax(m);
+    sx[g0 / G] = mx / qmax;
+    const __m256 inv = _mm256_set1_ps(mx > 0 ? qmax / mx : 0.0f);
+    for (int64_t k = g0; k < g0 + G; k += 8)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + k),
+                          _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + k), inv)));
+  }
+}
+
 // Layout: int16 xi[m][K] (blocks permuted), then float sx[m][groups].
 void prepare_int16(const Weight& w, const float* x, int m, std::vector<uint8_t>& out) {
   const int bits = w.quant.bits, G = w.quant.group;
@@ -497,20 +502,11 @@ void prepare_int16(const Weight& w, const float* x, int m, std::vector<uint8_t>&
   int perm[64];
   const int block = bits == 4 ? kBlock<4> : kBlock<8>;
   for (int p = 0; p < block; ++p) perm[p] = bits == 4 ? source_of<4>(p) : source_of<8>(p);
-  std::vector<float> inv(groups);
+  std::vector<int32_t> q(K);
   for (int r = 0; r < m; ++r) {
-    const float* xr = x + r * K;
-    for (int64_t g = 0; g < groups; ++g) {
-      float mx = 0;
-      for (int64_t k = g * G; k < (g + 1) * G; ++k) mx = std::max(mx, std::fabs(xr[k]));
-      sx[r * groups + g] = mx / 32767.0f;
-      inv[g] = mx > 0 ? 32767.0f / mx : 0.0f;
-    }
+    round_row(x + r * K, K, G, 32767.0f, q.data(), sx + r * groups);
     for (int64_t b = 0; b < K; b += block)
-      for (int p = 0; p < block; ++p) {
-        const int64_t k = b + perm[p];
-        xi[r * K + b + p] = int16_t(std::nearbyint(xr[k] * inv[k / G]));
-      }
+      for (int p = 0; p < block; ++p) xi[r * K + b + p] = int16_t(q[b + perm[p]]);
   }
 }
 
@@ -657,6 +653,182 @@ inline bool int16_path(const Weight& w) {
   return w.quantized() && (w.quant.bits == 8 || (w.quant.bits == 4 && w.K % 64 == 0));
 }
 
+// ---- 4-bit weights, 2 or more rows of bf16 or f16 x: int8 dot products ----
+//
+// With several rows the int16 path is compute-bound, so x that came in 16 bits
+// (float32 x keeps the int16 path) is rounded to int8 per group instead (scale sx = max|x| / 127: each value moves by at most 1/254 of its
+// group's largest |x|). The codes (0..15) meet it in vpmaddubsw, 32 products per
+// instruction straight from the packed bytes: the low nibbles of a 32-byte load
+// are the block's even values, the high nibbles its odd ones, so x is stored as
+// [32 even, 32 odd] per block of 64. Two products of 15 * 127 and the two halves'
+// sums (at most 4 * 1905 = 7620 per int16 lane, 8 for groups of 128) never
+// saturate. The rounding is far below the 4-bit weights' own: a weight moves by up
+// to half its group's step, ~1/30 of the group's range.
+
+inline bool int8_path(const Weight& w, int m) {
+  return m >= 2 && w.half_x && w.quantized() && w.quant.bits == 4 && w.K % 64 == 0;
+}
+
+// Layout: int8 xb[m][K] (each block of 64 as 32 even then 32 odd values), then
+// float sx[m][groups], then float qsum[m][groups]: the per-group sums of the
+// rounded x, which the biases meet instead of x's own sums. Then the result is
+// exactly the dequantized W times the rounded x, whose error is W . dx; with x's
+// own sums it would be scale * codes . dx, ~2.7x larger, as the codes (0..15) are
+// not centred the way W is.
+void prepare_int8(const Weight& w, const float* x, int m, std::vector<uint8_t>& out) {
+  const int G = w.quant.group;
+  const int64_t K = w.K, groups = K / G;
+  out.resize(m * K + 2 * m * groups * 4);
+  auto* xb = reinterpret_cast<int8_t*>(out.data());
+  // sx after the int8 values, 4-byte aligned (K is a multiple of 64).
+  auto* sx = reinterpret_cast<float*>(out.data() + m * K);
+  auto* qsum = sx + m * groups;
+  std::vector<int32_t> q(K);
+  for (int r = 0; r < m; ++r) {
+    round_row(x + r * K, K, G, 127.0f, q.data(), sx + r * groups);
+    for (int64_t b = 0; b < K; b += 64)
+      for (int p = 0; p < 32; ++p) {
+        xb[r * K + b + p] = int8_t(q[b + 2 * p]);
+        xb[r * K + b + 32 + p] = int8_t(q[b + 2 * p + 1]);
+      }
+    for (int64_t g = 0; g < groups; ++g) {
+      int32_t sum = 0;
+      for (int64_t k = g * G; k < (g + 1) * G; ++k) sum += q[k];
+      qsum[r * groups + g] = float(sum) * sx[r * groups + g];
+    }
+  }
+}
+
+// R rows of x by NB rows of W (4-bit codes), groups of G. Per group, each (x row,
+// W row) pair costs 2 vpmaddubsw and an add, then a widening vpmaddwd, a convert
+// and one FMA by the pair's factor (W's scale times x's), which is worked out for
+// a run of groups 8 at a time beforehand; each x row is loaded once per step for
+// all NB rows of W.
+template <int G, int R, int NB>
+inline void int8_block(const Weight& w, const float* xsum, const int8_t* xb, const float* sx,
+                       int64_t n, float* y, int64_t ldy) {
+  constexpr int STEPS = G >= 64 ? G / 64 : 1;  // 64-value loads per group
+  constexpr int GPS = G >= 64 ? 1 : 2;         // groups per load: 1, or 2 (one per 128-bit lane)
+  constexpr int64_t RUN = 256;                 // groups whose factors are worked out at once
+  const QWeight& q = w.quant;
+  const int64_t K = w.K, groups = K / G, row_bytes = K / 2;
+  const uint8_t* rows[NB];
+  for (int j = 0; j < NB; ++j)
+    rows[j] = reinterpret_cast<const uint8_t*>(q.codes) + (n + j) * row_bytes;
+
+  float bias_term[R][NB];
+  bias_terms<R, NB>(q, groups, n, xsum, bias_term);
+  __m256 total[R][NB];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NB; ++j) total[r][j] = _mm256_setzero_ps();
+  const __m256i nibble = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+
+  alignas(32) float scales[RUN];
+  alignas(32) float factor[R][NB][RUN];
+  for (int64_t g0 = 0; g0 < groups; g0 += RUN) {
+    const int64_t len = std::min(RUN, groups - g0);
+    for (int j = 0; j < NB; ++j) {
+      to_f32(q.scales, q.sdtype, (n + j) * groups + g0, len, scales);
+      for (int r = 0; r < R; ++r) {
+        const float* sr = sx + r * groups + g0;
+        int64_t i = 0;
+        for (; i + 8 <= len; i += 8)
+          _mm256_store_ps(&factor[r][j][i],
+                          _mm256_mul_ps(_mm256_load_ps(scales + i), _mm256_loadu_ps(sr + i)));
+        for (; i < len; ++i) factor[r][j][i] = scales[i] * sr[i];
+      }
+    }
+    for (int64_t g = g0; g < g0 + len; g += GPS) {
+      __m256i acc[R][NB];
+      for (int s = 0; s < STEPS; ++s) {
+        const int64_t k = g * G + s * 64;
+        const char* ahead = reinterpret_cast<const char*>(rows[0]) + NB * row_bytes * kAhead +
+                            k / 2 * NB;
+        for (int line = 0; line < NB * 32; line += 64) _mm_prefetch(ahead + line, _MM_HINT_T0);
+        __m256i lo[NB], hi[NB];
+        for (int j = 0; j < NB; ++j) {
+          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[j] + k / 2));
+          lo[j] = _mm256_and_si256(v, nibble);
+          hi[j] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+        }
+        for (int r = 0; r < R; ++r) {
+          const __m256i* xr = reinterpret_cast<const __m256i*>(xb + r * K + k);
+          const __m256i xe = _mm256_loadu_si256(xr), xo = _mm256_loadu_si256(xr + 1);
+          for (int j = 0; j < NB; ++j) {
+            const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo[j], xe),
+                                               _mm256_maddubs_epi16(hi[j], xo));
+            acc[r][j] = s ? _mm256_add_epi16(acc[r][j], p) : p;
+          }
+        }
+      }
+      const int64_t i = g - g0;
+      for (int r = 0; r < R; ++r) {
+        for (int j = 0; j < NB; ++j) {
+          __m256 f;
+          if constexpr (GPS == 1) {
+            f = _mm256_broadcast_ss(&factor[r][j][i]);
+          } else {
+            f = _mm256_setr_m128(_mm_broadcast_ss(&factor[r][j][i]),
+                                 _mm_broadcast_ss(&factor[r][j][i + 1]));
+          }
+          const __m256 sum = _mm256_cvtepi32_ps(_mm256_madd_epi16(acc[r][j], ones));
+          total[r][j] = _mm256_fmadd_ps(sum, f, total[r][j]);
+        }
+      }
+    }
+  }
+  for (int j = 0; j < NB; ++j)
+    for (int r = 0; r < R; ++r) y[r * ldy + n + j] = hsum(total[r][j]) + bias_term[r][j];
+}
+
+template <int G, int R>
+void int8_rows(const Weight& w, const float* xsum, const int8_t* xb, const float* sx, int64_t n0,
+               int64_t n1, float* y, int64_t ldy) {
+  constexpr int NB = 2;  // as int_rows: two streams of codes suit the prefetcher
+  int64_t n = n0;
+  for (; n + NB <= n1; n += NB) int8_block<G, R, NB>(w, xsum, xb, sx, n, y, ldy);
+  for (; n < n1; ++n) int8_block<G, R, 1>(w, xsum, xb, sx, n, y, ldy);
+}
+
+// W in blocks of kBlockRows rows, each taken by groups of up to four x rows.
+template <int G>
+void int8_multi(const Weight& w, const void* prepared, int m, int64_t n0, int64_t n1, float* y,
+                int64_t ldy) {
+  const int64_t K = w.K, groups = K / G;
+  const auto* xb = static_cast<const int8_t*>(prepared);
+  const auto* sx = reinterpret_cast<const float*>(static_cast<const uint8_t*>(prepared) +
+                                                  int64_t(m) * K);
+  const float* xsum = sx + int64_t(m) * groups;  // of the rounded x (see prepare_int8)
+  const int64_t block = m <= 2 ? n1 - n0 : kBlockRows;
+  for (int64_t b = n0; b < n1; b += block) {
+    const int64_t e = std::min(n1, b + block);
+    for (int r0 = 0; r0 < m; r0 += 4) {
+      const int8_t* xr = xb + r0 * K;
+      const float* sr = sx + r0 * groups;
+      const float* xs = xsum + r0 * groups;
+      float* yr = y + r0 * ldy;
+      switch (std::min(4, m - r0)) {
+        case 4: int8_rows<G, 4>(w, xs, xr, sr, b, e, yr, ldy); break;
+        case 3: int8_rows<G, 3>(w, xs, xr, sr, b, e, yr, ldy); break;
+        case 2: int8_rows<G, 2>(w, xs, xr, sr, b, e, yr, ldy); break;
+        default: int8_rows<G, 1>(w, xs, xr, sr, b, e, yr, ldy); break;
+      }
+    }
+  }
+}
+
+inline void int8_any(const Weight& w, const void* prepared, int m, int64_t n0, int64_t n1,
+                     float* y, int64_t ldy) {
+  switch (w.quant.group) {
+    case 32:
+      return int8_multi<32>(w, prepared, m, n0, n1, y, ldy);
+    case 64:
+      return int8_multi<64>(w, prepared, m, n0, n1, y, ldy);
+    default:
+      return int8_multi<128>(w, prepared, m, n0, n1, y, ldy);
+  }
+}
+
 inline void int_bits_any(const Weight& w, const float* xsum, const void* prepared, int m,
                          int64_t n0, int64_t n1, float* y, int64_t ldy) {
   if (w.quant.bits == 4) return int_bits<4>(w, xsum, prepared, m, n0, n1, y, ldy);
@@ -664,10 +836,10 @@ inline void int_bits_any(const Weight& w, const float* xsum, const void* prepare
 }
 
 void prepare(const Weight& w, const float* x, int m, std::vector<uint8_t>& out) {
-  if (int16_path(w)) {
+  if (int8_path(w, m)) {
+    prepare_int8(w, x, m, out);
+  } else if (int16_path(w)) {
     prepare_int16(w, x, m, out);
-  } else if (!w.quantized() && w.dtype == DType::BF16 && m >= 2) {
-    prepare_bf16_rows(w, x, m, out);
   }
 }
 
@@ -699,14 +871,14 @@ void gemv(const Weight& w, const float* x, const float* xsum, const void* prepar
   if (m >= 2 && !w.quantized()) {  // register tiles over any number of rows
     switch (w.dtype) {
       case DType::BF16:
-        return dense_multi<DType::BF16>(w, static_cast<const float*>(prepared), m, n0, n1, y,
-                                        ldy);
+        return dense_multi<DType::BF16>(w, x, m, n0, n1, y, ldy);
       case DType::F16:
         return dense_multi<DType::F16>(w, x, m, n0, n1, y, ldy);
       default:
         return dense_multi<DType::F32>(w, x, m, n0, n1, y, ldy);
     }
   }
+  if (int8_path(w, m)) return int8_any(w, prepared, m, n0, n1, y, ldy);
   if (m >= 2 && int16_path(w)) return int_bits_any(w, xsum, prepared, m, n0, n1, y, ldy);
   if (m > 8) {  // the float-path quantized kernels take up to eight rows at a time
     const int64_t groups = w.K / w.quant.group;
