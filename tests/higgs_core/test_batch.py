@@ -118,3 +118,53 @@ def test_bad_batch_arguments(model):
         Batch(model, max_batch=0)
     with pytest.raises(ValueError, match="prefill_chunk"):
         Batch(model, prefill_chunk=0)
+
+
+@pytest.mark.parametrize("bits", [0, 8, 4])
+def test_bf16_and_quantized_rows_equal_their_single_runs_on_the_cpu_kernels(bits):
+    # higgs-kernels' linear layers sum every row in one order whatever the call's row
+    # count (tests/higgs_kernels), so on them the contract is exact in bf16 and in
+    # quantized weights too; stock MLX promises no such thing. The model is wide
+    # enough (512) for every kernel path, int8 x for 4 bits included, and its random
+    # weights make logits flat, so a rounding that differed would change codes.
+    from higgs_core import ModelConfig
+    from higgs_core.bench import build
+
+    special = dict(
+        audio_out_token_id=400,
+        audio_in_token_id=399,
+        audio_out_bos_token_id=397,
+        audio_eos_token_id=396,
+        pad_token_id=385,
+        bos_token_id=384,
+        eos_token_id=393,
+    )
+    config = ModelConfig(
+        hidden_size=512,
+        intermediate_size=1024,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=64,
+        vocab_size=512,
+        **special,
+    )
+    model = build(2, mx.bfloat16, bits, 64, config)
+    if not model.kernels.startswith("higgs-kernels"):
+        pytest.skip(f"not on higgs-kernels: {model.kernels}")
+    rng = np.random.default_rng(bits)
+    ps = []
+    for i, n in enumerate([20, 33, 41, 27, 50]):
+        frames = n // 2
+        ids = [384, *rng.integers(0, 380, 5), 397, *[400] * frames, 396]
+        ids += [*rng.integers(0, 380, n - len(ids) - 1), 397]
+        ps.append((np.array(ids), rng.integers(0, 1024, (frames, K)).astype(np.int32), i))
+    budgets = [24, 18, 24, 30, 12]
+    want = [alone(model, ids, audio, i, budgets[i]) for ids, audio, i in ps]
+    batch = Batch(model, max_batch=8)
+    streams = [
+        batch.submit(ids, audio, params=settings(i), max_frames=budgets[i], seed=100 + i)
+        for ids, audio, i in ps
+    ]
+    batch.run()
+    for s, w in zip(streams, want, strict=True):
+        assert mx.array_equal(s.result.frames, w.frames), bits

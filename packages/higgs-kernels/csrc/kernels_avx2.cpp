@@ -44,81 +44,35 @@ inline __m256 load8(const void* base, int64_t i) {
   }
 }
 
-// ---- dense weights: one pass over NB rows of W serves all R rows of x ----
-
-template <DType T, int R, int NB, int ACC>
-inline void dense_block(const void* W, int64_t K, const float* x, int64_t n, float* y,
-                        int64_t ldy) {
-  __m256 acc[R][NB][ACC];
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < NB; ++j)
-      for (int a = 0; a < ACC; ++a) acc[r][j][a] = _mm256_setzero_ps();
-  int64_t k = 0;
-  for (; k + 8 * ACC <= K; k += 8 * ACC) {
-    for (int a = 0; a < ACC; ++a) {
-      __m256 wv[NB];
-      for (int j = 0; j < NB; ++j) wv[j] = load8<T>(W, (n + j) * K + k + 8 * a);
-      for (int r = 0; r < R; ++r) {
-        __m256 xv = _mm256_loadu_ps(x + r * K + k + 8 * a);
-        for (int j = 0; j < NB; ++j) acc[r][j][a] = _mm256_fmadd_ps(xv, wv[j], acc[r][j][a]);
-      }
-    }
-  }
-  for (; k + 8 <= K; k += 8) {
-    for (int r = 0; r < R; ++r) {
-      __m256 xv = _mm256_loadu_ps(x + r * K + k);
-      for (int j = 0; j < NB; ++j)
-        acc[r][j][0] = _mm256_fmadd_ps(xv, load8<T>(W, (n + j) * K + k), acc[r][j][0]);
-    }
-  }
-  for (int r = 0; r < R; ++r) {
-    for (int j = 0; j < NB; ++j) {
-      __m256 a = acc[r][j][0];
-      for (int t = 1; t < ACC; ++t) a = _mm256_add_ps(a, acc[r][j][t]);
-      float s = hsum(a);
-      for (int64_t t = k; t < K; ++t) s += x[r * K + t] * load_scalar(W, T, (n + j) * K + t);
-      y[r * ldy + n + j] = s;
-    }
-  }
-}
-
-template <DType T, int R>
-void dense_rows(const Weight& w, const float* x, int64_t n0, int64_t n1, float* y,
-                int64_t ldy) {
-  // One row of W at a time for a single x row: one long sequential stream,
-  // which the prefetchers follow best; eight accumulators hide FMA latency.
-  // (More x rows take dense_multi's register tiles.)
-  static_assert(R == 1);
-  constexpr int NB = 1;
-  constexpr int ACC = 8;
-  int64_t n = n0;
-  for (; n + NB <= n1; n += NB) dense_block<T, R, NB, ACC>(w.data, w.K, x, n, y, ldy);
-  for (; n < n1; ++n) dense_block<T, R, 1, ACC>(w.data, w.K, x, n, y, ldy);
-}
-
 // One bf16 row of x against bf16 rows of W, x read as bf16 (half the bytes of
-// an fp32 copy, so a long x still fits in L1 beside the weight stream).
-void gemv_bf16(const Weight& w, const uint16_t* x, int64_t n0, int64_t n1, float* y) {
-  constexpr int ACC = 8;
-  const int64_t K = w.K;
-  for (int64_t n = n0; n < n1; ++n) {
-    __m256 acc[ACC];
-    for (int a = 0; a < ACC; ++a) acc[a] = _mm256_setzero_ps();
-    int64_t k = 0;
-    for (; k + 8 * ACC <= K; k += 8 * ACC)
-      for (int a = 0; a < ACC; ++a)
-        acc[a] = _mm256_fmadd_ps(load8<DType::BF16>(x, k + 8 * a),
-                                 load8<DType::BF16>(w.data, n * K + k + 8 * a), acc[a]);
-    for (; k + 8 <= K; k += 8)
-      acc[0] = _mm256_fmadd_ps(load8<DType::BF16>(x, k), load8<DType::BF16>(w.data, n * K + k),
-                               acc[0]);
-    __m256 a = acc[0];
-    for (int t = 1; t < ACC; ++t) a = _mm256_add_ps(a, acc[t]);
-    float s = hsum(a);
-    const auto* wr = static_cast<const uint16_t*>(w.data) + n * K;
-    for (; k < K; ++k) s += bf16_to_f32(x[k]) * bf16_to_f32(wr[k]);
-    y[n] = s;
+// an fp32 copy, so a long x still fits in L1 beside the weight stream). Each row
+// of W sums in the order of bf16_tile below (lane l takes k = l mod 8, in turn;
+// then hsum), so a row of a batched call gets exactly what it gets alone: NB rows
+// of W at a time hide the one accumulator's FMA latency.
+template <int NB>
+inline void gemv_bf16_rows(const uint16_t* W, int64_t K, const uint16_t* x, int64_t n,
+                           float* y) {
+  __m256 acc[NB];
+  for (int j = 0; j < NB; ++j) acc[j] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    const __m256 xv = load8<DType::BF16>(x, k);
+    for (int j = 0; j < NB; ++j)
+      acc[j] = _mm256_fmadd_ps(xv, load8<DType::BF16>(W, (n + j) * K + k), acc[j]);
   }
+  for (int j = 0; j < NB; ++j) {
+    float s = hsum(acc[j]);
+    for (int64_t t = k; t < K; ++t) s += bf16_to_f32(x[t]) * bf16_to_f32(W[(n + j) * K + t]);
+    y[n + j] = s;
+  }
+}
+
+void gemv_bf16(const Weight& w, const uint16_t* x, int64_t n0, int64_t n1, float* y) {
+  constexpr int NB = 8;
+  const auto* W = static_cast<const uint16_t*>(w.data);
+  int64_t n = n0;
+  for (; n + NB <= n1; n += NB) gemv_bf16_rows<NB>(W, w.K, x, n, y);
+  for (; n < n1; ++n) gemv_bf16_rows<1>(W, w.K, x, n, y);
 }
 
 // ---- dense weights, 2 to 16 rows of x: register tiles ----
@@ -653,10 +607,11 @@ inline bool int16_path(const Weight& w) {
   return w.quantized() && (w.quant.bits == 8 || (w.quant.bits == 4 && w.K % 64 == 0));
 }
 
-// ---- 4-bit weights, 2 or more rows of bf16 or f16 x: int8 dot products ----
+// ---- 4-bit weights, bf16 or f16 x: int8 dot products ----
 //
 // With several rows the int16 path is compute-bound, so x that came in 16 bits
-// (float32 x keeps the int16 path) is rounded to int8 per group instead (scale sx = max|x| / 127: each value moves by at most 1/254 of its
+// (float32 x keeps the int16 path) is rounded to int8 per group instead, for one
+// row too, so that a row of a batched call gets exactly what it gets alone (scale sx = max|x| / 127: each value moves by at most 1/254 of its
 // group's largest |x|). The codes (0..15) meet it in vpmaddubsw, 32 products per
 // instruction straight from the packed bytes: the low nibbles of a 32-byte load
 // are the block's even values, the high nibbles its odd ones, so x is stored as
@@ -666,7 +621,7 @@ inline bool int16_path(const Weight& w) {
 // to half its group's step, ~1/30 of the group's range.
 
 inline bool int8_path(const Weight& w, int m) {
-  return m >= 2 && w.half_x && w.quantized() && w.quant.bits == 4 && w.K % 64 == 0;
+  return m >= 1 && w.half_x && w.quantized() && w.quant.bits == 4 && w.K % 64 == 0;
 }
 
 // Layout: int8 xb[m][K] (each block of 64 as 32 even then 32 odd values), then
@@ -854,21 +809,13 @@ void gemv_r(const Weight& w, const float* x, const float* xsum, const void* prep
     if (w.quant.bits == 4) return int_bits<4>(w, xsum, prepared, R, n0, n1, y, ldy);
     return int_bits<8>(w, xsum, prepared, R, n0, n1, y, ldy);
   }
-  if constexpr (R == 1) {  // more rows take dense_multi
-    switch (w.dtype) {
-      case DType::BF16:
-        return dense_rows<DType::BF16, 1>(w, x, n0, n1, y, ldy);
-      case DType::F16:
-        return dense_rows<DType::F16, 1>(w, x, n0, n1, y, ldy);
-      default:
-        return dense_rows<DType::F32, 1>(w, x, n0, n1, y, ldy);
-    }
-  }
 }
 
 void gemv(const Weight& w, const float* x, const float* xsum, const void* prepared, int m,
           int64_t n0, int64_t n1, float* y, int64_t ldy) {
-  if (m >= 2 && !w.quantized()) {  // register tiles over any number of rows
+  // Register tiles over any number of rows, one row included: every row of W sums
+  // in the tiles' order, so a row's result does not depend on the call's row count.
+  if (!w.quantized()) {
     switch (w.dtype) {
       case DType::BF16:
         return dense_multi<DType::BF16>(w, x, m, n0, n1, y, ldy);
