@@ -10,8 +10,7 @@ import pytest
 from mlx.utils import tree_flatten
 
 from higgs_core import load_model, quantize, save_model
-from higgs_core.kernels import use_kernels
-from higgs_core.model import project
+from higgs_core.kernels import DequantizingLinear, use_kernels
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "core"
 
@@ -129,9 +128,23 @@ def test_multi_row_projection_matches_the_quantized_matmul(fresh, bits):
     quantize(fresh, bits, group_size=32)
     layer = fresh.layers[1].audio_mlp.up_proj
     x = mx.random.normal((1, 37, 32), key=mx.random.key(1))
+    layer.__class__ = nn.QuantizedLinear  # the stock layer, whatever use_kernels made of it
     want = np.array(layer(x))
-    got = np.array(project(layer, x))
+    layer.__class__ = DequantizingLinear
+    got = np.array(layer(x))
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_stock_cpu_quantized_layers_dequantize_for_prefill(monkeypatch):
+    # Without the kernels, on the CPU, use_kernels gives quantized layers the stock
+    # CPU strategy; the model's code calls them as plain layers either way.
+    monkeypatch.setenv("HIGGS_KERNELS", "0")
+    model = quantize(load_model(FIXTURES / "tiny-original", dtype=mx.float32), 4, group_size=32)
+    layers = [layer.self_attn.q_proj for layer in model.layers]
+    if mx.default_device() == mx.cpu:
+        assert all(type(q) is DequantizingLinear for q in layers)
+    else:
+        assert all(type(q) is nn.QuantizedLinear for q in layers)
 
 
 def test_quantize_leaves_no_float_copy_behind():

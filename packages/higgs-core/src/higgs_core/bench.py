@@ -14,14 +14,12 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_map
-from mlx_lm.models.activations import swiglu
-from mlx_lm.models.base import scaled_dot_product_attention
 
 from higgs_core.config import ModelConfig
 from higgs_core.generate import generate
 from higgs_core.kernels import use_kernels
 from higgs_core.loading import named_arrays, quantize
-from higgs_core.model import HiggsAudioModel
+from higgs_core.model import MLP, Attention, HiggsAudioModel
 from higgs_sampling import FrameSampler, SamplingParams
 
 PARAMS = SamplingParams(temperature=0.7, top_k=50, top_p=0.95, ras_window=7)
@@ -179,11 +177,11 @@ def run(
     kernels = model.kernels
     if stock_attention and "attention too" in kernels:
         for layer in model.layers:
-            layer.self_attn.attend = scaled_dot_product_attention
+            layer.self_attn.__class__ = Attention  # the stock attend (RoPE stays the kernels')
         kernels = kernels.replace("attention too", "stock attention")
     if stock_swiglu and "attention too" in model.kernels:
         for layer in model.layers:
-            layer.mlp.act = layer.audio_mlp.act = swiglu
+            layer.mlp.__class__ = layer.audio_mlp.__class__ = MLP  # the stock activation
         kernels += ", stock swiglu"
     size = sum(v.nbytes for _, v in named_arrays(model))
     mx.reset_peak_memory()

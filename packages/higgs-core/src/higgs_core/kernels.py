@@ -1,13 +1,17 @@
-"""Routing linear layers, attention, RoPE and the MLP's activation through
-higgs-kernels on MLX's CPU device.
+"""The CPU strategy: layer subclasses that :func:`use_kernels` swaps into a
+model on MLX's CPU device, so that ``higgs_core.model`` reads like mlx-lm's
+``llama.py`` and knows nothing of backends.
 
 Stock MLX's CPU backend multiplies a bf16 matrix by a vector at a fraction of
 the memory bandwidth, runs prefill through a reference BLAS, attends over a KV
 cache an order of magnitude below memory speed, runs RoPE as a dozen separate
 ops and computes silu with a scalar exp; the optional ``higgs-kernels``
-extension (Linux) does all of these at memory or compute speed. It is used only
-when it is installed and the model runs on the CPU; ``HIGGS_KERNELS=0`` turns
-it off. Metal and CUDA always run stock MLX.
+extension (Linux) does all of these at memory or compute speed. With it,
+linear layers become its kernel-backed twins and :class:`KernelAttention`,
+:class:`KernelRoPE` and :class:`KernelMLP` take attention, RoPE and the MLP's
+activation. Without it, on the CPU, quantized layers become
+:class:`DequantizingLinear`. ``HIGGS_KERNELS=0`` turns the kernels off. Metal
+and CUDA always run the stock layers.
 """
 
 import os
@@ -15,6 +19,8 @@ import os
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.base import scaled_dot_product_attention
+
+from higgs_core.model import MLP, Attention
 
 
 def kernel_attention(queries, keys, values, cache, scale: float, mask) -> mx.array:
@@ -42,6 +48,44 @@ class KernelRoPE(nn.Module):
         import higgs_kernels
 
         return higgs_kernels.rope(x, self.dims, freqs=self._freqs, offset=offset)
+
+
+class KernelAttention(Attention):
+    """Attention whose softmax(q k^T) v runs on higgs-kernels."""
+
+    def attend(self, q, k, v, mask, cache) -> mx.array:
+        return kernel_attention(q, k, v, cache, self.scale, mask)
+
+
+class KernelMLP(MLP):
+    """The MLP with higgs-kernels' silu(gate) * up."""
+
+    def activation(self, gate: mx.array, up: mx.array) -> mx.array:
+        import higgs_kernels
+
+        return higgs_kernels.swiglu(gate, up)
+
+
+class DequantizingLinear(nn.QuantizedLinear):
+    """A quantized linear layer for stock MLX's CPU backend, whose quantized matmul
+    costs one matrix-vector pass per row: for the many rows of a prefill,
+    dequantizing the weight once and multiplying is 12-20x faster. One row (a
+    decode step) keeps the quantized path."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if x.ndim < 2 or x.shape[-2] <= 1 or mx.default_device() != mx.cpu:
+            return super().__call__(x)
+        weight = mx.dequantize(
+            self["weight"],
+            self["scales"],
+            self.get("biases"),
+            group_size=self.group_size,
+            bits=self.bits,
+            mode=self.mode,
+            dtype=x.dtype,
+        )
+        y = x @ weight.T
+        return y + self["bias"] if "bias" in self else y
 
 
 def _kernel_rope(rope):
@@ -72,15 +116,21 @@ def use_kernels(model: nn.Module) -> str:
             else:
                 higgs_kernels.patch(model)
                 for _, module in model.named_modules():
-                    if "attend" in module.__dict__:  # higgs_core.model.Attention
-                        module.attend = kernel_attention
+                    # Our own classes: the subclass adds methods only, so the module
+                    # changes class in place, its arrays untouched.
+                    if type(module) is Attention:
+                        module.__class__ = KernelAttention
                         if (twin := _kernel_rope(module.rope)) is not None:
                             module.rope = twin
-                    if "act" in module.__dict__:  # higgs_core.model.MLP
-                        module.act = higgs_kernels.swiglu
+                    elif type(module) is MLP:
+                        module.__class__ = KernelMLP
                 status = (
                     f"higgs-kernels ({higgs_kernels.isa()}, {higgs_kernels.threads()} threads; "
                     "attention too)"
                 )
+    if mx.default_device() == mx.cpu and not status.startswith("higgs-kernels"):
+        for _, module in model.named_modules():
+            if type(module) is nn.QuantizedLinear:
+                module.__class__ = DequantizingLinear
     model.kernels = status
     return status

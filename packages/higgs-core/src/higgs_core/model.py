@@ -63,32 +63,6 @@ TEXT = Routing(mx.zeros(0), None, None)
 AUDIO = Routing(None, mx.zeros(0), None)
 
 
-def project(layer: nn.Module, x: mx.array) -> mx.array:
-    """``layer(x)`` for a linear layer, quantized or not.
-
-    Stock MLX's CPU quantized matmul costs one matrix-vector pass per row, so
-    for the many rows of a prefill it is 12-20x slower than dequantizing the
-    weight once and multiplying; decode steps (one row) keep the quantized path.
-    Kernel-backed layers (higgs-kernels, a subclass) have a prefill path of their own.
-    """
-    if (
-        x.shape[-2] > 1
-        and type(layer) is nn.QuantizedLinear
-        and mx.default_device().type == mx.DeviceType.cpu
-    ):
-        weight = mx.dequantize(
-            layer.weight,
-            layer.scales,
-            layer.get("biases"),
-            group_size=layer.group_size,
-            bits=layer.bits,
-            mode=layer.mode,
-            dtype=x.dtype,
-        )
-        return x @ weight.T
-    return layer(x)
-
-
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -107,17 +81,14 @@ class Attention(nn.Module):
             config.rope_scaling,
             config.max_position_embeddings,
         )
-        # mlx-lm's attention (stock MLX); on the CPU higgs_core.kernels.use_kernels
-        # swaps in higgs-kernels' one.
-        self.attend = scaled_dot_product_attention
 
     def __call__(self, x: mx.array, mask, cache: KVCache | list[KVCache] | None) -> mx.array:
         """``x [B, L, D]`` with one cache for the batch, or a list of one cache per
         row: a batch of decode steps (L = 1) of rows whose caches differ in length."""
         B, L, _ = x.shape
-        q = project(self.q_proj, x).reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)
-        k = project(self.k_proj, x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
-        v = project(self.v_proj, x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        q = self.q_proj(x).reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)
+        k = self.k_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        v = self.v_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         if isinstance(cache, list):
             # Each row attends over its own cache, as it would alone.
             out = mx.concatenate(
@@ -128,14 +99,19 @@ class Attention(nn.Module):
             )
         else:
             out = self._attend(q, k, v, mask, cache)
-        return project(self.o_proj, out.transpose(0, 2, 1, 3).reshape(B, L, -1))
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
     def _attend(self, q, k, v, mask, cache: KVCache | None) -> mx.array:
         offset = cache.offset if cache is not None else 0
         q, k = self.rope(q, offset=offset), self.rope(k, offset=offset)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
-        return self.attend(q, k, v, cache=cache, scale=self.scale, mask=mask)
+        return self.attend(q, k, v, mask, cache)
+
+    def attend(self, q, k, v, mask, cache: KVCache | None) -> mx.array:
+        """mlx-lm's attention (stock MLX); higgs_core.kernels.KernelAttention, which
+        use_kernels swaps in on the CPU, runs higgs-kernels' instead."""
+        return scaled_dot_product_attention(q, k, v, cache=cache, scale=self.scale, mask=mask)
 
 
 class MLP(nn.Module):
@@ -145,13 +121,14 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(dim, hidden, bias=False)
         self.up_proj = nn.Linear(dim, hidden, bias=False)
         self.down_proj = nn.Linear(hidden, dim, bias=False)
-        # mlx-lm's silu(gate) * up; on the CPU use_kernels swaps in higgs-kernels'
-        # one (MLX's CPU exp is scalar: 150 us per 8192 values, 28 times a frame).
-        self.act = swiglu
 
     def __call__(self, x: mx.array) -> mx.array:
-        hidden = self.act(project(self.gate_proj, x), project(self.up_proj, x))
-        return project(self.down_proj, hidden)
+        return self.down_proj(self.activation(self.gate_proj(x), self.up_proj(x)))
+
+    def activation(self, gate: mx.array, up: mx.array) -> mx.array:
+        """mlx-lm's silu(gate) * up; higgs_core.kernels.KernelMLP runs higgs-kernels'
+        (MLX's CPU exp is scalar: 150 us per 8192 values, 28 times a frame)."""
+        return swiglu(gate, up)
 
 
 class DualFFNLayer(nn.Module):
@@ -237,7 +214,7 @@ class HiggsAudioModel(nn.Module):
     def text_logits(self, h: mx.array) -> mx.array:
         if not self.config.has_text_head:
             raise ValueError("this checkpoint has no text head (text_lm_head)")
-        return project(self.audio_decoder_proj.text_lm_head, h)
+        return self.audio_decoder_proj.text_lm_head(h)
 
     def audio_mask(self, input_ids: np.ndarray) -> np.ndarray:
         return np.isin(input_ids, self.config.audio_placeholder_ids)
