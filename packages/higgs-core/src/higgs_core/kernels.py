@@ -9,9 +9,9 @@ ops and computes silu with a scalar exp; the optional ``higgs-kernels``
 extension (Linux) does all of these at memory or compute speed. With it,
 linear layers become its kernel-backed twins and :class:`KernelAttention`,
 :class:`KernelRoPE` and :class:`KernelMLP` take attention, RoPE and the MLP's
-activation. Without it, on the CPU, quantized layers become
-:class:`DequantizingLinear`. ``HIGGS_KERNELS=0`` turns the kernels off. Metal
-and CUDA always run the stock layers.
+activation. On the CPU, quantized layers the kernels do not take (all of them
+without the kernels) become :class:`DequantizingLinear`. ``HIGGS_KERNELS=0``
+turns the kernels off. Metal and CUDA always run the stock layers.
 """
 
 import os
@@ -128,7 +128,9 @@ def use_kernels(model: nn.Module) -> str:
                     f"higgs-kernels ({higgs_kernels.isa()}, {higgs_kernels.threads()} threads; "
                     "attention too)"
                 )
-    if mx.default_device() == mx.cpu and not status.startswith("higgs-kernels"):
+    if mx.default_device() == mx.cpu:
+        # Stock quantized layers the kernels did not take (all of them without the
+        # kernels; modes they do not cover with them) get the stock CPU strategy.
         for _, module in model.named_modules():
             if type(module) is nn.QuantizedLinear:
                 module.__class__ = DequantizingLinear
