@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "kernels.h"
@@ -159,25 +160,35 @@ inline void dense_group(const Weight& w, int64_t k0, int64_t k1, const float* x,
   }
 }
 
-// W in blocks of kBlockRows rows, each taken by every group of four x rows while
-// it is in cache. (Splitting K so four x rows stay in L1 measured no faster.)
+// The multi-row drivers' shared loop: W rows [n0, n1) in blocks of `block` rows,
+// each taken by every group of (up to) four x rows while it is in cache;
+// tile(R, r0, b, e) runs x rows r0 .. r0 + R - 1 over W rows [b, e), R a
+// std::integral_constant so each tile is its own template.
+template <class Tile>
+inline void over_blocks(int m, int64_t n0, int64_t n1, int64_t block, Tile tile) {
+  using std::integral_constant;
+  for (int64_t b = n0; b < n1; b += block) {
+    const int64_t e = std::min(n1, b + block);
+    for (int r0 = 0; r0 < m; r0 += 4) {
+      switch (std::min(4, m - r0)) {
+        case 4: tile(integral_constant<int, 4>{}, r0, b, e); break;
+        case 3: tile(integral_constant<int, 3>{}, r0, b, e); break;
+        case 2: tile(integral_constant<int, 2>{}, r0, b, e); break;
+        default: tile(integral_constant<int, 1>{}, r0, b, e); break;
+      }
+    }
+  }
+}
+
+// W in blocks of kBlockRows rows. (Splitting K so four x rows stay in L1 measured
+// no faster.)
 template <DType T>
 void dense_multi(const Weight& w, const float* x, int m, int64_t n0, int64_t n1, float* y,
                  int64_t ldy) {
   const int64_t K = w.K;
-  for (int64_t b = n0; b < n1; b += kBlockRows) {
-    const int64_t e = std::min(n1, b + kBlockRows);
-    for (int r0 = 0; r0 < m; r0 += 4) {
-      const float* xr = x + r0 * K;
-      float* yr = y + r0 * ldy;
-      switch (std::min(4, m - r0)) {
-        case 4: dense_group<T, 4>(w, 0, K, xr, b, e, yr, ldy, false); break;
-        case 3: dense_group<T, 3>(w, 0, K, xr, b, e, yr, ldy, false); break;
-        case 2: dense_group<T, 2>(w, 0, K, xr, b, e, yr, ldy, false); break;
-        default: dense_group<T, 1>(w, 0, K, xr, b, e, yr, ldy, false); break;
-      }
-    }
-  }
+  over_blocks(m, n0, n1, kBlockRows, [&](auto R, int r0, int64_t b, int64_t e) {
+    dense_group<T, decltype(R)::value>(w, 0, K, x + r0 * K, b, e, y + r0 * ldy, ldy, false);
+  });
 }
 
 // ---- silu(g) * u ----
@@ -571,22 +582,12 @@ void int_multi(const Weight& w, const float* xsum, const void* prepared, int m, 
   const auto* xi = static_cast<const int16_t*>(prepared);
   const auto* sx = reinterpret_cast<const float*>(static_cast<const uint8_t*>(prepared) +
                                                   int64_t(m) * K * 2);
-  const int64_t block = m <= 2 ? n1 - n0 : kBlockRows;
-  for (int64_t b = n0; b < n1; b += block) {
-    const int64_t e = std::min(n1, b + block);
-    for (int r0 = 0; r0 < m; r0 += 4) {
-      const int16_t* xr = xi + r0 * K;
-      const float* sr = sx + r0 * groups;
-      const float* xs = xsum + r0 * groups;
-      float* yr = y + r0 * ldy;
-      switch (std::min(4, m - r0)) {
-        case 4: int_rows<BITS, G, 4>(w, xs, xr, sr, b, e, yr, ldy); break;
-        case 3: int_rows<BITS, G, 3>(w, xs, xr, sr, b, e, yr, ldy); break;
-        case 2: int_rows<BITS, G, 2>(w, xs, xr, sr, b, e, yr, ldy); break;
-        default: int_rows<BITS, G, 1>(w, xs, xr, sr, b, e, yr, ldy); break;
-      }
-    }
-  }
+  over_blocks(m, n0, n1, m <= 2 ? n1 - n0 : kBlockRows,
+              [&](auto R, int r0, int64_t b, int64_t e) {
+                constexpr int rows = decltype(R)::value;
+                int_rows<BITS, G, rows>(w, xsum + r0 * groups, xi + r0 * K, sx + r0 * groups, b,
+                                        e, y + r0 * ldy, ldy);
+              });
 }
 
 template <int BITS>
@@ -611,8 +612,9 @@ inline bool int16_path(const Weight& w) {
 //
 // With several rows the int16 path is compute-bound, so x that came in 16 bits
 // (float32 x keeps the int16 path) is rounded to int8 per group instead, for one
-// row too, so that a row of a batched call gets exactly what it gets alone (scale sx = max|x| / 127: each value moves by at most 1/254 of its
-// group's largest |x|). The codes (0..15) meet it in vpmaddubsw, 32 products per
+// row too, so that a row of a batched call gets exactly what it gets alone (scale
+// sx = max|x| / 127: each value moves by at most 1/254 of its group's largest
+// |x|). The codes (0..15) meet it in vpmaddubsw, 32 products per
 // instruction straight from the packed bytes: the low nibbles of a 32-byte load
 // are the block's even values, the high nibbles its odd ones, so x is stored as
 // [32 even, 32 odd] per block of 64. Two products of 15 * 127 and the two halves'
@@ -620,8 +622,8 @@ inline bool int16_path(const Weight& w) {
 // saturate. The rounding is far below the 4-bit weights' own: a weight moves by up
 // to half its group's step, ~1/30 of the group's range.
 
-inline bool int8_path(const Weight& w, int m) {
-  return m >= 1 && w.half_x && w.quantized() && w.quant.bits == 4 && w.K % 64 == 0;
+inline bool int8_path(const Weight& w) {
+  return w.half_x && w.quantized() && w.quant.bits == 4 && w.K % 64 == 0;
 }
 
 // Layout: int8 xb[m][K] (each block of 64 as 32 even then 32 odd values), then
@@ -745,7 +747,7 @@ void int8_rows(const Weight& w, const float* xsum, const int8_t* xb, const float
   for (; n < n1; ++n) int8_block<G, R, 1>(w, xsum, xb, sx, n, y, ldy);
 }
 
-// W in blocks of kBlockRows rows, each taken by groups of up to four x rows.
+// As int_multi, on int8 x.
 template <int G>
 void int8_multi(const Weight& w, const void* prepared, int m, int64_t n0, int64_t n1, float* y,
                 int64_t ldy) {
@@ -754,22 +756,12 @@ void int8_multi(const Weight& w, const void* prepared, int m, int64_t n0, int64_
   const auto* sx = reinterpret_cast<const float*>(static_cast<const uint8_t*>(prepared) +
                                                   int64_t(m) * K);
   const float* xsum = sx + int64_t(m) * groups;  // of the rounded x (see prepare_int8)
-  const int64_t block = m <= 2 ? n1 - n0 : kBlockRows;
-  for (int64_t b = n0; b < n1; b += block) {
-    const int64_t e = std::min(n1, b + block);
-    for (int r0 = 0; r0 < m; r0 += 4) {
-      const int8_t* xr = xb + r0 * K;
-      const float* sr = sx + r0 * groups;
-      const float* xs = xsum + r0 * groups;
-      float* yr = y + r0 * ldy;
-      switch (std::min(4, m - r0)) {
-        case 4: int8_rows<G, 4>(w, xs, xr, sr, b, e, yr, ldy); break;
-        case 3: int8_rows<G, 3>(w, xs, xr, sr, b, e, yr, ldy); break;
-        case 2: int8_rows<G, 2>(w, xs, xr, sr, b, e, yr, ldy); break;
-        default: int8_rows<G, 1>(w, xs, xr, sr, b, e, yr, ldy); break;
-      }
-    }
-  }
+  over_blocks(m, n0, n1, m <= 2 ? n1 - n0 : kBlockRows,
+              [&](auto R, int r0, int64_t b, int64_t e) {
+                constexpr int rows = decltype(R)::value;
+                int8_rows<G, rows>(w, xsum + r0 * groups, xb + r0 * K, sx + r0 * groups, b, e,
+                                   y + r0 * ldy, ldy);
+              });
 }
 
 inline void int8_any(const Weight& w, const void* prepared, int m, int64_t n0, int64_t n1,
@@ -791,7 +783,7 @@ inline void int_bits_any(const Weight& w, const float* xsum, const void* prepare
 }
 
 void prepare(const Weight& w, const float* x, int m, std::vector<uint8_t>& out) {
-  if (int8_path(w, m)) {
+  if (int8_path(w)) {
     prepare_int8(w, x, m, out);
   } else if (int16_path(w)) {
     prepare_int16(w, x, m, out);
@@ -825,7 +817,7 @@ void gemv(const Weight& w, const float* x, const float* xsum, const void* prepar
         return dense_multi<DType::F32>(w, x, m, n0, n1, y, ldy);
     }
   }
-  if (int8_path(w, m)) return int8_any(w, prepared, m, n0, n1, y, ldy);
+  if (int8_path(w)) return int8_any(w, prepared, m, n0, n1, y, ldy);
   if (m >= 2 && int16_path(w)) return int_bits_any(w, xsum, prepared, m, n0, n1, y, ldy);
   if (m > 8) {  // the float-path quantized kernels take up to eight rows at a time
     const int64_t groups = w.K / w.quant.group;
