@@ -115,18 +115,9 @@ def full_width_checkpoint(layers: int) -> str:
     import mlx.core as mx
 
     from higgs_core import ModelConfig, save_model
-    from higgs_core.bench import build
+    from higgs_core.bench import TINY_TOKENIZER_IDS, build
 
-    special = dict(
-        audio_out_token_id=400,
-        audio_in_token_id=399,
-        audio_out_bos_token_id=397,
-        audio_eos_token_id=396,
-        pad_token_id=385,
-        bos_token_id=384,
-        eos_token_id=393,
-    )
-    model = build(layers, mx.bfloat16, 0, 64, ModelConfig(**special))
+    model = build(layers, mx.bfloat16, 0, 64, ModelConfig(**TINY_TOKENIZER_IDS))
     folder = Path(tempfile.mkdtemp(prefix="higgs-full-width-"))
     save_model(model, folder)
     shutil.copy(ROOT / "tests/fixtures/tokenizer/tokenizer.json", folder / "tokenizer.json")

@@ -28,20 +28,10 @@ from tokenizers import Tokenizer
 from higgs_cli.pipeline import Higgs, codec_key
 from higgs_cli.voices import VoiceStore
 from higgs_core import ModelConfig
-from higgs_core.bench import build
+from higgs_core.bench import TINY_TOKENIZER_IDS, build
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "tests" / "fixtures" / "tokenizer" / "tokenizer.json"
-# The tiny tokenizer puts the Llama-3 specials at 384 + (id - 128000).
-SPECIAL = dict(
-    audio_out_token_id=400,
-    audio_in_token_id=399,
-    audio_out_bos_token_id=397,
-    audio_eos_token_id=396,
-    pad_token_id=385,
-    bos_token_id=384,
-    eos_token_id=393,
-)
 TRANSCRIPT = (
     "This is how I sound when I read aloud at an easy pace, clearly, "
     "in a quiet room, for anyone listening."
@@ -102,7 +92,7 @@ def main():
     parser.add_argument("--layers", type=int, default=28)
     parser.add_argument("--bits", type=int, default=0)
     args = parser.parse_args()
-    model = build(args.layers, mx.bfloat16, args.bits, 64, ModelConfig(**SPECIAL))
+    model = build(args.layers, mx.bfloat16, args.bits, 64, ModelConfig(**TINY_TOKENIZER_IDS))
     codec = codec_for_bench()
     tokenizer = Tokenizer.from_file(str(TOKENIZER))
     home = Path(tempfile.mkdtemp(prefix="higgs-home-"))

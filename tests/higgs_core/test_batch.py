@@ -128,17 +128,8 @@ def test_bf16_and_quantized_rows_equal_their_single_runs_on_the_cpu_kernels(bits
     # enough (512) for every kernel path, int8 x for 4 bits included, and its random
     # weights make logits flat, so a rounding that differed would change codes.
     from higgs_core import ModelConfig
-    from higgs_core.bench import build
+    from higgs_core.bench import TINY_TOKENIZER_IDS, build
 
-    special = dict(
-        audio_out_token_id=400,
-        audio_in_token_id=399,
-        audio_out_bos_token_id=397,
-        audio_eos_token_id=396,
-        pad_token_id=385,
-        bos_token_id=384,
-        eos_token_id=393,
-    )
     config = ModelConfig(
         hidden_size=512,
         intermediate_size=1024,
@@ -146,7 +137,7 @@ def test_bf16_and_quantized_rows_equal_their_single_runs_on_the_cpu_kernels(bits
         num_key_value_heads=4,
         head_dim=64,
         vocab_size=512,
-        **special,
+        **TINY_TOKENIZER_IDS,
     )
     model = build(2, mx.bfloat16, bits, 64, config)
     if not model.kernels.startswith("higgs-kernels"):

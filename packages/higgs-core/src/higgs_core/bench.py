@@ -24,6 +24,18 @@ from higgs_sampling import FrameSampler, SamplingParams
 
 PARAMS = SamplingParams(temperature=0.7, top_k=50, top_p=0.95, ras_window=7)
 GB = 1e9
+# The special ids of the tests' tiny tokenizer (tests/fixtures/tokenizer), which puts
+# the Llama-3 specials at 384 + (id - 128000): ``ModelConfig(**TINY_TOKENIZER_IDS)``
+# is a real-size model that speaks through it, or any model with a small vocabulary.
+TINY_TOKENIZER_IDS = dict(
+    audio_out_token_id=400,
+    audio_in_token_id=399,
+    audio_out_bos_token_id=397,
+    audio_eos_token_id=396,
+    pad_token_id=385,
+    bos_token_id=384,
+    eos_token_id=393,
+)
 
 
 def build(
