@@ -12,8 +12,9 @@ from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
-from .layers import Conv1d, ConvTranspose1d
+from .layers import Conv1d, ConvTranspose1d, Prepared
 
 # long waves are encoded in windows of this many frames, with this much context each side
 ENCODER_CHUNK_FRAMES = 750
@@ -54,12 +55,29 @@ def snake(x: mx.array, alpha: mx.array) -> mx.array:
     return (_snake_cpu if mx.default_device() == mx.cpu else _snake_gpu)(x, alpha)
 
 
+def snake_numpy(x: np.ndarray, alpha: np.ndarray, inverse: np.ndarray) -> np.ndarray:
+    """Snake in numpy, ``inverse`` being 1 / (alpha + 1e-9): numpy's float32 sin is
+    vectorised (2.5x MLX's compiled polynomial on the test machine, as accurate)."""
+    y = x * alpha
+    np.sin(y, out=y)
+    np.square(y, out=y)
+    y *= inverse
+    y += x
+    return y
+
+
 class Snake(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.alpha = mx.ones((channels,))
+        self._numpy = Prepared()  # alpha and 1 / (alpha + 1e-9), for numpy input
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x):
+        if isinstance(x, np.ndarray):  # the numpy decoder (see layers)
+            alpha, inverse = self._numpy.get(
+                self.alpha, lambda a: np.stack([a, np.reciprocal(a + np.float32(1e-9))])
+            )
+            return snake_numpy(x, alpha, inverse)
         return snake(x, self.alpha)
 
 

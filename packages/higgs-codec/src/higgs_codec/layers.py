@@ -5,6 +5,10 @@ with the reference BLAS (about 4 GFLOP/s on the 2-core test machine), while nump
 OpenBLAS (about 60 GFLOP/s there); every product here is a GEMM, so on that backend the
 layers hand the GEMMs to numpy and keep the rest in MLX. `use_numpy_gemm` overrides the
 choice (the tests run both ways). Weights keep MLX's layout: conv [out, k, in].
+
+A numpy array in gives a numpy array out: the decoder runs wholly in numpy on that
+backend, so no layer waits on an MLX evaluation (each one costs ~0.1 ms, which made up
+most of a streamed push at small widths).
 """
 
 import ctypes
@@ -69,7 +73,7 @@ def numpy_gemm() -> bool:
     return sys.platform.startswith("linux") and mx.default_device() == mx.cpu
 
 
-class _Prepared:
+class Prepared:
     """A numpy copy of a weight in the layout its GEMM wants, rebuilt if the weight changes."""
 
     def __init__(self) -> None:
@@ -94,11 +98,13 @@ class Linear(nn.Module):
         if bias:
             self.bias = mx.random.uniform(-scale, scale, (out_dim,))
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x):
+        if isinstance(x, np.ndarray):
+            return _bias(gemm(x, np.asarray(self.weight).T), self.get("bias"))
         if not numpy_gemm():
             y = x @ self.weight.T
             return y + self.bias if "bias" in self else y
-        return mx.array(_bias(gemm(np.asarray(x), np.asarray(self.weight).T), self.get("bias")))
+        return mx.array(self(np.asarray(x)))
 
 
 class Conv1d(nn.Module):
@@ -119,14 +125,16 @@ class Conv1d(nn.Module):
         if bias:
             self.bias = mx.random.uniform(-scale, scale, (out_dim,))
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
-        self._taps = _Prepared()
+        self._taps = Prepared()
 
-    def __call__(self, x: mx.array, padding: int | None = None) -> mx.array:
+    def __call__(self, x, padding: int | None = None):
         padding = self.padding if padding is None else padding
+        if isinstance(x, np.ndarray):
+            return _bias(self._numpy(x, padding), self.get("bias"))
         if not numpy_gemm():
             y = mx.conv1d(x, self.weight, self.stride, padding, self.dilation, self.groups)
             return y + self.bias if "bias" in self else y
-        return mx.array(_bias(self._numpy(np.asarray(x), padding), self.get("bias")))
+        return mx.array(self(np.asarray(x), padding))
 
     def _numpy(self, x: np.ndarray, padding: int) -> np.ndarray:
         out_dim, k, in_dim = self.weight.shape
@@ -193,27 +201,29 @@ class ConvTranspose1d(nn.Module):
         if bias:
             self.bias = mx.random.uniform(-scale, scale, (out_dim,))
         self.stride, self.padding, self.output_padding = stride, padding, output_padding
-        self._taps = _Prepared()
+        self._taps = Prepared()
 
-    def __call__(
-        self, x: mx.array, padding: int | None = None, output_padding: int | None = None
-    ) -> mx.array:
+    def __call__(self, x, padding: int | None = None, output_padding: int | None = None):
         """padding/output_padding override the layer's (the stream decoder crops itself)."""
         p = self.padding if padding is None else padding
         op = self.output_padding if output_padding is None else output_padding
+        if isinstance(x, np.ndarray):
+            return _bias(self._numpy(x, p, op), self.get("bias"))
         if not numpy_gemm():
             y = mx.conv_transpose1d(x, self.weight, self.stride, p, output_padding=op)
             return y + self.bias if "bias" in self else y
+        return mx.array(self(np.asarray(x), p, op))
+
+    def _numpy(self, x: np.ndarray, p: int, op: int) -> np.ndarray:
         out_dim, k, in_dim = self.weight.shape
         s = self.stride
-        xn = np.asarray(x)
-        b, n = xn.shape[:2]
+        b, n = x.shape[:2]
         taps = self._taps.get(self.weight, lambda w: w.transpose(2, 1, 0).reshape(in_dim, -1))
-        z = gemm(xn, taps).reshape(b, n, k, out_dim)
+        z = gemm(x, taps).reshape(b, n, k, out_dim)
         full = np.zeros((b, (n - 1) * s + k + op, out_dim), np.float32)
         for t in range(k):
             full[:, t : t + (n - 1) * s + 1 : s] += z[:, :, t]
-        return mx.array(_bias(full[:, p : full.shape[1] - p], self.get("bias")))
+        return full[:, p : full.shape[1] - p]
 
 
 def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, block: int) -> mx.array:

@@ -11,7 +11,7 @@ from .config import CodecArgs
 from .dac import AcousticDecoder, AcousticEncoder
 from .errors import CodecError
 from .hubert import Hubert
-from .layers import Linear
+from .layers import Linear, numpy_gemm
 from .quantizer import ResidualVectorQuantizer
 from .semantic import SemanticEncoder
 
@@ -77,8 +77,9 @@ class Codec(nn.Module):
             )
         return codes
 
-    def latents(self, codes: mx.array) -> mx.array:
-        """Validated codes [K, T] -> decoder input [1, T, acoustic_dim]."""
+    def latents(self, codes):
+        """Validated codes [K, T] -> decoder input [1, T, acoustic_dim], in numpy when
+        the codes are numpy."""
         return self.fc2(self.quantizer.decode(codes))[None]
 
     def decode(self, codes: "np.ndarray | mx.array") -> mx.array:
@@ -88,6 +89,8 @@ class Codec(nn.Module):
         if frames == 0:
             raise CodecError("there are no frames to decode")
         if frames <= DECODE_CHUNK_FRAMES:
+            if numpy_gemm():  # wholly in numpy (see layers)
+                return mx.array(self.acoustic_decoder(self.latents(np.asarray(codes)))[0, :, 0])
             return self.acoustic_decoder(self.latents(codes))[0, :, 0]
         stream = self.stream_decoder()
         parts = []

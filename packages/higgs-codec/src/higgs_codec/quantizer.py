@@ -2,6 +2,7 @@
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 
 from .layers import Linear
 
@@ -29,8 +30,10 @@ class VectorQuantizer(nn.Module):
         dist = (mx.square(x).sum(-1, keepdims=True) - 2 * (x @ embed.T)) + mx.square(embed).sum(-1)
         return mx.argmin(dist, axis=-1).astype(mx.int32)
 
-    def lookup(self, codes: mx.array) -> mx.array:
-        q = self.codebook.embed[codes]
+    def lookup(self, codes):
+        """codes [T] -> vectors [T, dim]; numpy codes give numpy vectors (see layers)."""
+        embed = self.codebook.embed
+        q = np.asarray(embed)[codes] if isinstance(codes, np.ndarray) else embed[codes]
         return self.project_out(q) if "project_out" in self else q
 
 
@@ -57,7 +60,7 @@ class ResidualVectorQuantizer(nn.Module):
             codes.append(c)
         return mx.stack(codes)
 
-    def decode(self, codes: mx.array):
+    def decode(self, codes):
         """codes [K', T] (K' <= K) -> the summed quantised vectors [T, dim]."""
         out = self.quantizers[0].lookup(codes[0])
         for vq, c in zip(self.quantizers[1:], codes[1:], strict=False):

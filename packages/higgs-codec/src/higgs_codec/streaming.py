@@ -6,6 +6,9 @@ the layers see the zero padding a whole-utterance decode sees. Samples therefore
 out exactly as a whole decode computes them (up to float rounding), each once, with
 total work linear in the length and a fixed look-ahead: the decoder's receptive field
 to the right (`StreamDecoder.lookahead_frames`).
+
+Where the codec's layers compute in numpy (Linux CPUs, see `layers`), a stream runs
+wholly in numpy from the latents on, and only its samples go back to MLX.
 """
 
 from typing import TYPE_CHECKING, Protocol
@@ -13,23 +16,33 @@ from typing import TYPE_CHECKING, Protocol
 import mlx.core as mx
 import numpy as np
 
-from .dac import DecoderBlock, ResidualUnit, Snake, snake
-from .layers import Conv1d, ConvTranspose1d
+from .dac import DecoderBlock, ResidualUnit, Snake
+from .layers import Conv1d, ConvTranspose1d, numpy_gemm
 
 if TYPE_CHECKING:
     from .model import Codec
 
 
+# A stream's arrays are MLX's or numpy's throughout, as its input decides.
+Array = mx.array | np.ndarray
+
+
 class Stage(Protocol):
     """One incremental layer: ``push`` the next input, get the outputs now final."""
 
-    def push(self, x: mx.array) -> mx.array: ...
+    def push(self, x: Array) -> Array: ...
     def final_count(self, n: int) -> int: ...
-    def flush(self) -> mx.array | None: ...
+    def flush(self) -> Array | None: ...
 
 
-def _empty(channels: int) -> mx.array:
-    return mx.zeros((1, 0, channels))
+def _zeros(like: Array, shape: tuple[int, ...]) -> Array:
+    return np.zeros(shape, np.float32) if isinstance(like, np.ndarray) else mx.zeros(shape)
+
+
+def _cat(parts: "list[Array]") -> Array:
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts, axis=1)
+    return mx.concatenate(parts, axis=1)  # type: ignore[arg-type]
 
 
 class StreamConv:
@@ -39,38 +52,42 @@ class StreamConv:
         self.conv = conv
         out_dim, k, in_dim = conv.weight.shape
         self.span = (k - 1) * conv.dilation
-        self.out_dim = out_dim
-        self.buffer = mx.zeros((1, self.span // 2, in_dim))  # the left padding
+        self.out_dim, self.in_dim = out_dim, in_dim
+        self.buffer: Array | None = None  # the inputs still needed; first, the left padding
 
-    def _run(self, x: mx.array) -> mx.array:
+    def _run(self, x: Array) -> Array:
         if x.shape[1] <= self.span:
-            return _empty(self.out_dim)
+            return _zeros(x, (1, 0, self.out_dim))
         return self.conv(x, padding=0)
 
-    def push(self, x: mx.array) -> mx.array:
-        x = mx.concatenate([self.buffer, x], axis=1)
+    def push(self, x: Array) -> Array:
+        if self.buffer is None:
+            self.buffer = _zeros(x, (1, self.span // 2, self.in_dim))
+        x = _cat([self.buffer, x])
         self.buffer = x[:, max(x.shape[1] - self.span, 0) :]
         return self._run(x)
 
     def final_count(self, n: int) -> int:
         return max(n - self.span // 2, 0)
 
-    def flush(self) -> mx.array | None:
-        pad = mx.zeros((1, self.span // 2, self.buffer.shape[2]))
-        return self._run(mx.concatenate([self.buffer, pad], axis=1))
+    def flush(self) -> Array | None:
+        if self.buffer is None:
+            return None
+        pad = _zeros(self.buffer, (1, self.span // 2, self.in_dim))
+        return self._run(_cat([self.buffer, pad]))
 
 
 class StreamSnake:
     def __init__(self, module: Snake):
-        self.alpha = module.alpha
+        self.snake = module
 
-    def push(self, x: mx.array) -> mx.array:
-        return snake(x, self.alpha)
+    def push(self, x: Array) -> Array:
+        return self.snake(x)
 
     def final_count(self, n: int) -> int:
         return n
 
-    def flush(self) -> mx.array | None:
+    def flush(self) -> Array | None:
         return None
 
 
@@ -81,11 +98,11 @@ class StreamConvTranspose:
         self.conv = conv
         self.stride = conv.stride
         self.padding = conv.padding
-        self.prev: mx.array | None = None  # last input sample (x[-1] = 0 before the stream starts)
+        self.prev: Array | None = None  # last input sample (x[-1] = 0 before the stream starts)
         self.skip = self.padding  # the reference crops `padding` samples off the front
         self.out_dim = conv.weight.shape[0]
 
-    def _blocks(self, x: mx.array) -> mx.array:
+    def _blocks(self, x: Array) -> Array:
         s = self.stride
         y = self.conv(x, padding=0, output_padding=0)[:, s : x.shape[1] * s]
         if self.skip:
@@ -93,20 +110,20 @@ class StreamConvTranspose:
             y, self.skip = y[:, cut:], self.skip - cut
         return y
 
-    def push(self, x: mx.array) -> mx.array:
+    def push(self, x: Array) -> Array:
         if x.shape[1] == 0:
-            return _empty(self.out_dim)
-        prev = self.prev if self.prev is not None else mx.zeros((1, 1, x.shape[2]))
+            return _zeros(x, (1, 0, self.out_dim))
+        prev = self.prev if self.prev is not None else _zeros(x, (1, 1, x.shape[2]))
         self.prev = x[:, -1:]
-        return self._blocks(mx.concatenate([prev, x], axis=1))
+        return self._blocks(_cat([prev, x]))
 
     def final_count(self, n: int) -> int:
         return max(n * self.stride - self.padding, 0)
 
-    def flush(self) -> mx.array | None:
+    def flush(self) -> Array | None:
         if self.prev is None:
             return None
-        tail = self._blocks(mx.concatenate([self.prev, mx.zeros_like(self.prev)], axis=1))
+        tail = self._blocks(_cat([self.prev, _zeros(self.prev, self.prev.shape)]))
         return tail[:, : self.padding]
 
 
@@ -116,7 +133,7 @@ class Chain:
     def __init__(self, stages: list[Stage]):
         self.stages = stages
 
-    def push(self, x: mx.array) -> mx.array:
+    def push(self, x: Array) -> Array:
         for stage in self.stages:
             x = stage.push(x)
         return x
@@ -126,13 +143,13 @@ class Chain:
             n = stage.final_count(n)
         return n
 
-    def flush(self) -> mx.array | None:
+    def flush(self) -> Array | None:
         x = None
         for stage in self.stages:
             y = stage.push(x) if x is not None and x.shape[1] else None
             tail = stage.flush()
             parts = [p for p in (y, tail) if p is not None]
-            x = mx.concatenate(parts, axis=1) if parts else None
+            x = _cat(parts) if parts else None
         return x
 
 
@@ -148,9 +165,9 @@ class StreamResidual:
                 StreamConv(unit.conv2),
             ]
         )
-        self.pending: mx.array | None = None
+        self.pending: Array | None = None
 
-    def _add(self, y: mx.array) -> mx.array:
+    def _add(self, y: Array) -> Array:
         if y.shape[1] == 0:
             return y
         n = y.shape[1]
@@ -159,14 +176,14 @@ class StreamResidual:
         self.pending = self.pending[:, n:]
         return out
 
-    def push(self, x: mx.array) -> mx.array:
-        self.pending = x if self.pending is None else mx.concatenate([self.pending, x], axis=1)
+    def push(self, x: Array) -> Array:
+        self.pending = x if self.pending is None else _cat([self.pending, x])
         return self._add(self.inner.push(x))
 
     def final_count(self, n: int) -> int:
         return self.inner.final_count(n)
 
-    def flush(self) -> mx.array | None:
+    def flush(self) -> Array | None:
         tail = self.inner.flush()
         return None if tail is None else self._add(tail)
 
@@ -192,6 +209,7 @@ class StreamDecoder:
             stages += _block_stages(block)
         stages += [StreamSnake(decoder.snake1), StreamConv(decoder.conv2)]
         self.chain = Chain(stages)
+        self.numpy = numpy_gemm()  # decided once: every stage's state is of one kind
         self.frames_in = 0
         self.samples_out = 0
         self.finished = False
@@ -210,9 +228,12 @@ class StreamDecoder:
         if codes.shape[1] == 0:
             return mx.zeros((0,))
         self.frames_in += codes.shape[1]
-        y = self.chain.push(self.codec.latents(codes))
+        y = self.chain.push(self.codec.latents(np.asarray(codes) if self.numpy else codes))
         self.samples_out += y.shape[1]
-        return y[0, :, 0]
+        return self._samples(y)
+
+    def _samples(self, y: Array) -> mx.array:
+        return mx.array(y[0, :, 0]) if self.numpy else y[0, :, 0]  # type: ignore[return-value]
 
     def flush(self) -> mx.array:
         """End the stream: the remaining samples, so that the total is frames * hop."""
@@ -223,4 +244,4 @@ class StreamDecoder:
         if y is None:
             return mx.zeros((0,))
         self.samples_out += y.shape[1]
-        return y[0, :, 0]
+        return self._samples(y)
