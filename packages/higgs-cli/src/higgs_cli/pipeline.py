@@ -469,8 +469,8 @@ class Higgs:
             )
             if decoder and (rest := columns.take()) is not None:
                 push(rest)
-            codes = np.array(res.codes, dtype=np.int32)
-            done.append((piece, prompt, res))
+            codes = np.array(res.codes, dtype=np.int32)  # on the host, for prompts and Speech
+            done.append((piece, prompt, res, codes))
             audio_seconds += codes.shape[1] / self.frame_rate
             budget -= res.num_frames
             keep = settings.context_chunks
@@ -489,7 +489,8 @@ class Higgs:
                     f"{where} reached its budget of {own / self.frame_rate:.1f} s before the "
                     "model ended it; it may be cut short"
                 )
-        codes = self._codes([res for _, _, res in done])
+        host = [c for *_, c in done] or [np.zeros((self.num_codebooks, 0), np.int32)]
+        codes = np.concatenate(host, axis=1)
         if codes.shape[1] == 0:  # the same answer whether it streams or not
             raise NoAudio(
                 "no audio was made: the model ended the speech before its first whole frame "
@@ -502,16 +503,18 @@ class Higgs:
                 emit(tail)
             samples = np.concatenate(sent) if sent else np.zeros(0, np.float32)
         else:
-            samples = np.array(self.codec.decode(mx.array(codes)), dtype=np.float32)
+            # the device's own copies of the codes, not the host's
+            whole = mx.concatenate([res.codes for _, _, res, _ in done], axis=1)
+            samples = np.array(self.codec.decode(whole), dtype=np.float32)
         return Speech(
             samples=samples,
             sample_rate=self.sample_rate,
             codes=codes,
-            chunks=[piece for piece, _, _ in done],
-            stop_reasons=[res.stop_reason for _, _, res in done],
-            prompt_tokens=sum(len(p.input_ids) for _, p, _ in done),
-            cached_tokens=sum(res.cached_tokens for _, _, res in done),
-            frames=sum(res.num_frames for _, _, res in done),
+            chunks=[piece for piece, *_ in done],
+            stop_reasons=[res.stop_reason for _, _, res, _ in done],
+            prompt_tokens=sum(len(p.input_ids) for _, p, *_ in done),
+            cached_tokens=sum(res.cached_tokens for _, _, res, _ in done),
+            frames=sum(res.num_frames for _, _, res, _ in done),
             seconds=time.perf_counter() - start,
             warnings=warnings,
         )
@@ -631,11 +634,6 @@ class Higgs:
             # The system and reference turns: all but the context turns and the text.
             prefix_messages=len(messages) - 2 * len(context) - 1,
         )
-
-    def _codes(self, results) -> np.ndarray:
-        if not results:
-            return np.zeros((self.num_codebooks, 0), np.int32)
-        return np.concatenate([np.array(r.codes, dtype=np.int32) for r in results], axis=1)
 
 
 def _opening(text: str, words: int = 5) -> str:
