@@ -16,6 +16,11 @@ top-k 50, top-p 0.95) in turn.
 
     uv run python benchmarks/bench_agreement.py                  # 4 layers, 32 frames
     uv run python benchmarks/bench_agreement.py --layers 28 --frames 48
+    uv run python benchmarks/bench_agreement.py --join-chunk 64  # as `higgs serve` joins
+
+``--join-chunk N``: newcomers' prompts go in N positions a step while other rows run
+(`higgs serve` does this, with 64, so that running streams stall less); a prompt then
+splits otherwise than alone, and in 16-bit weights its rows may round apart.
 
 The weights are random (real width, ``--layers`` of 28): their logits are far
 flatter than a trained model's, so a rounding flips an argmax or a sample far
@@ -34,8 +39,8 @@ from higgs_sampling import SamplingParams
 GREEDY = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, ras_window=0)
 
 
-def frames_of(model, prompts, params, seeds, frames, max_batch):
-    batch = Batch(model, max_batch=max_batch)
+def frames_of(model, prompts, params, seeds, frames, max_batch, join_chunk=None):
+    batch = Batch(model, max_batch=max_batch, join_chunk=join_chunk)
     streams = [
         batch.submit(ids, audio, params=params, max_frames=frames, seed=seed)
         for (ids, audio), seed in zip(prompts, seeds, strict=True)
@@ -60,20 +65,24 @@ def main():
     ap.add_argument("--rows", type=int, default=8)
     ap.add_argument("--prompt", type=int, default=64, help="the shortest row's prompt")
     ap.add_argument("--bits", type=int, nargs="+", default=[32, 16, 8, 4], help="32/16: float")
+    ap.add_argument("--join-chunk", type=int, help="positions a step while rows run")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     cfg = build(1, mx.float32, 0, 64).config
     prompts = [prompt(args.prompt + 8 * b, cfg, rng) for b in range(args.rows)]
     seeds = list(range(args.rows))
     print(f"{args.rows} rows (prompts of {args.prompt}..{args.prompt + 8 * (args.rows - 1)}), ")
-    print(f"{args.frames} frames, {args.layers}/28 layers, random weights")
+    joins = f"joining {args.join_chunk} positions a step" if args.join_chunk else "whole chunks"
+    print(f"{args.frames} frames, {args.layers}/28 layers, random weights, {joins}")
     print(" weights   sampling   rows identical   frames before a difference   equal codes")
     for bits in args.bits:
         dtype = mx.float32 if bits == 32 else mx.bfloat16
         model = build(args.layers, dtype, bits if bits < 16 else 0, 64)
         label = {32: "float32", 16: "bf16"}.get(bits, f"q{bits}")
         for name, params in (("greedy", GREEDY), ("sampled", PARAMS)):
-            together = frames_of(model, prompts, params, seeds, args.frames, args.rows)
+            together = frames_of(
+                model, prompts, params, seeds, args.frames, args.rows, args.join_chunk
+            )
             alone = [
                 frames_of(model, [p], params, [s], args.frames, 1)[0]
                 for p, s in zip(prompts, seeds, strict=True)

@@ -18,8 +18,10 @@ row-by-row say.
 """
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -65,8 +67,10 @@ def main():
         from bench_serve import full_width_checkpoint
 
         args.model = full_width_checkpoint(args.full_width)
+        atexit.register(shutil.rmtree, args.model, ignore_errors=True)  # GBs of random weights
 
     work = Path(tempfile.mkdtemp(prefix="higgs-bench-batch-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
     env = {
         **os.environ,
         "HIGGS_HOME": str(work / "home"),

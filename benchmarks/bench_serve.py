@@ -19,6 +19,7 @@ every seventh streamed one is abandoned after its first bytes.
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -110,8 +111,6 @@ def pct(values, q):
 
 def full_width_checkpoint(layers: int) -> str:
     """The real model's width, ``layers`` layers, random weights, the tiny tokenizer."""
-    import shutil
-
     import mlx.core as mx
 
     from higgs_core import ModelConfig, save_model
@@ -159,6 +158,7 @@ def serve_once(args, max_batch: int) -> dict:
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+        shutil.rmtree(home, ignore_errors=True)
 
     ok = [r for r in results if r[0] == 200 and r[4] == "valid"]
     audio = sum(max(r[3] - 44, 0) / 2 / 24000 for r in ok)  # 16-bit mono at 24 kHz
@@ -219,13 +219,18 @@ def main():
     ap.add_argument("--max-seconds", type=float, default=1800, help="stop sending after this")
     ap.add_argument("--warmup", type=int, default=16, help="requests before RSS is first read")
     args = ap.parse_args()
+    made = None
     if args.full_width:
-        args.model = full_width_checkpoint(args.full_width)
+        args.model = made = full_width_checkpoint(args.full_width)
     print(f"clients {args.clients}, model {args.model}")
     figures = []
-    for max_batch in args.max_batch:
-        figures.append(serve_once(args, max_batch))
-        report(args, figures[-1])
+    try:
+        for max_batch in args.max_batch:
+            figures.append(serve_once(args, max_batch))
+            report(args, figures[-1])
+    finally:
+        if made:  # a few GB of random weights
+            shutil.rmtree(made, ignore_errors=True)
     if len(figures) > 1:
         a, b = figures[0], figures[-1]
         print(

@@ -17,6 +17,8 @@ first PCM. The target: first audio within prefill(new text) + 12 frames.
 """
 
 import argparse
+import atexit
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -47,6 +49,7 @@ def codec_for_bench():
 
     codec = real_size_codec(decode_only=True)
     codec.path = Path(tempfile.mkdtemp(prefix="higgs-codec-"))  # a key for stored codes
+    atexit.register(shutil.rmtree, codec.path, ignore_errors=True)
     return codec
 
 
@@ -96,6 +99,7 @@ def main():
     codec = codec_for_bench()
     tokenizer = Tokenizer.from_file(str(TOKENIZER))
     home = Path(tempfile.mkdtemp(prefix="higgs-home-"))
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
     store = VoiceStore(home / "voices")
     audio = home / "voice.wav"
     audio.write_bytes(b"RIFF")  # the store keeps a copy; the codes below are what is used
@@ -104,6 +108,7 @@ def main():
     store.add("bench-voice", audio, TRANSCRIPT, codes=codes, key=codec_key(codec))
 
     model_dir = Path(tempfile.mkdtemp(prefix="higgs-model-"))  # stands in for a checkpoint
+    atexit.register(shutil.rmtree, model_dir, ignore_errors=True)
 
     def pipeline():
         return Higgs(

@@ -40,7 +40,7 @@ def test_batched_streams_equal_their_single_runs(model, ref, max_batch):
     budgets = [30, 18, 25, 40, 12]
     ps = prompts(ref)
     want = [alone(model, ids, audio, i, budgets[i]) for ids, audio, i in ps]
-    batch = Batch(model, max_batch=max_batch)
+    batch = Batch(model, max_batch=max_batch, join_chunk=512)  # whole prompts join at once
     streams = [
         batch.submit(ids, audio, params=settings(i), max_frames=budgets[i], seed=100 + i)
         for ids, audio, i in ps
@@ -60,19 +60,35 @@ def test_batched_streams_equal_their_single_runs(model, ref, max_batch):
 def test_a_newcomer_joins_between_frames_and_cancelling_removes_only_its_row(model, ref):
     ps = prompts(ref)
     want = [alone(model, ids, audio, i, 40) for ids, audio, i in ps[:3]]
-    batch = Batch(model, max_batch=8, prefill_chunk=32)
+    batch = Batch(model, max_batch=8, prefill_chunk=32, join_chunk=16)
     a = batch.submit(ps[0][0], ps[0][1], params=settings(0), max_frames=40, seed=100)
     b = batch.submit(ps[1][0], ps[1][1], params=settings(1), max_frames=40, seed=101)
     c = None
+    a_while_c_joins = []  # a's frame count at each step while c waits to join
+    c_chunks = []  # c's prefilled positions per step, and whether any stream ran
     for _ in range(200):
         if not batch.busy:
             break
+        c_done = c.done if c is not None else 0
         batch.step()
-        if c is None and len(a.frames) >= 6:
+        if c is not None and not c.frames:
+            if c.done > c_done:  # (it waits behind b first)
+                # the streams running when the step prefilled (c has not joined)
+                c_chunks.append((c.done - c_done, batch.running > 0))
+            if not a.finished:
+                a_while_c_joins.append(len(a.frames))
+        if c is None and len(a.frames) >= 3:
             c = batch.submit(ps[2][0], ps[2][1], params=settings(2), max_frames=40, seed=102)
             joined_at = len(a.frames)
         if len(b.frames) == 9:
             b.cancel()
+    # While c waited (behind b's prompt, then its own), a made a frame at every step;
+    # c's prompt went in 16 positions a step while streams ran, 32 with none (its
+    # last chunk being what was left).
+    assert len(a_while_c_joins) >= 4
+    assert np.all(np.diff(a_while_c_joins) == 1)
+    assert {n for n, running in c_chunks[:-1] if running} == {16}
+    assert {n for n, running in c_chunks[:-1] if not running} == {32}
     assert b.result.stop_reason == "cancelled"
     assert mx.array_equal(b.result.frames, want[1].frames[:, : b.result.frames.shape[1]])
     assert 9 <= b.result.frames.shape[1] <= 11  # read up to a step after the cancel
@@ -118,6 +134,8 @@ def test_bad_batch_arguments(model):
         Batch(model, max_batch=0)
     with pytest.raises(ValueError, match="prefill_chunk"):
         Batch(model, prefill_chunk=0)
+    with pytest.raises(ValueError, match="join_chunk"):
+        Batch(model, join_chunk=-1)
 
 
 @pytest.mark.parametrize("bits", [0, 8, 4])

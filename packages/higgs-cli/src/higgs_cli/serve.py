@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from higgs_cli.output import FORMATS, MEDIA_TYPES, STREAMABLE, encode, pcm16, wav_header
-from higgs_cli.pipeline import add_voice, check_ref_audio
+from higgs_cli.pipeline import JOIN_CHUNK, add_voice, check_ref_audio
 from higgs_cli.settings import HiggsError, NoAudio, Settings
 from higgs_cli.settings import Request as SpeakRequest
 from higgs_cli.voices import (
@@ -182,7 +182,10 @@ class Worker:
 
         # MLX streams belong to the thread that made them: this thread needs its own.
         mx.set_default_stream(mx.new_stream(mx.default_device()))
-        runner = Runner(self.tts.new_batch(self.max_batch))
+        # Newcomers' prompts go in a short chunk a step, so that streams already
+        # playing stall less (in 16-bit weights a stream may then round apart from
+        # its lone run: see higgs_core.Batch).
+        runner = Runner(self.tts.new_batch(self.max_batch, join_chunk=JOIN_CHUNK))
         running: dict[Job, object] = {}
         while True:
             try:  # wait for work only when there is none

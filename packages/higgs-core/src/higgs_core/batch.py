@@ -154,19 +154,36 @@ class Batch:
     Args:
         model: the model.
         max_batch: the most streams decoded at once; the others wait.
-        prefill_chunk: prompt positions prefilled per step while streams run
-            (the longest a running stream waits for a newcomer is one chunk).
+        prefill_chunk: prompt positions prefilled per step when no stream runs.
+        join_chunk: prompt positions prefilled per step while streams run: the
+            longest a running stream waits for a newcomer is one such chunk.
+            By default ``prefill_chunk``, so that a prompt splits as it does
+            alone and its frames are exactly its single run's (kernels round a
+            chunk's rows alike only for chunks of one size). Smaller stalls the
+            others less for a little prefill speed: at the real width on the
+            2-core CPU, 64 against 512 stalls 7x less (0.56 against 3.8 s per 4
+            layers) and prefills at 0.85x the speed.
     """
 
-    def __init__(self, model: HiggsAudioModel, *, max_batch: int = 8, prefill_chunk: int = 512):
+    def __init__(
+        self,
+        model: HiggsAudioModel,
+        *,
+        max_batch: int = 8,
+        prefill_chunk: int = 512,
+        join_chunk: int | None = None,
+    ):
+        join_chunk = prefill_chunk if join_chunk is None else join_chunk
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        if prefill_chunk < 1:
-            raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
+        for name, value in (("prefill_chunk", prefill_chunk), ("join_chunk", join_chunk)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         cfg = model.config
         self.model = model
         self.max_batch = max_batch
         self.prefill_chunk = prefill_chunk
+        self.join_chunk = join_chunk
         self.sampler = RowSampler(
             cfg.num_codebooks, cfg.audio_stream_bos_id, cfg.audio_stream_eos_id
         )
@@ -356,7 +373,8 @@ class Batch:
         s = self.waiting[0]
         if not s.t0:
             s.t0 = time.perf_counter()
-        end = min(s.done + self.prefill_chunk, len(s.ids))
+        chunk = self.join_chunk if self.running else self.prefill_chunk
+        end = min(s.done + chunk, len(s.ids))
         if s.done < s.keep_prefix:
             end = min(end, s.keep_prefix)
         logits = self.model.prefill_chunk(s.ids, s.audio, s.cache, s.done, end)
