@@ -9,12 +9,13 @@ T frames decode to exactly T * hop samples.
 import math
 from collections.abc import Sequence
 from functools import partial
+from typing import overload
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .layers import Conv1d, ConvTranspose1d, Prepared
+from .layers import A, Array, Conv1d, ConvTranspose1d, Prepared
 
 # long waves are encoded in windows of this many frames, with this much context each side
 ENCODER_CHUNK_FRAMES = 750
@@ -72,7 +73,11 @@ class Snake(nn.Module):
         self.alpha = mx.ones((channels,))
         self._numpy = Prepared()  # alpha and 1 / (alpha + 1e-9), for numpy input
 
-    def __call__(self, x):
+    @overload
+    def __call__(self, x: mx.array) -> mx.array: ...
+    @overload
+    def __call__(self, x: np.ndarray) -> np.ndarray: ...
+    def __call__(self, x: Array) -> Array:
         if isinstance(x, np.ndarray):  # the numpy decoder (see layers)
             alpha, inverse = self._numpy.get(
                 self.alpha, lambda a: np.stack([a, np.reciprocal(a + np.float32(1e-9))])
@@ -89,7 +94,7 @@ class ResidualUnit(nn.Module):
         self.snake2 = Snake(dim)
         self.conv2 = Conv1d(dim, dim, 1)
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: A) -> A:
         y = self.conv2(self.snake2(self.conv1(self.snake1(x))))
         return x + y
 
@@ -169,7 +174,7 @@ class DecoderBlock(nn.Module):
         self.res_unit3 = ResidualUnit(out_dim, 9)
         self.stride = stride
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: A) -> A:
         x = self.conv_t1(self.snake1(x))
         return self.res_unit3(self.res_unit2(self.res_unit1(x)))
 
@@ -186,7 +191,7 @@ class AcousticDecoder(nn.Module):
         self.snake1 = Snake(out)
         self.conv2 = Conv1d(out, 1, 7, padding=3)
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: A) -> A:
         x = self.conv1(x)
         for block in self.block:
             x = block(x)

@@ -16,10 +16,16 @@ import glob
 import os
 import sys
 from collections.abc import Callable
+from typing import TypeVar, overload
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+
+# What the layers take and give: an MLX array, or a numpy one on the numpy path
+# (Array: either; A: the same kind in as out).
+Array = mx.array | np.ndarray
+A = TypeVar("A", mx.array, np.ndarray)
 
 _NUMPY_GEMM = {"1": True, "0": False}.get(os.environ.get("HIGGS_CODEC_NUMPY_GEMM", ""))
 
@@ -98,7 +104,11 @@ class Linear(nn.Module):
         if bias:
             self.bias = mx.random.uniform(-scale, scale, (out_dim,))
 
-    def __call__(self, x):
+    @overload
+    def __call__(self, x: mx.array) -> mx.array: ...
+    @overload
+    def __call__(self, x: np.ndarray) -> np.ndarray: ...
+    def __call__(self, x: Array) -> Array:
         if isinstance(x, np.ndarray):
             return _bias(gemm(x, np.asarray(self.weight).T), self.get("bias"))
         if not numpy_gemm():
@@ -127,7 +137,11 @@ class Conv1d(nn.Module):
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self._taps = Prepared()
 
-    def __call__(self, x, padding: int | None = None):
+    @overload
+    def __call__(self, x: mx.array, padding: int | None = None) -> mx.array: ...
+    @overload
+    def __call__(self, x: np.ndarray, padding: int | None = None) -> np.ndarray: ...
+    def __call__(self, x: Array, padding: int | None = None) -> Array:
         padding = self.padding if padding is None else padding
         if isinstance(x, np.ndarray):
             return _bias(self._numpy(x, padding), self.get("bias"))
@@ -203,7 +217,17 @@ class ConvTranspose1d(nn.Module):
         self.stride, self.padding, self.output_padding = stride, padding, output_padding
         self._taps = Prepared()
 
-    def __call__(self, x, padding: int | None = None, output_padding: int | None = None):
+    @overload
+    def __call__(
+        self, x: mx.array, padding: int | None = None, output_padding: int | None = None
+    ) -> mx.array: ...
+    @overload
+    def __call__(
+        self, x: np.ndarray, padding: int | None = None, output_padding: int | None = None
+    ) -> np.ndarray: ...
+    def __call__(
+        self, x: Array, padding: int | None = None, output_padding: int | None = None
+    ) -> Array:
         """padding/output_padding override the layer's (the stream decoder crops itself)."""
         p = self.padding if padding is None else padding
         op = self.output_padding if output_padding is None else output_padding

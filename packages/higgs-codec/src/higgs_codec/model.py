@@ -11,7 +11,7 @@ from .config import CodecArgs
 from .dac import AcousticDecoder, AcousticEncoder
 from .errors import CodecError
 from .hubert import Hubert
-from .layers import Linear, numpy_gemm
+from .layers import A, Linear, numpy_gemm
 from .quantizer import ResidualVectorQuantizer
 from .semantic import SemanticEncoder
 
@@ -77,7 +77,7 @@ class Codec(nn.Module):
             )
         return codes
 
-    def latents(self, codes):
+    def latents(self, codes: A) -> A:
         """Validated codes [K, T] -> decoder input [1, T, acoustic_dim], in numpy when
         the codes are numpy."""
         return self.fc2(self.quantizer.decode(codes))[None]

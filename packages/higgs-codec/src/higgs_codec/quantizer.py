@@ -4,7 +4,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .layers import Linear
+from .layers import A, Linear
 
 
 class Codebook(nn.Module):
@@ -30,7 +30,7 @@ class VectorQuantizer(nn.Module):
         dist = (mx.square(x).sum(-1, keepdims=True) - 2 * (x @ embed.T)) + mx.square(embed).sum(-1)
         return mx.argmin(dist, axis=-1).astype(mx.int32)
 
-    def lookup(self, codes):
+    def lookup(self, codes: A) -> A:
         """codes [T] -> vectors [T, dim]; numpy codes give numpy vectors (see layers)."""
         embed = self.codebook.embed
         q = np.asarray(embed)[codes] if isinstance(codes, np.ndarray) else embed[codes]
@@ -60,7 +60,7 @@ class ResidualVectorQuantizer(nn.Module):
             codes.append(c)
         return mx.stack(codes)
 
-    def decode(self, codes):
+    def decode(self, codes: A) -> A:
         """codes [K', T] (K' <= K) -> the summed quantised vectors [T, dim]."""
         out = self.quantizers[0].lookup(codes[0])
         for vq, c in zip(self.quantizers[1:], codes[1:], strict=False):

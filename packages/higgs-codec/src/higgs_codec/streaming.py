@@ -17,14 +17,13 @@ import mlx.core as mx
 import numpy as np
 
 from .dac import DecoderBlock, ResidualUnit, Snake
-from .layers import Conv1d, ConvTranspose1d, numpy_gemm
+from .layers import Array, Conv1d, ConvTranspose1d, numpy_gemm
 
 if TYPE_CHECKING:
     from .model import Codec
 
 
 # A stream's arrays are MLX's or numpy's throughout, as its input decides.
-Array = mx.array | np.ndarray
 
 
 class Stage(Protocol):
@@ -228,7 +227,10 @@ class StreamDecoder:
         if codes.shape[1] == 0:
             return mx.zeros((0,))
         self.frames_in += codes.shape[1]
-        y = self.chain.push(self.codec.latents(np.asarray(codes) if self.numpy else codes))
+        if self.numpy:
+            y = self.chain.push(self.codec.latents(np.asarray(codes)))
+        else:
+            y = self.chain.push(self.codec.latents(codes))
         self.samples_out += y.shape[1]
         return self._samples(y)
 
