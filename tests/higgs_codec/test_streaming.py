@@ -1,5 +1,6 @@
 """The stream decoder against a whole-utterance decode."""
 
+import mlx.core as mx
 import numpy as np
 import pytest
 
@@ -88,8 +89,16 @@ def test_stream_errors(codec):
     from higgs_codec import CodecError
 
     dec = codec.stream_decoder()
-    with pytest.raises(CodecError):
+    with pytest.raises(CodecError, match="must lie in"):
         dec.push(np.full((8, 2), 2000))
+    with pytest.raises(CodecError, match="must lie in"):
+        dec.push(mx.full((8, 2), -1))
+    with pytest.raises(CodecError, match="integers"):
+        dec.push(np.zeros((8, 2), np.float32))
+    with pytest.raises(CodecError, match="shaped"):
+        dec.push(np.zeros(8, np.int32))
+    with pytest.raises(CodecError, match="shaped"):
+        dec.push(mx.zeros((9, 0), mx.int32))
     dec.push(np.zeros((8, 3), np.int32))
     assert dec.flush().size == 3 * 960
     with pytest.raises(RuntimeError, match="flushed"):

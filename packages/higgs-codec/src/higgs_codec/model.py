@@ -60,22 +60,36 @@ class Codec(nn.Module):
     def check_codes(self, codes: "np.ndarray | mx.array") -> mx.array:
         """codes [K, T] (numpy or mlx, integer) -> int32 mx.array, validated."""
         if not isinstance(codes, mx.array):
-            codes = np.asarray(codes)
-            if codes.dtype.kind not in "iu":
-                raise CodecError(f"codes must be integers, got {codes.dtype}")
-            codes = mx.array(codes.astype(np.int32))
-        elif not mx.issubdtype(codes.dtype, mx.integer):
+            return mx.array(self.host_codes(codes))
+        if not mx.issubdtype(codes.dtype, mx.integer):
             raise CodecError(f"codes must be integers, got {codes.dtype}")
-        if codes.ndim != 2 or not 1 <= codes.shape[0] <= self.num_codebooks:
-            raise CodecError(
-                f"codes must be shaped [K, T] with K <= {self.num_codebooks}, got {codes.shape}"
-            )
+        self._check_shape(codes.shape)
         codes = codes.astype(mx.int32)
         if codes.size and mx.any((codes < 0) | (codes >= self.codebook_size)).item():
-            raise CodecError(
-                f"codes must lie in [0, {self.codebook_size}); clip or drop stream BOS/EOS first"
-            )
+            raise self._out_of_range()
         return codes
+
+    def host_codes(self, codes: "np.ndarray | mx.array") -> np.ndarray:
+        """codes [K, T] (numpy or mlx, integer) -> int32 numpy array, validated on the
+        host (no MLX evaluation of its own: what the numpy decoder wants)."""
+        codes = np.asarray(codes)
+        if codes.dtype.kind not in "iu":
+            raise CodecError(f"codes must be integers, got {codes.dtype}")
+        self._check_shape(codes.shape)
+        if codes.size and (codes.min() < 0 or codes.max() >= self.codebook_size):
+            raise self._out_of_range()
+        return codes.astype(np.int32, copy=False)
+
+    def _check_shape(self, shape: "tuple[int, ...]") -> None:
+        if len(shape) != 2 or not 1 <= shape[0] <= self.num_codebooks:
+            raise CodecError(
+                f"codes must be shaped [K, T] with K <= {self.num_codebooks}, got {tuple(shape)}"
+            )
+
+    def _out_of_range(self) -> CodecError:
+        return CodecError(
+            f"codes must lie in [0, {self.codebook_size}); clip or drop stream BOS/EOS first"
+        )
 
     def latents(self, codes: A) -> A:
         """Validated codes [K, T] -> decoder input [1, T, acoustic_dim], in numpy when

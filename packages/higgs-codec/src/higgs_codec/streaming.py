@@ -223,16 +223,22 @@ class StreamDecoder:
         """codes [K, n] of the next n frames -> float32 samples that are now final (maybe none)."""
         if self.finished:
             raise RuntimeError("this stream has been flushed; start a new one")
-        codes = self.codec.check_codes(codes)
-        if codes.shape[1] == 0:
+        latents = self._latents(codes)
+        if latents is None:
             return mx.zeros((0,))
-        self.frames_in += codes.shape[1]
-        if self.numpy:
-            y = self.chain.push(self.codec.latents(np.asarray(codes)))
-        else:
-            y = self.chain.push(self.codec.latents(codes))
+        self.frames_in += latents.shape[1]
+        y = self.chain.push(latents)
         self.samples_out += y.shape[1]
         return self._samples(y)
+
+    def _latents(self, codes: "np.ndarray | mx.array") -> Array | None:
+        """The decoder input of codes [K, n] (None for no frames), checked first: on
+        the host for the numpy decoder, with no MLX evaluation for the check."""
+        if self.numpy:
+            host = self.codec.host_codes(codes)
+            return self.codec.latents(host) if host.shape[1] else None
+        checked = self.codec.check_codes(codes)
+        return self.codec.latents(checked) if checked.shape[1] else None
 
     def _samples(self, y: Array) -> mx.array:
         return mx.array(y[0, :, 0]) if self.numpy else y[0, :, 0]  # type: ignore[return-value]
