@@ -23,9 +23,6 @@ if TYPE_CHECKING:
     from .model import Codec
 
 
-# A stream's arrays are MLX's or numpy's throughout, as its input decides.
-
-
 class Stage(Protocol):
     """One incremental layer: ``push`` the next input, get the outputs now final."""
 
@@ -34,6 +31,7 @@ class Stage(Protocol):
     def flush(self) -> Array | None: ...
 
 
+# A stream's arrays are MLX's or numpy's throughout, as its input decides.
 def _zeros(like: Array, shape: tuple[int, ...]) -> Array:
     return np.zeros(shape, np.float32) if isinstance(like, np.ndarray) else mx.zeros(shape)
 
