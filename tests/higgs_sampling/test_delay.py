@@ -4,7 +4,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from higgs_sampling import apply_delay, build_delay_pattern, default_delays, revert_delay
+from higgs_sampling import (
+    CodeColumns,
+    apply_delay,
+    build_delay_pattern,
+    default_delays,
+    revert_delay,
+)
 
 
 @st.composite
@@ -96,3 +102,44 @@ def test_bad_delays_are_rejected():
         apply_delay(x, [0, -1, 2], lead=0, trail=0)
     with pytest.raises(ValueError, match="fewer than the largest delay"):
         revert_delay(x[:, :1], [0, 1, 2])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 8),
+    st.integers(0, 40),
+    st.integers(0, 2**31 - 1),
+    st.sampled_from(["budget", "eos", "unknown"]),
+)
+def test_code_columns_hand_out_the_releases_columns_as_soon_as_they_are_final(
+    K, extra, seed, ending
+):
+    rng = np.random.default_rng(seed)
+    delays = default_delays(K) if seed % 2 else list(rng.integers(0, 6, K))
+    D = max(delays)
+    F = D + 2 + extra  # frames, the synthetic BOS frame first
+    frames = mx.array(rng.integers(0, 1026, (K, F)).astype(np.int32))
+    # The release keeps [:, 1:-1] of the reverted stream, BOS/EOS values clipped.
+    want = np.clip(np.array(revert_delay(frames, delays))[:, 1:-1], 0, 1023)
+    # The end is known from the start (a budget), from some frame on (an EOS ramp), or
+    # only once the stream is over; takes ask for 1 to 4 columns at a time.
+    known_from = {"budget": 0, "eos": int(rng.integers(0, F)), "unknown": F}[ending]
+    columns = CodeColumns(K, 1024, delays)
+    got = []
+    for f in range(F):
+        columns.push(frames[:, f])
+        if f >= known_from:
+            columns.last_frame = F - 1
+        final = f - D  # the newest final column
+        while (cols := columns.take(int(rng.integers(1, 5)))) is not None:
+            got.append(np.array(cols))
+        if (rest := columns.take()) is not None:  # what at_least left
+            got.append(np.array(rest))
+        # Every final column but BOS is out, except the newest while it may be the last.
+        expect = min(final, F - D - 2) if f >= known_from else final - 1
+        assert columns.sent == max(expect, 0)
+    columns.last_frame = F - 1
+    if (rest := columns.take()) is not None:
+        got.append(np.array(rest))
+    out = np.concatenate(got, axis=1) if got else np.zeros((K, 0), np.int32)
+    np.testing.assert_array_equal(out, want)

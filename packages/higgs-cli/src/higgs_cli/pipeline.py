@@ -444,9 +444,10 @@ class Higgs:
             columns = CodeColumns(self.num_codebooks, self.codec.codebook_size)
             columns.push(mx.full((self.num_codebooks,), self.model.config.audio_stream_bos_id))
 
-            def on_frames(frames, n, i=i, m=max_frames, s=audio_seconds, columns=columns):
+            def on_frames(frames, n, last, i=i, m=max_frames, s=audio_seconds, columns=columns):
                 for frame in frames:
                     columns.push(frame)
+                columns.last_frame = last  # so no final column waits to see if it is the last
                 if n // 5 > (n - len(frames)) // 5:
                     # Audio is the columns that are final (the delay ramp's frames are
                     # not yet audio), so the figure only grows, into the chunk's total.
@@ -472,6 +473,7 @@ class Higgs:
                 folder=self._prefix_folder(request),
                 warn=warn,
             )
+            columns.last_frame = res.num_frames  # whatever ended it
             if decoder and (rest := columns.take()) is not None:
                 push(rest)
             codes = np.array(res.codes, dtype=np.int32)  # on the host, for prompts and Speech
@@ -537,7 +539,8 @@ class Higgs:
         warn: Warn = _quiet,
     ) -> Work:
         """Generate one prompt's frames in ``batch``, waiting on it; hands each
-        step's new frames to ``on_frames(frames, count)``; returns the result.
+        step's new frames to ``on_frames(frames, count, last)`` (``last``: the
+        index of the stream's last frame as far as it is known); returns the result.
 
         The prompt's constant beginning comes from the prefix cache (memory, then
         ``folder`` on disk) when it is there, and is kept there when it is not.
@@ -569,7 +572,7 @@ class Higgs:
                     self._keep_prefix(key, stream.prefix, folder, warn)
                     keep = 0
                 if on_frames and len(stream.frames) > handed:
-                    on_frames(stream.frames[handed:], len(stream.frames) - 1)
+                    on_frames(stream.frames[handed:], len(stream.frames) - 1, stream.end)
                 handed = max(handed, len(stream.frames))
                 if stream.finished:
                     return stream.result

@@ -100,25 +100,40 @@ class CodeColumns:
     first; :meth:`take` hands out the code columns ``[K, n]`` that no later
     frame can change, with the delay reverted and values clipped into
     ``0..codebook_size-1``. Like :meth:`FrameSampler.to_codes` (and the release,
-    which keeps ``[:, 1:-1]``), the BOS column is never handed out and the
-    newest final column is held back, since the stream's last column is
-    dropped whatever ended it. So the columns taken over a whole stream are
-    exactly ``to_codes`` of its frames.
+    which keeps ``[:, 1:-1]``), the BOS column is never handed out, nor the
+    stream's last column, whatever ended it. So the columns taken over a whole
+    stream are exactly ``to_codes`` of its frames.
+
+    The last column is the one its last frame makes final. Until ``last_frame``
+    (that frame's index: the stream's budget, then its EOS column plus the
+    largest delay) is known, the newest final column is held back in case it is
+    the last; with it, each column goes out as soon as it is final.
     """
 
-    def __init__(self, num_codebooks: int, codebook_size: int, delays: Sequence[int] | None = None):
+    def __init__(
+        self,
+        num_codebooks: int,
+        codebook_size: int,
+        delays: Sequence[int] | None = None,
+        last_frame: int | None = None,
+    ):
         self.delays = _check_delays(delays, num_codebooks)
         self.codebook_size = codebook_size
         self.frames: list[mx.array] = []
         self.sent = 0  # reverted columns 1..sent are handed out (column 0 is BOS)
+        self.last_frame = last_frame
 
     def push(self, frame: mx.array) -> None:
         self.frames.append(frame)
 
     @property
     def ready(self) -> int:
-        """The last column that can be handed out now (final, and not the newest final)."""
-        return len(self.frames) - max(self.delays) - 2
+        """The last column that can be handed out now (final, and not the stream's last)."""
+        D = max(self.delays)
+        final = len(self.frames) - D - 1
+        if self.last_frame is None:
+            return final - 1
+        return min(final, self.last_frame - D - 1)
 
     def take(self, at_least: int = 1) -> mx.array | None:
         """The next finished columns ``[K, n]``, once at least ``at_least`` are ready."""
