@@ -132,8 +132,7 @@ def main():
         f"at {per_frame * 1e3:.0f} ms (target: prefill + 12 frames = "
         f"{warm[0] + 12 * per_frame:.2f} s)\n"
         f"  the {warm[1]} frames: the stream decoder's {codec.stream_decoder().first_audio_frames} "
-        f"code columns of look-ahead, the delay pattern's 7, the BOS column and the held-back "
-        f"last column"
+        f"code columns of look-ahead, the delay pattern's 7 and the BOS column"
     )
 
 
