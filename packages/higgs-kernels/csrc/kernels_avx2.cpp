@@ -47,7 +47,7 @@ inline __m256 load8(const void* base, int64_t i) {
 
 // One bf16 row of x against bf16 rows of W, x read as bf16 (half the bytes of
 // an fp32 copy, so a long x still fits in L1 beside the weight stream). Each row
-// of W sums in the order of bf16_tile below (lane l takes k = l mod 8, in turn;
+// of W sums in the order of dense_tile below (lane l takes k = l mod 8, in turn;
 // then hsum), so a row of a batched call gets exactly what it gets alone: NB rows
 // of W at a time hide the one accumulator's FMA latency.
 template <int NB>
@@ -76,7 +76,7 @@ void gemv_bf16(const Weight& w, const uint16_t* x, int64_t n0, int64_t n1, float
   for (; n < n1; ++n) gemv_bf16_rows<1>(W, w.K, x, n, y);
 }
 
-// ---- dense weights, 2 to 16 rows of x: register tiles ----
+// ---- dense weights, any number of rows of x: register tiles ----
 //
 // A tile is RT (<= 4) rows of x by NB rows of W, RT * NB fp32 accumulators,
 // looping over the x rows inside each k step so that the NB rows of W (as
@@ -87,37 +87,13 @@ void gemv_bf16(const Weight& w, const uint16_t* x, int64_t n0, int64_t n1, float
 
 constexpr int64_t kBlockRows = 24;  // a multiple of every tile's NB
 
-// The tiles take columns [k0, k1) of W and x (rows at stride K) and add their
-// sums into y when `add`. Eight k at a time: each row of W widened once (one
-// register per row, so a 4 x 3 tile fits beside its 12 accumulators), every
-// accumulator one FMA per step. (Sixteen k per step from one 32-byte load
-// needs two registers per row and chains two FMAs per accumulator; it measured
-// 1.2-1.3x slower at 8 rows on Zen 3. So did freeing W's bf16 pairs with one
-// shift or one mask per eight values, x reordered to match: 1.15x slower.)
-template <int RT, int NB>
-inline void bf16_tile(const uint16_t* W, int64_t K, int64_t k0, int64_t k1, const float* x,
-                      int64_t n, float* y, int64_t ldy, bool add) {
-  __m256 acc[RT][NB];
-  for (int r = 0; r < RT; ++r)
-    for (int j = 0; j < NB; ++j) acc[r][j] = _mm256_setzero_ps();
-  int64_t k = k0;
-  for (; k + 8 <= k1; k += 8) {
-    __m256 wv[NB];
-    for (int j = 0; j < NB; ++j) wv[j] = load8<DType::BF16>(W, (n + j) * K + k);
-    for (int r = 0; r < RT; ++r) {
-      const __m256 xv = _mm256_loadu_ps(x + r * K + k);
-      for (int j = 0; j < NB; ++j) acc[r][j] = _mm256_fmadd_ps(xv, wv[j], acc[r][j]);
-    }
-  }
-  for (int r = 0; r < RT; ++r)
-    for (int j = 0; j < NB; ++j) {
-      float s = hsum(acc[r][j]);
-      for (int64_t t = k; t < k1; ++t) s += x[r * K + t] * bf16_to_f32(W[(n + j) * K + t]);
-      float& out = y[r * ldy + n + j];
-      out = add ? out + s : s;
-    }
-}
-
+// A tile takes columns [k0, k1) of W and x (rows at stride K) and adds its sums
+// into y when `add`. Eight k at a time: each row of W widened once (one register
+// per row, so a 4 x 3 tile fits beside its 12 accumulators), every accumulator
+// one FMA per step. (For bf16 W, sixteen k per step from one 32-byte load needs
+// two registers per row and chains two FMAs per accumulator; it measured 1.2-1.3x
+// slower at 8 rows on Zen 3. So did freeing W's bf16 pairs with one shift or one
+// mask per eight values, x reordered to match: 1.15x slower.)
 template <DType T, int RT, int NB>
 inline void dense_tile(const void* W, int64_t K, int64_t k0, int64_t k1, const float* x,
                        int64_t n, float* y, int64_t ldy, bool add) {
@@ -146,19 +122,11 @@ inline void dense_tile(const void* W, int64_t K, int64_t k0, int64_t k1, const f
 template <DType T, int RT>
 inline void dense_group(const Weight& w, int64_t k0, int64_t k1, const float* x, int64_t n0,
                         int64_t n1, float* y, int64_t ldy, bool add) {
-  if constexpr (T == DType::BF16) {
-    // Registers: RT * NB accumulators + NB weights + one x, at most 16.
-    constexpr int NB = RT >= 3 ? 3 : RT == 2 ? 4 : 6;
-    const auto* W = static_cast<const uint16_t*>(w.data);
-    int64_t n = n0;
-    for (; n + NB <= n1; n += NB) bf16_tile<RT, NB>(W, w.K, k0, k1, x, n, y, ldy, add);
-    for (; n < n1; ++n) bf16_tile<RT, 1>(W, w.K, k0, k1, x, n, y, ldy, add);
-  } else {
-    constexpr int NB = RT >= 3 ? 3 : RT == 2 ? 4 : 6;
-    int64_t n = n0;
-    for (; n + NB <= n1; n += NB) dense_tile<T, RT, NB>(w.data, w.K, k0, k1, x, n, y, ldy, add);
-    for (; n < n1; ++n) dense_tile<T, RT, 1>(w.data, w.K, k0, k1, x, n, y, ldy, add);
-  }
+  // Registers: RT * NB accumulators + NB weights + one x, at most 16.
+  constexpr int NB = RT >= 3 ? 3 : RT == 2 ? 4 : 6;
+  int64_t n = n0;
+  for (; n + NB <= n1; n += NB) dense_tile<T, RT, NB>(w.data, w.K, k0, k1, x, n, y, ldy, add);
+  for (; n < n1; ++n) dense_tile<T, RT, 1>(w.data, w.K, k0, k1, x, n, y, ldy, add);
 }
 
 // The multi-row drivers' shared loop: W rows [n0, n1) in blocks of `block` rows,
