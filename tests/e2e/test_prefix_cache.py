@@ -87,10 +87,21 @@ def test_the_memory_cache_is_bounded_in_bytes():
     cache = PrefixCache(max_bytes=3 * prefix(10).nbytes)
     for i in range(5):
         cache.put(f"k{i}", prefix(10))
-    assert len(cache) == 3 and cache.nbytes <= cache.max_bytes
+    size = prefix(10).nbytes
+    assert len(cache) == 3 and cache.nbytes == 3 * size == cache.max_bytes
+    cache.put("k4", prefix(10))  # again under its key: replaced, not counted twice
+    assert len(cache) == 3 and cache.nbytes == 3 * size
     assert cache.get("k0") is None and cache.get("k4") is not None
     cache.get("k2")  # used: k3 is now the oldest
     cache.put("k5", prefix(10))
     assert cache.get("k3") is None and cache.get("k2") is not None
     cache.put("huge", prefix(100))  # bigger than the whole cache: not kept
     assert cache.get("huge") is None
+    assert cache.stats() == {
+        "entries": 3,
+        "bytes": 3 * size,
+        "max_bytes": 3 * size,
+        "hits": 3,
+        "misses": 3,
+        "loaded": 0,
+    }

@@ -59,6 +59,25 @@ def test_health_models_and_voices(app_tts):
         assert {"en_woman", "en_man", "en_man_deep"} <= names
 
 
+def test_health_reports_the_batch_and_the_voice_prefix_cache(app_tts, steer):
+    steer(100)  # so the built-in voice gets pinned, and its prefix kept
+    body = {"input": "Good morning.", "voice": "en_woman", "response_format": "pcm", "seed": 1}
+    with client(app_tts, max_batch=3) as c:
+        health = [c.get("/health").json()]
+        for _ in range(2):
+            assert c.post(SPEECH, json=body).status_code == 200
+            health.append(c.get("/health").json())
+    assert health[0]["max_batch"] == 3
+    assert all(h["running"] == 0 and h["queued"] == 0 for h in health)
+    before, first, second = (h["prefix_cache"] for h in health)
+    # the first request computed the voice's prefix (pinning the voice made one more)
+    assert first["misses"] > before["misses"] and first["loaded"] == before["loaded"]
+    assert first["entries"] >= 1 and 0 < first["bytes"] <= first["max_bytes"]
+    # the second took it from memory
+    assert second["hits"] == first["hits"] + 1 and second["misses"] == first["misses"]
+    assert second["entries"] == first["entries"] and second["bytes"] == first["bytes"]
+
+
 @pytest.mark.parametrize(
     "fmt, check",
     [
@@ -455,6 +474,11 @@ def test_a_client_that_leaves_takes_only_its_own_row(app_tts):
         for t in threads:
             t.join(60)
         assert left.is_set()
+        # The row goes at the frame after the server sees the hang-up, which may
+        # come after the others have finished.
+        deadline = time.monotonic() + 30
+        while c.get("/health").json()["queued"] and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert c.get("/health").json()["queued"] == 0
     assert got == want
 

@@ -601,6 +601,7 @@ class Higgs:
             warn(f"the stored prefix {path.name} of voice {folder.name!r} is {e}; making it again")
             path.unlink(missing_ok=True)
             return None
+        self.prefixes.loaded += 1
         self.prefixes.put(key, prefix)
         return prefix
 

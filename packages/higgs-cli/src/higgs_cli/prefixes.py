@@ -50,16 +50,18 @@ def prefix_key(identity: str, ids: np.ndarray, audio: np.ndarray | None) -> str:
 
 
 class PrefixCache:
-    """Prefixes by key, least recently used dropped first, at most ``max_bytes``."""
+    """Prefixes by key, least recently used dropped first, at most ``max_bytes``.
+
+    Counted for a server's health report, which another thread reads: ``hits`` and
+    ``misses`` in memory, and ``loaded``, the misses read back from a voice's store
+    (the rest were computed).
+    """
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max(int(max_bytes), 0)
         self._items: OrderedDict[str, Prefix] = OrderedDict()
-        self.hits = self.misses = 0
-
-    @property
-    def nbytes(self) -> int:
-        return sum(p.nbytes for p in self._items.values())
+        self.nbytes = 0  # kept as items come and go: a reader never walks the dict
+        self.hits = self.misses = self.loaded = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -76,12 +78,23 @@ class PrefixCache:
     def put(self, key: str, prefix: Prefix):
         if prefix.nbytes > self.max_bytes:
             return
+        if (old := self._items.pop(key, None)) is not None:
+            self.nbytes -= old.nbytes
         self._items[key] = prefix
-        self._items.move_to_end(key)
-        total = self.nbytes
-        while total > self.max_bytes:
+        self.nbytes += prefix.nbytes
+        while self.nbytes > self.max_bytes:
             _, dropped = self._items.popitem(last=False)
-            total -= dropped.nbytes
+            self.nbytes -= dropped.nbytes
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "entries": len(self._items),
+            "bytes": self.nbytes,
+            "max_bytes": self.max_bytes,
+            "hits": self.hits,
+            "misses": self.misses,
+            "loaded": self.loaded,
+        }
 
 
 def save_prefix(path: Path, key: str, prefix: Prefix):

@@ -1,9 +1,10 @@
 """`higgs serve`: OpenAI's speech API over the pipeline, for many clients and one model.
 
-Generation runs on one worker thread, one request at a time in arrival order
-(the model and the device are shared); a bounded queue turns excess requests
-away with 429. Streamed responses send audio while frames are still being
-generated, and a client that goes away cancels its generation.
+Generation runs on one worker thread that owns the model: up to ``max_batch``
+requests are decoded together, joining and leaving the batch at frame boundaries
+(``max_batch`` 1: one at a time, in arrival order); a bounded queue turns excess
+requests away with 429. Streamed responses send audio while frames are still
+being generated, and a client that goes away cancels only its own row.
 """
 
 import asyncio
@@ -159,7 +160,8 @@ class Worker:
         self.tts = tts
         self.max_queue = max_queue
         self.max_batch = max_batch
-        self.pending = 0
+        self.pending = 0  # accepted and not yet finished: waiting or running
+        self.running = 0  # rows in the batch now
         self._lock = threading.Lock()
         self._jobs: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="higgs-worker", daemon=True)
@@ -197,6 +199,7 @@ class Worker:
                         return
                     job.started = time.monotonic()
                     running[job] = runner.add(self._work(job, runner.batch))
+                    self.running = len(running)
                     job = self._jobs.get_nowait()
             except queue.Empty:
                 pass
@@ -207,6 +210,7 @@ class Worker:
             for job, work in list(running.items()):
                 if work.done:
                     del running[job]
+                    self.running = len(running)
                     job.emit(work.error if work.error is not None else _DONE)
                     with self._lock:
                         self.pending -= 1
@@ -576,8 +580,19 @@ async def models(request: Request):
 
 
 async def health(request: Request):
+    """Liveness, and what an operator watches: requests accepted and not finished
+    (``queued``, those decoding included), rows decoding now, and the voice-prefix
+    cache (its hit rate is the share of voice prompts not computed again)."""
     worker = request.app.state.worker
-    return JSONResponse({"status": "ok", "queued": worker.pending})
+    return JSONResponse(
+        {
+            "status": "ok",
+            "queued": worker.pending,
+            "running": worker.running,
+            "max_batch": worker.max_batch,
+            "prefix_cache": request.app.state.tts.prefixes.stats(),
+        }
+    )
 
 
 def handled(endpoint):
