@@ -100,8 +100,15 @@ inline void dense_tile(const void* W, int64_t K, int64_t k0, int64_t k1, const f
   __m256 acc[RT][NB];
   for (int r = 0; r < RT; ++r)
     for (int j = 0; j < NB; ++j) acc[r][j] = _mm256_setzero_ps();
+  // The next tile's rows of W, a cache line of each per line of these: rows of a few
+  // KB are too short for the hardware prefetcher to get ahead of (one layer's shapes on
+  // one thread: 8 rows of x ~1.06x, 4 rows ~1.15x). Past W's end a prefetch does nothing.
+  constexpr int64_t SIZE = T == DType::F32 ? 4 : 2, LINE = 64 / SIZE;
+  const char* next = static_cast<const char*>(W) + (n + NB) * K * SIZE;
   int64_t k = k0;
   for (; k + 8 <= k1; k += 8) {
+    if (k % LINE == 0)
+      for (int j = 0; j < NB; ++j) _mm_prefetch(next + (j * K + k) * SIZE, _MM_HINT_T1);
     __m256 wv[NB];
     for (int j = 0; j < NB; ++j) wv[j] = load8<T>(W, (n + j) * K + k);
     for (int r = 0; r < RT; ++r) {
