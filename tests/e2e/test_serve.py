@@ -21,7 +21,8 @@ from click.testing import CliRunner
 from starlette.testclient import TestClient
 
 from higgs_cli.main import cli
-from higgs_cli.serve import Limits, create_app
+from higgs_cli.serve import Limits, capacity, create_app
+from higgs_cli.settings import Settings
 from higgs_cli.voices import VoiceStore
 
 SPEECH = "/v1/audio/speech"
@@ -386,8 +387,23 @@ def server(home, tmp_path):
     log.close()
 
 
+def test_the_kv_cache_a_batch_may_take_is_stated_and_too_much_is_warned_of(tts):
+    per_position = tts.model.kv_bytes_per_position
+    positions = tts.max_row_positions(Settings())
+    # the longest recording, two chunks of context and the chunk spoken, at their budgets
+    assert positions > (3 * tts.chunk_frames("word " * 60) + 30 * tts.frame_rate)
+    [line] = capacity(tts, 8, memory=None)
+    assert f"{per_position / 1024:,.1f} KB a position" in line
+    assert f"8 at once of the longest (~{positions:,} positions each)" in line
+    assert f"{8 * positions * per_position / 1e9:.2f} GB" in line
+    line, warning = capacity(tts, 8, memory=2**20)
+    assert warning.startswith("warning:") and "lower --max-batch" in warning
+    assert capacity(tts, 1, memory=2**50)[1:] == []
+
+
 def test_real_server_speaks_streams_and_cancels(server):
     url, log_path = server
+    assert "higgs: KV cache:" in log_path.read_text()
     with httpx.Client(base_url=url, timeout=60) as c:
         assert c.get("/health").json()["status"] == "ok"
         r = c.post(SPEECH, json={"input": "Good morning.", "response_format": "flac"})

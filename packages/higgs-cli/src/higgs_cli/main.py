@@ -1105,7 +1105,7 @@ def serve(
     import uvicorn
 
     from higgs_cli.pipeline import Higgs
-    from higgs_cli.serve import Limits, create_app
+    from higgs_cli.serve import Limits, capacity, create_app, device_memory
 
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         try:  # before the model loads: a port in use is one line, not a traceback
@@ -1128,6 +1128,8 @@ def serve(
         write_timeout=stream_timeout,
     )
     app = create_app(tts, model_id=Path(str(model)).name, limits=limits)
+    for line in capacity(tts, max_batch, device_memory()):
+        click.echo(f"higgs: {line}", err=True)
     click.echo(f"higgs: serving {model} on http://{host}:{port}", err=True)
     # No ASGI lifespan: a forced stop would cancel it mid-way (an asyncio traceback);
     # the worker is closed here instead, once the server has stopped.

@@ -75,6 +75,10 @@ BASE_SECONDS, WORD_SECONDS, EVENT_SECONDS, EVENT_FRAMES_CAP = 5.0, 1.0, 20.0, 20
 # otherwise the next seed is tried, this many times in all.
 PIN_ATTEMPTS, PIN_SECONDS = 4, (2.0, 12.0)
 
+# For the most positions a row can hold: a text turn's tokens at most, per word and
+# of markup (English takes ~1.3 a word), and the system turn with a scene.
+TURN_TOKENS_PER_WORD, TURN_TOKENS, SYSTEM_TOKENS = 3, 16, 256
+
 Warn = Callable[[str], None]
 
 
@@ -389,6 +393,17 @@ class Higgs:
         if job.error is not None:
             raise job.error
         return job.result
+
+    def max_row_positions(self, settings: Settings, voices: int = 1) -> int:
+        """About the most positions one request's row holds at once: the system turn,
+        ``voices`` references of the longest recording taken with their transcripts,
+        then the chunks replayed as context and the one being spoken, each at its
+        frame budget (which the model seldom reaches)."""
+        words = settings.chunk_words
+        turn = TURN_TOKENS + TURN_TOKENS_PER_WORD * words
+        chunk = turn + self.chunk_frames(" ".join(["word"] * words))
+        ref = turn + int(self.max_ref_seconds * self.frame_rate)
+        return SYSTEM_TOKENS + voices * ref + (settings.context_chunks + 1) * chunk
 
     def chunk_frames(self, text: str) -> int:
         """A chunk's frame budget: time for its words, and for its sound events."""

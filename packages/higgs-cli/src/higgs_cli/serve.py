@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import queue
 import tempfile
 import threading
@@ -61,6 +62,43 @@ class Limits:
     write_timeout: float = (
         30.0  # seconds a streamed response may wait on a client that reads nothing
     )
+
+
+def device_memory() -> int | None:
+    """Bytes of memory the model's device has: the GPU's (Metal, CUDA), else the
+    machine's (the CPU backend); None where neither is known."""
+    import mlx.core as mx
+
+    size = mx.device_info().get("memory_size")
+    if isinstance(size, int) and size > 0:
+        return size
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def capacity(tts, max_batch: int, memory: int | None) -> list[str]:
+    """What ``max_batch`` rows may hold in KV cache at most, as start-up lines: one
+    that says it, and a warning where that and the weights outgrow ``memory``."""
+    from mlx.utils import tree_reduce
+
+    per_position = tts.model.kv_bytes_per_position
+    positions = tts.max_row_positions(Settings())
+    kv = max_batch * positions * per_position
+    lines = [
+        f"KV cache: {per_position / 1024:,.1f} KB a position per request; "
+        f"{max_batch} at once of the longest (~{positions:,} positions each) "
+        f"take up to {kv / 1e9:.2f} GB"
+    ]
+    weights = tree_reduce(lambda total, v: total + v.nbytes, tts.model.parameters(), 0)
+    if memory and weights + kv > memory:
+        lines.append(
+            f"warning: the model ({weights / 1e9:.1f} GB) and that KV cache outgrow this "
+            f"device's {memory / 1e9:.1f} GB: long requests at a full batch may run out of "
+            "memory; lower --max-batch"
+        )
+    return lines
 
 
 class StalledClient(Exception):

@@ -222,6 +222,14 @@ class HiggsAudioModel(nn.Module):
     def make_cache(self) -> list[KVCache]:
         return [KVCache() for _ in self.layers]
 
+    @property
+    def kv_bytes_per_position(self) -> int:
+        """What one position of one row holds in the KV cache: keys and values of
+        every layer, in the activations' type (the embeddings are never quantized)."""
+        c = self.config
+        size = self.audio_codebook_embeddings.weight.dtype.size
+        return 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * size
+
     # -- the public test hook ---------------------------------------------------
 
     def logits(self, input_ids, audio_ids=None) -> tuple[mx.array | None, mx.array]:
