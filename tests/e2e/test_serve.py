@@ -125,9 +125,11 @@ def test_streaming_sends_audio_before_generation_ends(app_tts, monkeypatch, capl
 
     def paced(request, batch, *, emit=None, **kw):
         def tap(pcm):
-            emit(pcm)
-            if "first audio generated" not in events:
+            first = "first audio generated" not in events
+            if first:  # noted before it is sent: the client may hear it at once
                 events.append("first audio generated")
+            emit(pcm)
+            if first:
                 gate.wait(10)  # generation holds here until the client has heard something
 
         speech = yield from real(request, batch, emit=tap if emit else None, **kw)
