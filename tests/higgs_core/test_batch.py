@@ -1,13 +1,16 @@
 """The batch contract: each stream's frames are those of its single-stream run
 (same prompt, settings and seed), whoever shares the batch, joins or leaves."""
 
+from pathlib import Path
+
 import mlx.core as mx
 import numpy as np
 import pytest
 
-from higgs_core import Batch, generate, make_prefix
+from higgs_core import Batch, generate, load_model, make_prefix
 from higgs_sampling import SamplingParams
 
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "core"
 K = 8
 GREEDY = SamplingParams(temperature=0, ras_window=0)
 SAMPLED = SamplingParams(temperature=1.0, top_k=50, top_p=0.95, ras_window=7)
@@ -37,6 +40,18 @@ def alone(model, ids, audio, i, max_frames):
 
 @pytest.mark.parametrize("max_batch", [1, 3, 8])
 def test_batched_streams_equal_their_single_runs(model, ref, max_batch):
+    check_batched_equal_alone(model, ref, max_batch)
+
+
+def test_on_stock_mlx_too(ref, monkeypatch):
+    # What Metal and CUDA run: MLX's own linear, attention and RoPE (no CPU kernels).
+    monkeypatch.setenv("HIGGS_KERNELS", "0")
+    stock = load_model(FIXTURES / "tiny-original-sharded", dtype=mx.float32)
+    assert stock.kernels.startswith("stock MLX")
+    check_batched_equal_alone(stock, ref, 3)
+
+
+def check_batched_equal_alone(model, ref, max_batch):
     budgets = [30, 18, 25, 40, 12]
     ps = prompts(ref)
     want = [alone(model, ids, audio, i, budgets[i]) for ids, audio, i in ps]
