@@ -79,6 +79,32 @@ def test_health_reports_the_batch_and_the_voice_prefix_cache(app_tts, steer):
     assert second["entries"] == first["entries"] and second["bytes"] == first["bytes"]
 
 
+def test_health_counts_the_rows_decoding(app_tts, monkeypatch, steer):
+    steer(100)  # audio leaves while the row is still decoding
+    gate, held = threading.Event(), threading.Event()
+    real = app_tts.job
+
+    def paced(request, batch, *, emit=None, **kw):
+        def tap(pcm):
+            emit(pcm)
+            held.set()
+            gate.wait(10)  # the worker holds here, its row in the batch, while health is read
+
+        return (yield from real(request, batch, emit=tap if emit else None, **kw))
+
+    monkeypatch.setattr(app_tts, "job", paced)
+    body = {"input": "Good morning. How are you?", "response_format": "pcm", "stream": True}
+    with client(app_tts, max_batch=2) as c:
+        with c.stream("POST", SPEECH, json=body) as r:
+            assert r.status_code == 200 and held.wait(30)
+            during = c.get("/health").json()
+            gate.set()
+            b"".join(r.iter_bytes())
+        after = c.get("/health").json()
+    assert during["running"] == 1 and during["queued"] == 1
+    assert after["running"] == 0 and after["queued"] == 0
+
+
 @pytest.mark.parametrize(
     "fmt, check",
     [

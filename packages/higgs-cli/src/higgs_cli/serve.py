@@ -199,7 +199,7 @@ class Worker:
         self.max_queue = max_queue
         self.max_batch = max_batch
         self.pending = 0  # accepted and not yet finished: waiting or running
-        self.running = 0  # rows in the batch now
+        self.running = 0  # rows decoding in the batch now (at most max_batch)
         self._lock = threading.Lock()
         self._jobs: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="higgs-worker", daemon=True)
@@ -237,7 +237,6 @@ class Worker:
                         return
                     job.started = time.monotonic()
                     running[job] = runner.add(self._work(job, runner.batch))
-                    self.running = len(running)
                     job = self._jobs.get_nowait()
             except queue.Empty:
                 pass
@@ -245,10 +244,10 @@ class Worker:
                 if (why := job.overdue()) is not None:
                     work.cancel(why)
             runner.tick()
+            self.running = runner.batch.running  # the rest wait for a row, or between chunks
             for job, work in list(running.items()):
                 if work.done:
                     del running[job]
-                    self.running = len(running)
                     job.emit(work.error if work.error is not None else _DONE)
                     with self._lock:
                         self.pending -= 1
