@@ -394,16 +394,16 @@ class Higgs:
             raise job.error
         return job.result
 
-    def max_row_positions(self, settings: Settings, voices: int = 1) -> int:
+    def max_row_positions(self, settings: Settings) -> int:
         """About the most positions one request's row holds at once: the system turn,
-        ``voices`` references of the longest recording taken with their transcripts,
-        then the chunks replayed as context and the one being spoken, each at its
-        frame budget (which the model seldom reaches)."""
+        a reference of the longest recording taken with its transcript (a served
+        request has one voice), then the chunks replayed as context and the one being
+        spoken, each at its frame budget (which the model seldom reaches)."""
         words = settings.chunk_words
         turn = TURN_TOKENS + TURN_TOKENS_PER_WORD * words
         chunk = turn + self.chunk_frames(" ".join(["word"] * words))
         ref = turn + int(self.max_ref_seconds * self.frame_rate)
-        return SYSTEM_TOKENS + voices * ref + (settings.context_chunks + 1) * chunk
+        return SYSTEM_TOKENS + ref + (settings.context_chunks + 1) * chunk
 
     def chunk_frames(self, text: str) -> int:
         """A chunk's frame budget: time for its words, and for its sound events."""

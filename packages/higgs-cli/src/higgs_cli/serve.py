@@ -81,7 +81,7 @@ def device_memory() -> int | None:
 def capacity(tts, max_batch: int, memory: int | None) -> list[str]:
     """What ``max_batch`` rows may hold in KV cache at most, as start-up lines: one
     that says it, and a warning where that and the weights outgrow ``memory``."""
-    from mlx.utils import tree_reduce
+    from higgs_core.loading import named_arrays
 
     per_position = tts.model.kv_bytes_per_position
     positions = tts.max_row_positions(Settings())
@@ -91,7 +91,7 @@ def capacity(tts, max_batch: int, memory: int | None) -> list[str]:
         f"{max_batch} at once of the longest (~{positions:,} positions each) "
         f"take up to {kv / 1e9:.2f} GB"
     ]
-    weights = tree_reduce(lambda total, v: total + v.nbytes, tts.model.parameters(), 0)
+    weights = sum(v.nbytes for _, v in named_arrays(tts.model))
     if memory and weights + kv > memory:
         lines.append(
             f"warning: the model ({weights / 1e9:.1f} GB) and that KV cache outgrow this "
