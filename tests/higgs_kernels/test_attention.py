@@ -295,3 +295,49 @@ def test_bad_input_is_one_clear_error():
         attention(q, k, v[..., :32], scale=0.1)
     with pytest.raises(ValueError, match="unknown attention path"):
         hk._ext.set_attention_path("fast")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "bf16", "f16"])
+def test_rows_over_their_own_caches_equal_each_row_alone(dtype):
+    """A decode batch in one op: row b of q over its own cache views (lengths from
+    one key to several split ranges) equals attention on that row alone, bit for
+    bit, and meets the float64 bound; so does a thread count of 1."""
+    lengths = [1, 37, 300, 700, 64, 1500]
+    q = mx.random.normal((len(lengths), 6, 1, 128), key=mx.random.key(8)).astype(dtype)
+    views = [cache_views(1, 2, L, 128, dtype, seed=L)[:2] for L in lengths]
+    keys, values = [k for k, _ in views], [v for _, v in views]
+    got = hk.attention_rows(q, keys, values, scale=0.09)
+    assert got.shape == q.shape and got.dtype == dtype
+    for b, (k, v) in enumerate(views):
+        alone = hk.attention(q[b : b + 1], k, v, scale=0.09)
+        assert mx.array_equal(got[b : b + 1], alone), b
+        ref, bound = reference(q[b : b + 1], k, v, 0.09, False)
+        check(got[b : b + 1], ref, bound, dtype, f"row {b}, {lengths[b]} keys")
+    hk.set_threads(1)
+    assert mx.array_equal(hk.attention_rows(q, keys, values, scale=0.09), got)
+
+
+def test_rows_with_more_queries_take_the_prefill_path_each():
+    q, k, v = inputs(2, 2, 3, 70, 90, 64, mx.float32, seed=6)
+    keys, values = [k[:1], k[1:, :, :50]], [v[:1], v[1:, :, :50]]
+    got = hk.attention_rows(q, keys, values, scale=0.1, causal=True)
+    for b in range(2):
+        alone = hk.attention(q[b : b + 1], keys[b], values[b], scale=0.1, causal=True)
+        assert mx.array_equal(got[b : b + 1], alone), b
+
+
+def test_rows_bad_input_is_one_clear_error():
+    q, k, v = inputs(2, 2, 3, 1, 5, 64, mx.float32, seed=4)
+    rows = hk._ext.attention_rows
+    with pytest.raises(ValueError, match="one k and one v per row"):
+        hk.attention_rows(q, [k[:1]], [v[:1]], scale=0.1)
+    with pytest.raises(ValueError, match="one k and one v per row"):
+        rows(q, [k[:1]], [v[:1], v[1:]], scale=0.1)
+    with pytest.raises(ValueError, match="must be a 4-D float array"):
+        rows(q[0], [k[:1], k[1:]], [v[:1], v[1:]], scale=0.1)
+    with pytest.raises(ValueError, match=r"row 1: .* do not fit"):
+        rows(q, [k[:1], k[1:, :, :, :32]], [v[:1], v[1:]], scale=0.1)
+    with pytest.raises(ValueError, match=r"row 0: .* do not fit"):
+        rows(q, [k, k[1:]], [v, v[1:]], scale=0.1)
+    with pytest.raises(ValueError, match=r"row 0: .* do not fit"):
+        rows(q, [k[:1].astype(mx.float16), k[1:]], [v[:1], v[1:]], scale=0.1)

@@ -97,6 +97,34 @@ def test_matches_mlx_fast_rope_and_works_on_views_and_in_compile():
 def test_bad_arguments_fail_clearly():
     x = mx.random.normal((1, 2, 3, 8))
     with pytest.raises(ValueError, match="dims must be even"):
-        hk._ext.rope(x, 7, freqs=mx.ones((3,)), offset=0)
+        hk._ext.rope(x, 7, freqs=mx.ones((3,)), offsets=[0])
     with pytest.raises(ValueError, match="float32 freqs"):
-        hk._ext.rope(x, 8, freqs=mx.ones((3,)), offset=0)
+        hk._ext.rope(x, 8, freqs=mx.ones((3,)), offsets=[0])
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
+def test_one_offset_per_row_rotates_each_row_as_alone(dtype):
+    """A decode batch's rows stand at their own positions: one call with an offset
+    per row gives each row exactly its call alone, and each the float64 bound."""
+    freqs = llama3_freqs(128)
+    x = mx.random.normal((5, 24, 1, 128), key=mx.random.key(3)).astype(dtype)
+    offsets = [0, 1537, 7, 9000, 64]
+    got = hk.rope(x, 128, freqs=mx.array(freqs), offset=offsets)
+    for b, offset in enumerate(offsets):
+        alone = hk.rope(x[b : b + 1], 128, freqs=mx.array(freqs), offset=offset)
+        assert mx.array_equal(got[b : b + 1], alone), b
+        want, theta, mag = reference(x[b : b + 1], 128, freqs, offset, 1.0)
+        err = np.abs(np.array(got[b : b + 1].astype(mx.float32)) - want)
+        bound = HALF_ULP[dtype] * np.abs(want) + 1e-6 * mag * (1 + np.concatenate([theta] * 2, -1))
+        assert (err <= bound + 1e-30).all(), b
+
+
+def test_a_wrong_number_of_offsets_is_one_clear_error():
+    x = mx.random.normal((3, 2, 1, 8))
+    freqs = mx.ones((4,))
+    with pytest.raises(ValueError, match="one offset per index"):
+        hk.rope(x, 8, freqs=freqs, offset=[1, 2])
+    with pytest.raises(ValueError, match="one offset, or one per index"):
+        hk._ext.rope(x, 8, freqs=freqs, offsets=[1, 2])
+    with pytest.raises(ValueError, match="one offset, or one per index"):
+        hk._ext.rope(x, 8, freqs=freqs, offsets=[])

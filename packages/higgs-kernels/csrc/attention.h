@@ -74,6 +74,11 @@ void store_row(const AttnArgs& a, int64_t b, int64_t kvh, int64_t r, const float
 // the instruction set isa() names.
 void attention(const AttnArgs& a);
 
+// n independent calls (each row of a decode batch over its own KV cache), each
+// with exactly the result attention() gives it alone; their decode work runs as
+// one job on the pool.
+void attention_rows(const AttnArgs* calls, int n);
+
 // Testing aid: "auto", or force "decode" (keys split and merged) or "prefill".
 void set_attention_path(const char* name);
 

@@ -4,6 +4,7 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/variant.h>
+#include <nanobind/stl/vector.h>
 
 #include <cstring>
 #include <sstream>
@@ -141,6 +142,18 @@ class HiggsLinear : public CpuPrimitive {
   int bits_;
 };
 
+// Batch, head and position axes at any stride (a KV cache's view of a larger
+// buffer reads in place); only a strided last axis is copied, into `buf`.
+const void* attention_operand(const mx::array& a, std::vector<char>& buf, int64_t* strides) {
+  if (a.shape(3) > 1 && a.strides()[3] != 1) {
+    const int64_t d = a.shape(3), l = a.shape(2), h = a.shape(1);
+    strides[0] = h * l * d, strides[1] = l * d, strides[2] = d;
+    return row_major(a, buf);
+  }
+  for (int ax = 0; ax < 3; ++ax) strides[ax] = a.strides()[ax];
+  return a.data<void>();
+}
+
 // softmax(q k^T * scale [+ causal mask]) v over q [B, Hq, Lq, D], k and v
 // [B, Hkv, Lk, D]; see attention.h.
 class HiggsAttention : public CpuPrimitive {
@@ -152,24 +165,11 @@ class HiggsAttention : public CpuPrimitive {
     enqueue(inputs, out, [inputs, scale = scale_, causal = causal_](mx::array& out) {
       hk::AttnArgs args{};
       std::vector<char> bufs[3];
-      const void* ptr[3];
-      int64_t* strides[3] = {args.qs, args.ks, args.vs};
-      for (int i = 0; i < 3; ++i) {
-        const mx::array& a = inputs[i];
-        // Batch, head and position axes at any stride (a KV cache's view of a
-        // larger buffer reads in place); only a strided last axis is copied.
-        if (a.shape(3) > 1 && a.strides()[3] != 1) {
-          ptr[i] = row_major(a, bufs[i]);
-          const int64_t d = a.shape(3), l = a.shape(2), h = a.shape(1);
-          strides[i][0] = h * l * d, strides[i][1] = l * d, strides[i][2] = d;
-        } else {
-          ptr[i] = a.data<void>();
-          for (int ax = 0; ax < 3; ++ax) strides[i][ax] = a.strides()[ax];
-        }
-      }
+      args.q = attention_operand(inputs[0], bufs[0], args.qs);
+      args.k = attention_operand(inputs[1], bufs[1], args.ks);
+      args.v = attention_operand(inputs[2], bufs[2], args.vs);
       const mx::array& q = inputs[0];
       const mx::array& k = inputs[1];
-      args.q = ptr[0], args.k = ptr[1], args.v = ptr[2];
       args.out = out.data<void>();
       args.dtype = kernel_dtype(q.dtype());
       args.B = q.shape(0), args.Hq = q.shape(1), args.Lq = q.shape(2), args.D = q.shape(3);
@@ -186,6 +186,55 @@ class HiggsAttention : public CpuPrimitive {
 
   bool is_equivalent(const mx::Primitive& other) const override {
     auto& o = static_cast<const HiggsAttention&>(other);
+    return scale_ == o.scale_ && causal_ == o.causal_;
+  }
+
+ private:
+  float scale_;
+  bool causal_;
+};
+
+// Row b of q [B, Hq, Lq, D] over its own k_b and v_b [1, Hkv, Lk_b, D] (inputs q,
+// k_0, v_0, k_1, v_1, ...): a decode batch whose rows' caches differ in length, in
+// one op, each row as HiggsAttention computes it alone.
+class HiggsAttentionRows : public CpuPrimitive {
+ public:
+  HiggsAttentionRows(mx::Stream stream, float scale, bool causal)
+      : CpuPrimitive(stream), scale_(scale), causal_(causal) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
+    enqueue(inputs, out, [inputs, scale = scale_, causal = causal_](mx::array& out) {
+      const mx::array& q = inputs[0];
+      const int64_t B = q.shape(0);
+      std::vector<hk::AttnArgs> calls(B);
+      std::vector<std::vector<char>> bufs(2 * B + 1);
+      int64_t qs[3];
+      const char* qp = static_cast<const char*>(attention_operand(q, bufs[0], qs));
+      const int64_t row = int64_t(q.shape(1)) * q.shape(2) * q.shape(3) * q.itemsize();
+      for (int64_t b = 0; b < B; ++b) {
+        hk::AttnArgs& a = calls[b];
+        const mx::array& k = inputs[1 + 2 * b];
+        a.q = qp + qs[0] * q.itemsize() * b;
+        for (int ax = 0; ax < 3; ++ax) a.qs[ax] = qs[ax];
+        a.k = attention_operand(k, bufs[1 + 2 * b], a.ks);
+        a.v = attention_operand(inputs[2 + 2 * b], bufs[2 + 2 * b], a.vs);
+        a.out = out.data<char>() + row * b;
+        a.dtype = kernel_dtype(q.dtype());
+        a.B = 1, a.Hq = q.shape(1), a.Lq = q.shape(2), a.D = q.shape(3);
+        a.Hkv = k.shape(1), a.Lk = k.shape(2);
+        a.scale = scale;
+        a.causal = causal;
+      }
+      hk::attention_rows(calls.data(), int(B));
+    });
+  }
+
+  const char* name() const override {
+    return "HiggsAttentionRows";
+  }
+
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto& o = static_cast<const HiggsAttentionRows&>(other);
     return scale_ == o.scale_ && causal_ == o.causal_;
   }
 
@@ -219,15 +268,17 @@ class HiggsSwiglu : public CpuPrimitive {
 };
 
 // Rotary embedding with given frequencies (mx.fast.rope's `freqs`, rotate-half
-// layout): MLX's CPU backend runs it as a dozen separate ops, ~60 us a call.
+// layout): MLX's CPU backend runs it as a dozen separate ops, ~60 us a call. One
+// offset for all of x, or one per index of its first axis (a decode batch whose
+// rows stand at different positions), each slice as it would be alone.
 class HiggsRope : public CpuPrimitive {
  public:
-  HiggsRope(mx::Stream stream, int dims, int64_t offset, float scale)
-      : CpuPrimitive(stream), dims_(dims), offset_(offset), scale_(scale) {}
+  HiggsRope(mx::Stream stream, int dims, std::vector<int64_t> offsets, float scale)
+      : CpuPrimitive(stream), dims_(dims), offsets_(std::move(offsets)), scale_(scale) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     enqueue(inputs, out,
-            [inputs, dims = dims_, offset = offset_, scale = scale_](mx::array& out) {
+            [inputs, dims = dims_, offsets = offsets_, scale = scale_](mx::array& out) {
       std::vector<char> bufs[2];
       const mx::array& x = inputs[0];
       const void* xp = row_major(x, bufs[0]);
@@ -236,8 +287,11 @@ class HiggsRope : public CpuPrimitive {
       for (int i = 0; i < dims / 2; ++i) inv[i] = 1.0f / freqs[i];
       const int64_t D = x.shape(-1), L = x.ndim() >= 2 ? x.shape(-2) : 1;
       const int64_t rows = L * D == 0 ? 0 : int64_t(x.size()) / (L * D);
-      hk::rope(xp, kernel_dtype(x.dtype()), rows, L, D, dims, inv.data(), offset, scale,
-               out.data<void>());
+      const int64_t parts = int64_t(offsets.size()), each = rows / parts;
+      const int64_t bytes = each * L * D * x.itemsize();
+      for (int64_t p = 0; p < parts; ++p)
+        hk::rope(static_cast<const char*>(xp) + p * bytes, kernel_dtype(x.dtype()), each, L, D,
+                 dims, inv.data(), offsets[p], scale, out.data<char>() + p * bytes);
     });
   }
 
@@ -247,12 +301,12 @@ class HiggsRope : public CpuPrimitive {
 
   bool is_equivalent(const mx::Primitive& other) const override {
     auto& o = static_cast<const HiggsRope&>(other);
-    return dims_ == o.dims_ && offset_ == o.offset_ && scale_ == o.scale_;
+    return dims_ == o.dims_ && offsets_ == o.offsets_ && scale_ == o.scale_;
   }
 
  private:
   int dims_;
-  int64_t offset_;
+  std::vector<int64_t> offsets_;
   float scale_;
 };
 
@@ -362,6 +416,42 @@ mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, 
                    std::make_shared<HiggsAttention>(cpu_stream(s), scale, causal), {q, k, v});
 }
 
+mx::array attention_rows(const mx::array& q, const std::vector<mx::array>& keys,
+                         const std::vector<mx::array>& values, float scale, bool causal,
+                         mx::StreamOrDevice s) {
+  const char* op = "[higgs_kernels.attention_rows] ";
+  if (q.ndim() != 4 || !floating(q.dtype())) {
+    std::ostringstream os;
+    os << op << "q must be a 4-D float array [batch, heads, positions, head_dim], got shape "
+       << q.shape() << " of " << q.dtype() << ".";
+    throw std::invalid_argument(os.str());
+  }
+  if (int64_t(keys.size()) != q.shape(0) || values.size() != keys.size()) {
+    std::ostringstream os;
+    os << op << "one k and one v per row of q: q has " << q.shape(0) << " rows, got "
+       << keys.size() << " k and " << values.size() << " v.";
+    throw std::invalid_argument(os.str());
+  }
+  std::vector<mx::array> inputs{q};
+  for (size_t b = 0; b < keys.size(); ++b) {
+    const mx::array &k = keys[b], &v = values[b];
+    if (k.ndim() != 4 || k.shape() != v.shape() || k.shape(0) != 1 || k.shape(3) != q.shape(3) ||
+        k.shape(1) == 0 || q.shape(1) % k.shape(1) != 0 || k.dtype() != q.dtype() ||
+        v.dtype() != q.dtype()) {
+      std::ostringstream os;
+      os << op << "row " << b << ": k " << k.shape() << " of " << k.dtype() << " and v "
+         << v.shape() << " of " << v.dtype() << " do not fit q " << q.shape() << " of "
+         << q.dtype() << ": each must be [1, Hkv, Lk, D] of q's dtype, Hq a multiple of Hkv.";
+      throw std::invalid_argument(os.str());
+    }
+    inputs.push_back(k);
+    inputs.push_back(v);
+  }
+  return mx::array(q.shape(), q.dtype(),
+                   std::make_shared<HiggsAttentionRows>(cpu_stream(s), scale, causal),
+                   std::move(inputs));
+}
+
 mx::array swiglu(const mx::array& gate, const mx::array& up, mx::StreamOrDevice s) {
   if (gate.shape() != up.shape() || gate.dtype() != up.dtype() || !floating(gate.dtype())) {
     std::ostringstream os;
@@ -374,8 +464,8 @@ mx::array swiglu(const mx::array& gate, const mx::array& up, mx::StreamOrDevice 
                    {gate, up});
 }
 
-mx::array rope(const mx::array& x, int dims, const mx::array& freqs, int64_t offset, float scale,
-               mx::StreamOrDevice s) {
+mx::array rope(const mx::array& x, int dims, const mx::array& freqs,
+               const std::vector<int64_t>& offsets, float scale, mx::StreamOrDevice s) {
   const char* op = "[higgs_kernels.rope] ";
   if (x.ndim() < 2 || !floating(x.dtype())) {
     std::ostringstream os;
@@ -391,8 +481,15 @@ mx::array rope(const mx::array& x, int dims, const mx::array& freqs, int64_t off
        << freqs.shape() << " of " << freqs.dtype() << ".";
     throw std::invalid_argument(os.str());
   }
+  const bool per_row = offsets.size() > 1;
+  if (offsets.empty() || (per_row && (x.ndim() < 3 || int64_t(offsets.size()) != x.shape(0)))) {
+    std::ostringstream os;
+    os << op << "one offset, or one per index of x's first axis (with at least 3 axes), got "
+       << offsets.size() << " offsets for x of shape " << x.shape() << ".";
+    throw std::invalid_argument(os.str());
+  }
   return mx::array(x.shape(), x.dtype(),
-                   std::make_shared<HiggsRope>(cpu_stream(s), dims, offset, scale), {x, freqs});
+                   std::make_shared<HiggsRope>(cpu_stream(s), dims, offsets, scale), {x, freqs});
 }
 
 }  // namespace
@@ -408,12 +505,16 @@ NB_MODULE(_ext, m) {
         "stream"_a = nb::none(),
         "softmax(q k^T * scale) v with grouped heads (q [B, Hq, Lq, D], k/v [B, Hkv, Lk, D]), "
         "causal as with a KV cache (query i sees keys j <= Lk - Lq + i), on the CPU.");
+  m.def("attention_rows", &attention_rows, "q"_a, "keys"_a, "values"_a, nb::kw_only(), "scale"_a,
+        "causal"_a = false, "stream"_a = nb::none(),
+        "attention for each row b of q [B, Hq, Lq, D] over its own keys[b] and values[b] "
+        "[1, Hkv, Lk_b, D], each as attention() computes it alone, on the CPU.");
   m.def("swiglu", &swiglu, "gate"_a, "up"_a, nb::kw_only(), "stream"_a = nb::none(),
         "silu(gate) * up elementwise, fp32 inside, on the CPU.");
-  m.def("rope", &rope, "x"_a, "dims"_a, nb::kw_only(), "freqs"_a, "offset"_a, "scale"_a = 1.0f,
+  m.def("rope", &rope, "x"_a, "dims"_a, nb::kw_only(), "freqs"_a, "offsets"_a, "scale"_a = 1.0f,
         "stream"_a = nb::none(),
         "Rotary embedding as mx.fast.rope(x, dims, traditional=False, base=None, scale=scale, "
-        "offset=offset, freqs=freqs), on the CPU.");
+        "offset=offset, freqs=freqs), on the CPU; one offset, or one per index of x's first axis.");
   m.def(
       "set_attention_path", [](const std::string& name) { hk::set_attention_path(name.c_str()); },
       "name"_a, "Testing aid: force 'decode' (keys split) or 'prefill' kernels, or 'auto'.");

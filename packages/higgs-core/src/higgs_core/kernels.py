@@ -44,7 +44,7 @@ class KernelRoPE(nn.Module):
         self.dims = rope.dims
         self._freqs = rope._freqs
 
-    def __call__(self, x: mx.array, offset: int = 0) -> mx.array:
+    def __call__(self, x: mx.array, offset: int | list[int] = 0) -> mx.array:
         import higgs_kernels
 
         return higgs_kernels.rope(x, self.dims, freqs=self._freqs, offset=offset)
@@ -55,6 +55,20 @@ class KernelAttention(Attention):
 
     def attend(self, q, k, v, mask, cache) -> mx.array:
         return kernel_attention(q, k, v, cache, self.scale, mask)
+
+    def attend_rows(self, q, k, v, caches) -> mx.array:
+        """A decode batch in one RoPE op for q, one for k and one attention op, each
+        row exactly as alone (row by row, 8 rows cost 0.4-0.9 ms more a layer here,
+        in op overhead); the caches still take their rows one by one."""
+        import higgs_kernels
+
+        if not isinstance(self.rope, KernelRoPE) or any(hasattr(c, "bits") for c in caches):
+            return super().attend_rows(q, k, v, caches)
+        offsets = [c.offset for c in caches]
+        q, k = self.rope(q, offset=offsets), self.rope(k, offset=offsets)
+        kv = [c.update_and_fetch(k[b : b + 1], v[b : b + 1]) for b, c in enumerate(caches)]
+        keys, values = [k for k, _ in kv], [v for _, v in kv]
+        return higgs_kernels.attention_rows(q, keys, values, scale=self.scale)
 
 
 class KernelMLP(MLP):

@@ -90,16 +90,19 @@ class Attention(nn.Module):
         k = self.k_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         v = self.v_proj(x).reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         if isinstance(cache, list):
-            # Each row attends over its own cache, as it would alone.
-            out = mx.concatenate(
-                [
-                    self._attend(q[b : b + 1], k[b : b + 1], v[b : b + 1], None, c)
-                    for b, c in enumerate(cache)
-                ]
-            )
+            out = self.attend_rows(q, k, v, cache)
         else:
             out = self._attend(q, k, v, mask, cache)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
+
+    def attend_rows(self, q, k, v, caches: list[KVCache]) -> mx.array:
+        """A decode batch: each row attends over its own cache, as it would alone.
+        (higgs_core.kernels.KernelAttention does all rows in one op each.)"""
+        rows = [
+            self._attend(q[b : b + 1], k[b : b + 1], v[b : b + 1], None, c)
+            for b, c in enumerate(caches)
+        ]
+        return mx.concatenate(rows)
 
     def _attend(self, q, k, v, mask, cache: KVCache | None) -> mx.array:
         offset = cache.offset if cache is not None else 0

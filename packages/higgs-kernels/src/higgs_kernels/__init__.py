@@ -1,7 +1,8 @@
 """CPU kernels that let MLX run linear layers at memory speed on Linux.
 
 `linear` and `quantized_linear` compute ``x @ w.T`` (for MLX's affine
-group-quantized layout too), `attention` is scaled dot-product attention,
+group-quantized layout too), `attention` is scaled dot-product attention
+(`attention_rows` for a decode batch whose rows each have their own cache),
 `swiglu` a SwiGLU MLP's activation and `rope` a rotary embedding, with this
 package's C++ kernels when they run on MLX's CPU device and the extension is
 built; anywhere else they are stock MLX. `patch(model)` swaps a model's
@@ -13,6 +14,7 @@ from .ops import (
     SUPPORTED_BITS,
     SUPPORTED_GROUP_SIZES,
     attention,
+    attention_rows,
     available,
     import_error,
     isa,
@@ -32,6 +34,7 @@ __all__ = [
     "KernelLinear",
     "KernelQuantizedLinear",
     "attention",
+    "attention_rows",
     "available",
     "import_error",
     "isa",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import mlx.core as mx  # registers mx.array with nanobind before the extension loads
 
 try:
@@ -116,6 +118,35 @@ def attention(
     )
 
 
+def attention_rows(
+    q: mx.array,
+    keys: Sequence[mx.array],
+    values: Sequence[mx.array],
+    *,
+    scale: float,
+    causal: bool = False,
+    stream=None,
+) -> mx.array:
+    """:func:`attention` for each row ``b`` of ``q`` [B, Hq, Lq, D] over its own
+    ``keys[b]`` and ``values[b]`` [1, Hkv, Lk_b, D]: a decode batch whose rows'
+    KV caches differ in length, in one op. Each row gets exactly what
+    :func:`attention` gives it alone. Where the kernels do not run, stock MLX
+    attends row by row."""
+    if len(keys) != q.shape[0] or len(values) != len(keys):
+        raise ValueError(
+            f"one k and one v per row of q: q has {q.shape[0]} rows, "
+            f"got {len(keys)} k and {len(values)} v"
+        )
+    rows = [(q[b : b + 1], k, v) for b, (k, v) in enumerate(zip(keys, values, strict=True))]
+    if _on_cpu(stream) and all(_attention_fits(*row, causal) for row in rows):
+        return _ext.attention_rows(
+            q, list(keys), list(values), scale=scale, causal=causal, stream=stream
+        )
+    return mx.concatenate(
+        [attention(*row, scale=scale, causal=causal, stream=stream) for row in rows]
+    )
+
+
 def swiglu(gate: mx.array, up: mx.array, *, stream=None) -> mx.array:
     """``silu(gate) * up``, the activation of a SwiGLU MLP, computed in fp32 and
     returned in the inputs' dtype. On MLX's CPU device (same shape and dtype) the
@@ -128,20 +159,43 @@ def swiglu(gate: mx.array, up: mx.array, *, stream=None) -> mx.array:
 
 
 def rope(
-    x: mx.array, dims: int, *, freqs: mx.array, offset: int, scale: float = 1.0, stream=None
+    x: mx.array,
+    dims: int,
+    *,
+    freqs: mx.array,
+    offset: int | mx.array | Sequence[int],
+    scale: float = 1.0,
+    stream=None,
 ) -> mx.array:
     """``mx.fast.rope(x, dims, traditional=False, base=None, scale=scale,
     offset=offset, freqs=freqs)``: the rotate-half rotary embedding with given
     frequencies (angle = (offset + position) * scale / freqs), computed in fp32.
     On MLX's CPU device with an int offset the kernels run it; elsewhere it is
-    stock MLX."""
+    stock MLX. ``offset`` may also be a sequence of ints, one per index of x's
+    first axis (rows of a decode batch at their own positions): each row is
+    rotated as it would be alone."""
+    if not isinstance(offset, (int, mx.array)):
+        offsets = [int(o) for o in offset]
+        if len(offsets) != x.shape[0] or x.ndim < 3:
+            raise ValueError(
+                f"one offset per index of x's first axis: {len(offsets)} offsets "
+                f"for x of shape {tuple(x.shape)}"
+            )
+        if not (_on_cpu(stream) and x.dtype in _FLOATS and freqs.dtype == mx.float32):
+            return mx.concatenate(
+                [
+                    rope(x[b : b + 1], dims, freqs=freqs, offset=o, scale=scale, stream=stream)
+                    for b, o in enumerate(offsets)
+                ]
+            )
+        return _ext.rope(x, dims, freqs=freqs, offsets=offsets, scale=scale, stream=stream)
     if (
         _on_cpu(stream)
         and isinstance(offset, int)
         and x.dtype in _FLOATS
         and freqs.dtype == mx.float32
     ):
-        return _ext.rope(x, dims, freqs=freqs, offset=offset, scale=scale, stream=stream)
+        return _ext.rope(x, dims, freqs=freqs, offsets=[offset], scale=scale, stream=stream)
     return mx.fast.rope(
         x,
         dims,
