@@ -9,15 +9,24 @@ server's RSS before and after; then the ratios of the first value to the last.
     uv run python benchmarks/bench_serve.py --clients 8 --requests 200 --max-batch 8 1
     uv run python benchmarks/bench_serve.py --full-width 4 --requests 24 --max-batch 8 1
     uv run python benchmarks/bench_serve.py --mix --requests 200   # invalid and abandoned too
+    uv run python benchmarks/bench_serve.py --full-width 4 --seconds 150 --max-batch 8 1
 
 ``--full-width L`` serves the real-size model's width with L layers and random
 weights (written to a temporary checkpoint with the tiny tokenizer), so decode
 steps cost what they do at full size, per layer. ``--mix``: every fifth request
 is invalid (an unknown voice, a bad field, broken JSON, special tokens) and
 every seventh streamed one is abandoned after its first bytes.
+
+``--seconds S`` measures the steady state instead of a fixed count: the clients
+send requests back to back for S seconds, and the figures are what arrived in
+that window (audio: every byte by then, of finished and unfinished streams;
+requests/s: those finished in it). A fixed count ends with a drain, the last
+requests finishing one by one while the batch empties, which weighs on a large
+``--max-batch`` and not on 1; at the window's end the clients hang up instead.
 """
 
 import argparse
+import itertools
 import os
 import shutil
 import subprocess
@@ -65,13 +74,15 @@ BAD = [
 ]
 
 
-def client(url, jobs, lock, results, fmt, stream, mix):
+def client(url, jobs, lock, results, fmt, stream, mix, deadline=None):
+    """Send the jobs of the shared iterator ``jobs`` one after another; with
+    ``deadline`` stop there, hanging up mid-request."""
     with httpx.Client(timeout=300) as http:
         while True:
             with lock:
-                if not jobs:
-                    return
-                i = jobs.pop()
+                i = next(jobs, None)
+            if i is None or (deadline is not None and time.perf_counter() >= deadline):
+                return
             body = {
                 "input": TEXTS[i % len(TEXTS)],
                 "voice": None,
@@ -85,13 +96,19 @@ def client(url, jobs, lock, results, fmt, stream, mix):
             elif mix and stream and i % 7 == 6:
                 abandon, kind = True, "abandoned"
             t0 = time.perf_counter()
-            first = None
+            first, size = None, 0
+            # A queued request sends nothing until its first audio: wait at most
+            # until the deadline for each read.
+            wait = 300.0 if deadline is None else max(0.1, deadline - t0)
             try:
                 header = 44 if fmt == "wav" else 0  # a streamed wav starts with its header
                 send = {"content": body} if isinstance(body, bytes) else {"json": body}
-                with http.stream("POST", f"{url}/v1/audio/speech", **send) as r:
-                    size = 0
+                timeout = httpx.Timeout(300.0, read=wait)
+                with http.stream("POST", f"{url}/v1/audio/speech", timeout=timeout, **send) as r:
                     for part in r.iter_bytes():
+                        if deadline is not None and time.perf_counter() >= deadline:
+                            kind = "cut"  # still running at the window's end
+                            break
                         size += len(part)
                         if first is None and size > header:
                             first = time.perf_counter() - t0
@@ -99,7 +116,9 @@ def client(url, jobs, lock, results, fmt, stream, mix):
                                 break  # hang up mid-stream
                 results.append((r.status_code, time.perf_counter() - t0, first, size, kind))
             except httpx.HTTPError as e:
-                results.append((f"{type(e).__name__}", time.perf_counter() - t0, None, 0, kind))
+                late = deadline is not None and time.perf_counter() >= deadline - 0.05
+                status, kind = ("cut", "cut") if late else (f"{type(e).__name__}", kind)
+                results.append((status, time.perf_counter() - t0, first, size, kind))
 
 
 def pct(values, q):
@@ -137,7 +156,7 @@ def serve_once(args, max_batch: int) -> dict:
         wait_healthy(url, proc)
         # Requests first, from as many clients, so that pins, caches, compiled steps and
         # the working set of that many streams exist before "before" is read.
-        warm = list(range(args.warmup))
+        warm = iter(range(args.warmup))
         work = (url, warm, threading.Lock(), [], args.format, not args.no_stream, False)
         threads = [threading.Thread(target=client, args=work) for _ in range(args.clients)]
         for t in threads:
@@ -145,15 +164,19 @@ def serve_once(args, max_batch: int) -> dict:
         for t in threads:
             t.join()
         rss_before = rss_mb(proc.pid)
-        jobs, lock, results = list(range(args.requests)), threading.Lock(), []
-        work = (url, jobs, lock, results, args.format, not args.no_stream, args.mix)
-        threads = [threading.Thread(target=client, args=work) for _ in range(args.clients)]
+        lock, results = threading.Lock(), []
         t0 = time.perf_counter()
+        if args.seconds:
+            jobs, deadline = itertools.count(), t0 + args.seconds
+        else:
+            jobs, deadline = iter(range(args.requests)), None
+        work = (url, jobs, lock, results, args.format, not args.no_stream, args.mix, deadline)
+        threads = [threading.Thread(target=client, args=work) for _ in range(args.clients)]
         for t in threads:
             t.start()
         for t in threads:
             t.join(timeout=max(1.0, args.max_seconds - (time.perf_counter() - t0)))
-        wall = time.perf_counter() - t0
+        wall = args.seconds or time.perf_counter() - t0
         rss_after = rss_mb(proc.pid)
     finally:
         proc.terminate()
@@ -161,7 +184,10 @@ def serve_once(args, max_batch: int) -> dict:
         shutil.rmtree(home, ignore_errors=True)
 
     ok = [r for r in results if r[0] == 200 and r[4] == "valid"]
-    audio = sum(max(r[3] - 44, 0) / 2 / 24000 for r in ok)  # 16-bit mono at 24 kHz
+    heard = [r for r in results if r[4] in ("valid", "cut") and r[0] in (200, "cut")]
+    if not args.seconds:
+        heard = ok
+    audio = sum(max(r[3] - 44, 0) / 2 / 24000 for r in heard)  # 16-bit mono at 24 kHz
     return {
         "max_batch": max_batch,
         "results": results,
@@ -180,8 +206,12 @@ def report(args, f: dict):
     limited = [r for r in results if r[0] == 429]
     server_errors = [r for r in results if isinstance(r[0], int) and r[0] >= 500]
     client_errors = [r for r in results if isinstance(r[0], int) and 400 <= r[0] < 500]
-    transport = [r for r in results if not isinstance(r[0], int)]
-    print(f"--max-batch {f['max_batch']}: {len(results)} requests in {f['wall']:.1f} s")
+    transport = [r for r in results if not isinstance(r[0], int) and r[4] != "cut"]
+    cut = sum(r[4] == "cut" for r in results)
+    print(
+        f"--max-batch {f['max_batch']}: {len(results) - cut} requests in {f['wall']:.1f} s"
+        + (f" (and {cut} cut off by the window's end)" if cut else "")
+    )
     print(
         f"  served {len(f['ok'])}, 4xx {len(client_errors)} (429: {len(limited)}), "
         f"5xx {len(server_errors)}, transport errors {len(transport)}"
@@ -217,6 +247,9 @@ def main():
     ap.add_argument("--max-batch", type=int, nargs="+", default=[8])
     ap.add_argument("--max-queue", type=int, default=16)
     ap.add_argument("--max-seconds", type=float, default=1800, help="stop sending after this")
+    ap.add_argument(
+        "--seconds", type=float, help="steady state: send back to back for this long instead"
+    )
     ap.add_argument("--warmup", type=int, default=16, help="requests before RSS is first read")
     args = ap.parse_args()
     made = None
