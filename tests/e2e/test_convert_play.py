@@ -63,6 +63,19 @@ def test_bench_prints_its_figures():
     assert "[bfloat16] 1/28 layers" in r.stdout
 
 
+def test_bench_batch_prints_a_row_per_batch_size():
+    sizes = ["--batch", "2", "--batch", "1"]
+    r = CliRunner().invoke(
+        cli, ["bench", "--layers", "1", "--bits", "4", *sizes, "--frames", "2", "--prompt", "16"]
+    )
+    assert r.exit_code == 0, r.stderr
+    assert "[q4, batched] 1/28 layers" in r.stdout
+    rows = [line.split() for line in r.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [row[0] for row in rows] == ["1", "2"]  # sorted, each once
+    assert rows[0][3] == "1.00x" and float(rows[1][3].rstrip("x")) > 0
+    assert all(float(row[1]) > 0 for row in rows)
+
+
 def test_convert_never_writes_over_or_into_its_source(home, tiny_model, tmp_path):
     import shutil
 

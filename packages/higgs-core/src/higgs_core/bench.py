@@ -228,7 +228,7 @@ class BatchFigures:
     layers: int
     kernels: str
     sizes: list[int]
-    step_ms: list[float]  # per batch step (one frame for every stream), steady state
+    step_ms: list[float]  # per batch step (one frame for every stream), median of rounds
     peak_gb: float
 
     def lines(self) -> list[str]:
@@ -256,11 +256,17 @@ def run_batched(
     warmup: int = 3,
     prompt_length: int = 256,
     seed: int = 0,
+    round_steps: int = 4,
 ) -> BatchFigures:
     """Aggregate decode throughput of :class:`higgs_core.Batch` for each batch size:
     every stream starts from one cached prefix of the same prompt (so setting up B
     streams costs one prefill) and decodes with its own seed; the figure is the
-    steady-state time of a batch step, which makes one frame for every stream."""
+    steady-state time of a batch step, which makes one frame for every stream.
+
+    All sizes' batches run side by side, taking turns in rounds of ``round_steps``
+    steps, and each figure is the median of its rounds: a machine whose speed
+    drifts (a shared VM's does, by 20% and more) then shifts every size alike
+    instead of the ratios between them."""
     from higgs_core.batch import Batch, make_prefix
 
     mx.clear_cache()
@@ -268,7 +274,7 @@ def run_batched(
     mx.reset_peak_memory()
     ids, audio = prompt(prompt_length, model.config, np.random.default_rng(seed))
     prefix = make_prefix(model, ids[:-1], audio)
-    times = []
+    runs = []
     for B in sizes:
         batch = Batch(model, max_batch=B)
         streams = [
@@ -279,24 +285,30 @@ def run_batched(
             batch.step()
         for _ in range(warmup):
             batch.step()
-        t0 = time.perf_counter()
-        for _ in range(frames):
-            batch.step()
-        mx.eval([s.frames[-1] for s in streams])
-        times.append(1e3 * (time.perf_counter() - t0) / frames)
+        runs.append((batch, streams))
+    rounds: list[list[float]] = [[] for _ in sizes]
+    for _ in range(-(-frames // round_steps)):
+        for (batch, streams), times in zip(runs, rounds, strict=True):
+            batch.step()  # as in the steady state: a step in flight, the last one read
+            mx.eval([s.frames[-1] for s in streams])
+            t0 = time.perf_counter()
+            for _ in range(round_steps):
+                batch.step()
+            mx.eval([s.frames[-1] for s in streams])
+            times.append(1e3 * (time.perf_counter() - t0) / round_steps)
+            mx.synchronize()  # its step in flight done before the next size's turn
+    for batch, streams in runs:
         for s in streams:
             s.cancel()
         batch.run()
-        del batch, streams
-        mx.clear_cache()
     figures = BatchFigures(
         label=f"q{bits}" if bits else str(dtype).removeprefix("mlx.core."),
         layers=layers,
         kernels=model.kernels,
         sizes=list(sizes),
-        step_ms=times,
+        step_ms=[statistics.median(times) for times in rounds],
         peak_gb=mx.get_peak_memory() / GB,
     )
-    del model, prefix
+    del model, prefix, runs
     mx.clear_cache()
     return figures
