@@ -69,10 +69,6 @@ void store_row(const AttnArgs& a, int64_t b, int64_t kvh, int64_t r, const float
   }
 }
 
-void attention(const AttnArgs& a) {
-  attention_rows(&a, 1);
-}
-
 void attention_rows(const AttnArgs* calls, int n) {
   // One call's decode work: its (batch, kv head) pairs, each over `splits` ranges of
   // `chunk` keys, partials at `part` + its pair's slots. How a call splits depends on

@@ -70,13 +70,10 @@ const AttnKernels& attn_avx512();
 // Writes o * inv as row r of (b, kv head) of the output, in its dtype.
 void store_row(const AttnArgs& a, int64_t b, int64_t kvh, int64_t r, const float* o, float inv);
 
-// The entry point: splits the work over the thread pool, with the kernels of
-// the instruction set isa() names.
-void attention(const AttnArgs& a);
-
-// n independent calls (each row of a decode batch over its own KV cache), each
-// with exactly the result attention() gives it alone; their decode work runs as
-// one job on the pool.
+// The entry point: n independent calls (one, or each row of a decode batch over
+// its own KV cache), split over the thread pool with the kernels of the
+// instruction set isa() names. Each call's split depends on its own shapes only,
+// so it gets exactly what it gets alone; the calls' decode work runs as one job.
 void attention_rows(const AttnArgs* calls, int n);
 
 // Testing aid: "auto", or force "decode" (keys split and merged) or "prefill".

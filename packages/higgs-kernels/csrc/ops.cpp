@@ -155,7 +155,9 @@ const void* attention_operand(const mx::array& a, std::vector<char>& buf, int64_
 }
 
 // softmax(q k^T * scale [+ causal mask]) v over q [B, Hq, Lq, D], k and v
-// [B, Hkv, Lk, D]; see attention.h.
+// [B, Hkv, Lk, D]; see attention.h. With inputs q, k_0, v_0, k_1, v_1, ... instead
+// (attention_rows), row b of q attends over its own k_b and v_b [1, Hkv, Lk_b, D]:
+// a decode batch whose rows' caches differ in length, each row as it is alone.
 class HiggsAttention : public CpuPrimitive {
  public:
   HiggsAttention(mx::Stream stream, float scale, bool causal)
@@ -163,20 +165,29 @@ class HiggsAttention : public CpuPrimitive {
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
     enqueue(inputs, out, [inputs, scale = scale_, causal = causal_](mx::array& out) {
-      hk::AttnArgs args{};
-      std::vector<char> bufs[3];
-      args.q = attention_operand(inputs[0], bufs[0], args.qs);
-      args.k = attention_operand(inputs[1], bufs[1], args.ks);
-      args.v = attention_operand(inputs[2], bufs[2], args.vs);
       const mx::array& q = inputs[0];
-      const mx::array& k = inputs[1];
-      args.out = out.data<void>();
-      args.dtype = kernel_dtype(q.dtype());
-      args.B = q.shape(0), args.Hq = q.shape(1), args.Lq = q.shape(2), args.D = q.shape(3);
-      args.Hkv = k.shape(1), args.Lk = k.shape(2);
-      args.scale = scale;
-      args.causal = causal;
-      hk::attention(args);
+      const bool rows = inputs.size() != 3;  // (one row's k and v: the same either way)
+      const int64_t n = rows ? q.shape(0) : 1;
+      std::vector<hk::AttnArgs> calls(n);
+      std::vector<std::vector<char>> bufs(2 * n + 1);
+      int64_t qs[3];
+      const char* qp = static_cast<const char*>(attention_operand(q, bufs[0], qs));
+      const int64_t row = int64_t(q.shape(1)) * q.shape(2) * q.shape(3) * q.itemsize();
+      for (int64_t c = 0; c < n; ++c) {
+        hk::AttnArgs& a = calls[c];
+        const mx::array& k = inputs[1 + 2 * c];
+        a.q = qp + qs[0] * q.itemsize() * c;
+        for (int ax = 0; ax < 3; ++ax) a.qs[ax] = qs[ax];
+        a.k = attention_operand(k, bufs[1 + 2 * c], a.ks);
+        a.v = attention_operand(inputs[2 + 2 * c], bufs[2 + 2 * c], a.vs);
+        a.out = out.data<char>() + row * c;
+        a.dtype = kernel_dtype(q.dtype());
+        a.B = rows ? 1 : q.shape(0), a.Hq = q.shape(1), a.Lq = q.shape(2), a.D = q.shape(3);
+        a.Hkv = k.shape(1), a.Lk = k.shape(2);
+        a.scale = scale;
+        a.causal = causal;
+      }
+      hk::attention_rows(calls.data(), int(n));
     });
   }
 
@@ -186,55 +197,6 @@ class HiggsAttention : public CpuPrimitive {
 
   bool is_equivalent(const mx::Primitive& other) const override {
     auto& o = static_cast<const HiggsAttention&>(other);
-    return scale_ == o.scale_ && causal_ == o.causal_;
-  }
-
- private:
-  float scale_;
-  bool causal_;
-};
-
-// Row b of q [B, Hq, Lq, D] over its own k_b and v_b [1, Hkv, Lk_b, D] (inputs q,
-// k_0, v_0, k_1, v_1, ...): a decode batch whose rows' caches differ in length, in
-// one op, each row as HiggsAttention computes it alone.
-class HiggsAttentionRows : public CpuPrimitive {
- public:
-  HiggsAttentionRows(mx::Stream stream, float scale, bool causal)
-      : CpuPrimitive(stream), scale_(scale), causal_(causal) {}
-
-  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override {
-    enqueue(inputs, out, [inputs, scale = scale_, causal = causal_](mx::array& out) {
-      const mx::array& q = inputs[0];
-      const int64_t B = q.shape(0);
-      std::vector<hk::AttnArgs> calls(B);
-      std::vector<std::vector<char>> bufs(2 * B + 1);
-      int64_t qs[3];
-      const char* qp = static_cast<const char*>(attention_operand(q, bufs[0], qs));
-      const int64_t row = int64_t(q.shape(1)) * q.shape(2) * q.shape(3) * q.itemsize();
-      for (int64_t b = 0; b < B; ++b) {
-        hk::AttnArgs& a = calls[b];
-        const mx::array& k = inputs[1 + 2 * b];
-        a.q = qp + qs[0] * q.itemsize() * b;
-        for (int ax = 0; ax < 3; ++ax) a.qs[ax] = qs[ax];
-        a.k = attention_operand(k, bufs[1 + 2 * b], a.ks);
-        a.v = attention_operand(inputs[2 + 2 * b], bufs[2 + 2 * b], a.vs);
-        a.out = out.data<char>() + row * b;
-        a.dtype = kernel_dtype(q.dtype());
-        a.B = 1, a.Hq = q.shape(1), a.Lq = q.shape(2), a.D = q.shape(3);
-        a.Hkv = k.shape(1), a.Lk = k.shape(2);
-        a.scale = scale;
-        a.causal = causal;
-      }
-      hk::attention_rows(calls.data(), int(B));
-    });
-  }
-
-  const char* name() const override {
-    return "HiggsAttentionRows";
-  }
-
-  bool is_equivalent(const mx::Primitive& other) const override {
-    auto& o = static_cast<const HiggsAttentionRows&>(other);
     return scale_ == o.scale_ && causal_ == o.causal_;
   }
 
@@ -448,7 +410,7 @@ mx::array attention_rows(const mx::array& q, const std::vector<mx::array>& keys,
     inputs.push_back(v);
   }
   return mx::array(q.shape(), q.dtype(),
-                   std::make_shared<HiggsAttentionRows>(cpu_stream(s), scale, causal),
+                   std::make_shared<HiggsAttention>(cpu_stream(s), scale, causal),
                    std::move(inputs));
 }
 

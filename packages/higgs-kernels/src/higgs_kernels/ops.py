@@ -174,6 +174,7 @@ def rope(
     stock MLX. ``offset`` may also be a sequence of ints, one per index of x's
     first axis (rows of a decode batch at their own positions): each row is
     rotated as it would be alone."""
+    kernels = _on_cpu(stream) and x.dtype in _FLOATS and freqs.dtype == mx.float32
     if not isinstance(offset, (int, mx.array)):
         offsets = [int(o) for o in offset]
         if len(offsets) != x.shape[0] or x.ndim < 3:
@@ -181,20 +182,15 @@ def rope(
                 f"one offset per index of x's first axis: {len(offsets)} offsets "
                 f"for x of shape {tuple(x.shape)}"
             )
-        if not (_on_cpu(stream) and x.dtype in _FLOATS and freqs.dtype == mx.float32):
-            return mx.concatenate(
-                [
-                    rope(x[b : b + 1], dims, freqs=freqs, offset=o, scale=scale, stream=stream)
-                    for b, o in enumerate(offsets)
-                ]
-            )
-        return _ext.rope(x, dims, freqs=freqs, offsets=offsets, scale=scale, stream=stream)
-    if (
-        _on_cpu(stream)
-        and isinstance(offset, int)
-        and x.dtype in _FLOATS
-        and freqs.dtype == mx.float32
-    ):
+        if kernels:
+            return _ext.rope(x, dims, freqs=freqs, offsets=offsets, scale=scale, stream=stream)
+        return mx.concatenate(
+            [
+                rope(x[b : b + 1], dims, freqs=freqs, offset=o, scale=scale, stream=stream)
+                for b, o in enumerate(offsets)
+            ]
+        )
+    if kernels and isinstance(offset, int):
         return _ext.rope(x, dims, freqs=freqs, offsets=[offset], scale=scale, stream=stream)
     return mx.fast.rope(
         x,
