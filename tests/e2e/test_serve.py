@@ -458,7 +458,23 @@ def test_real_server_speaks_streams_and_cancels(server):
         assert c.post(SPEECH, json={"input": "Again.", "response_format": "wav"}).status_code == 200
 
 
-def test_concurrent_requests_are_decoded_together_and_each_is_its_own(app_tts, monkeypatch):
+@pytest.fixture
+def exact_tts(app_tts, tiny_model, tiny_codec, tmp_path):
+    """A pipeline whose batched rows are bit-exact: the tiny model's bf16 on the CPU
+    kernels (which sum each row alike whatever the row count), else a float32 copy
+    (stock MLX's 16-bit GEMMs may round a row apart with the batch's size)."""
+    if app_tts.model.kernels.startswith("higgs-kernels"):
+        return app_tts
+    import mlx.core as mx
+
+    from higgs_cli.pipeline import Higgs
+
+    return Higgs.from_pretrained(
+        tiny_model, tiny_codec, dtype=mx.float32, voices_dir=tmp_path / "voices32"
+    )
+
+
+def test_concurrent_requests_are_decoded_together_and_each_is_its_own(exact_tts, monkeypatch):
     from higgs_core import Batch
 
     peak = []
@@ -472,11 +488,11 @@ def test_concurrent_requests_are_decoded_together_and_each_is_its_own(app_tts, m
         {"input": f"Request number {i}. It says a few words.", "seed": i, "response_format": "pcm"}
         for i in range(4)
     ]
-    with client(app_tts, max_batch=1) as c:  # one at a time: the reference
+    with client(exact_tts, max_batch=1) as c:  # one at a time: the reference
         want = [c.post(SPEECH, json=b).content for b in bodies]
     monkeypatch.setattr(Batch, "step", counted)
     got = [None] * 4
-    with client(app_tts, max_batch=4) as c:
+    with client(exact_tts, max_batch=4) as c:
 
         def post(i):
             got[i] = c.post(SPEECH, json=bodies[i]).content
@@ -490,16 +506,16 @@ def test_concurrent_requests_are_decoded_together_and_each_is_its_own(app_tts, m
     assert got == want  # and each response is what it is alone
 
 
-def test_a_client_that_leaves_takes_only_its_own_row(app_tts):
+def test_a_client_that_leaves_takes_only_its_own_row(exact_tts):
     long = {"input": "One two three. " * 30, "response_format": "pcm", "stream": True, "seed": 9}
     others = [
         {"input": "A steady sentence to finish.", "seed": s, "response_format": "pcm"}
         for s in (1, 2)
     ]
-    with client(app_tts, max_batch=1) as c:
+    with client(exact_tts, max_batch=1) as c:
         want = [c.post(SPEECH, json=b).content for b in others]
     got = [None, None]
-    with client(app_tts, max_batch=4) as c:
+    with client(exact_tts, max_batch=4) as c:
         left = threading.Event()
 
         def leave():
@@ -571,22 +587,27 @@ def test_a_stream_nobody_reads_is_dropped_after_the_write_timeout():
 
     from higgs_cli.serve import PacedStream, StalledClient
 
+    made, sent = [], []
+
     async def body():
         while True:
+            made.append(1)
             yield b"\0" * 1024
 
     async def send(message):  # a client whose window never opens again
+        sent.append(message["type"])
         if message["type"] == "http.response.body":
             await asyncio.sleep(3600)
 
     async def go():
         response = PacedStream(body(), media_type="audio/L16", write_timeout=0.3)
-        start = time.monotonic()
         with pytest.raises(StalledClient, match=r"read nothing for 0\.3 s"):
             await response.stream_response(send)
-        return time.monotonic() - start
 
-    assert asyncio.run(go()) < 2.0
+    # an hour's sleep in the client cannot end before the test's own timeout unless the
+    # stream gave up on it: it did, at the first write that stalled, generating no more
+    asyncio.run(asyncio.wait_for(go(), 60))
+    assert sent == ["http.response.start", "http.response.body"] and len(made) == 1
 
 
 @pytest.mark.parametrize("signals", [[signal.SIGTERM], [signal.SIGINT, signal.SIGINT]])
@@ -610,16 +631,17 @@ def test_a_stop_during_generation_is_prompt_and_clean(home, tmp_path, signals):
     response = client.send(client.build_request("POST", f"{url}{SPEECH}", json=body), stream=True)
     assert response.status_code == 200
     next(response.iter_bytes())  # generation is under way
-    start = time.monotonic()
     for sig in signals:
         proc.send_signal(sig)
         time.sleep(0.2)
     rc = proc.wait(timeout=30)
-    took = time.monotonic() - start
     response.close()
     client.close()
     text = log.read_text()
-    assert took < 3 + 8, (took, text)
+    # the request in flight was cut (its client hears the end), not left to finish
+    assert "req-1 " in text and "status=499" in text and "status=200" not in text, text
+    if len(signals) == 1:  # (a second stop may end it at once, while the worker winds down)
+        assert text.rstrip().endswith("higgs: stopped"), text
     # uvicorn re-raises the stop signal once it has shut down; never an abort (134 / -6)
     assert rc in (0, -signal.SIGTERM, -signal.SIGINT, 130, 143), (rc, text)
     assert "terminate called" not in text and "Traceback" not in text, text

@@ -236,7 +236,7 @@ class Worker:
                             done.cancel(Cancelled("the server is shutting down"))
                         return
                     job.started = time.monotonic()
-                    running[job] = runner.add(self._work(job, runner.batch))
+                    running[job] = runner.add(job.make(runner.batch))
                     job = self._jobs.get_nowait()
             except queue.Empty:
                 pass
@@ -248,16 +248,17 @@ class Worker:
             for job, work in list(running.items()):
                 if work.done:
                     del running[job]
-                    job.emit(work.error if work.error is not None else _DONE)
+                    # Counted out before the client hears it is done: a client that reads
+                    # /health right after its answer must not see itself still queued.
                     with self._lock:
                         self.pending -= 1
+                    if work.error is not None:
+                        job.emit(work.error)
+                    else:
+                        if work.result is not None:
+                            job.emit(work.result)
+                        job.emit(_DONE)
                     mx.clear_cache()  # keep memory flat: what the request used goes back
-
-    @staticmethod
-    def _work(job: Job, batch):
-        result = yield from job.make(batch)
-        if result is not None:
-            job.emit(result)
 
     def close(self, timeout: float = 10.0):
         """Stop taking work, end the jobs in flight and wait for the thread, which
