@@ -173,6 +173,27 @@ def test_long_text_is_chunked_with_context(tts, monkeypatch):
     )
 
 
+def test_every_chunk_of_a_dialogue_gets_the_multi_speaker_prompt(tts, monkeypatch):
+    # The release reads the speaker tags of the whole text once: a chunk that holds one
+    # speaker's turn still gets the multi-speaker instruction and both voices' lines.
+    from higgs_cli.prompt import MULTI_SPEAKER_INSTRUCTION
+
+    calls = []
+    real = higgs_core.Batch.submit
+
+    def spy(self, input_ids, audio_ids=None, **kw):
+        calls.append(tts.tokenizer.decode(list(input_ids), skip_special_tokens=False))
+        return real(self, input_ids, audio_ids, **kw)
+
+    monkeypatch.setattr(higgs_core.Batch, "submit", spy)
+    text = "[SPEAKER0] Did you hear that noise?\n[SPEAKER1] Hear what, exactly?"
+    speech = tts.say(text, seed=1, chunk_words=6, max_seconds=30)
+    assert len(speech.chunks) == len(calls) == 2
+    for prompt in calls:
+        assert MULTI_SPEAKER_INSTRUCTION in prompt
+        assert "SPEAKER0: feminine\nSPEAKER1: masculine" in prompt
+
+
 def _chunk_len(calls, i, tts):
     # Each later prompt holds chunk i's codes wrapped and delayed: T + 2 + 7 positions.
     _, audio = calls[i + 1]

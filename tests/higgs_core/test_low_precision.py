@@ -40,8 +40,10 @@ def measure(got: np.ndarray, want: np.ndarray) -> tuple[float, float, float]:
     """Relative RMS, max relative error (of the largest reference value), argmax agreement."""
     d = got - want
     rms = float(np.sqrt((d**2).mean() / (want**2).mean()))
-    return rms, float(np.abs(d).max() / np.abs(want).max()), float(
-        (got.argmax(-1) == want.argmax(-1)).mean()
+    return (
+        rms,
+        float(np.abs(d).max() / np.abs(want).max()),
+        float((got.argmax(-1) == want.argmax(-1)).mean()),
     )
 
 

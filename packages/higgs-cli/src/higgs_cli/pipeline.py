@@ -24,7 +24,7 @@ import mlx.core as mx
 import numpy as np
 
 from higgs_cli.prefixes import PrefixCache, load_prefix, model_identity, prefix_key, save_prefix
-from higgs_cli.prompt import Prompt, Speaker, conversation, encode_prompt
+from higgs_cli.prompt import Prompt, Speaker, conversation, encode_prompt, speaker_tags
 from higgs_cli.runner import Job, Runner, Work
 from higgs_cli.settings import (
     MAX_SPEAKERS,
@@ -429,6 +429,7 @@ class Higgs:
 
         start = time.perf_counter()
         speakers = yield from self._speakers(request, batch, warn)
+        tags = speaker_tags(request.text)  # the whole text's, for every chunk's prompt
         pieces = chunk_text(normalize(request.text), settings.chunk_words)
         budget = int(settings.max_seconds * self.frame_rate)  # frames left for the text
         context: list[tuple[str, np.ndarray]] = []
@@ -455,7 +456,7 @@ class Higgs:
                 break
             own = self.chunk_frames(piece)
             max_frames = min(budget, own)
-            prompt = self._prompt(piece, speakers, context, settings)
+            prompt = self._prompt(piece, speakers, context, settings, tags)
             columns = CodeColumns(self.num_codebooks, self.codec.codebook_size)
             columns.push(mx.full((self.num_codebooks,), self.model.config.audio_stream_bos_id))
 
@@ -633,7 +634,7 @@ class Higgs:
             self._unwritable.add(folder)
             warn(f"cannot store the prefix of voice {folder.name!r} ({e}); keeping it in memory")
 
-    def _prompt(self, text, speakers, context, settings) -> Prompt:
+    def _prompt(self, text, speakers, context, settings, tags=None) -> Prompt:
         cfg = self.model.config
         messages = conversation(
             text,
@@ -641,6 +642,7 @@ class Higgs:
             scene=settings.scene,
             context=context,
             refs_in_system=settings.ref_in_system,
+            tags=tags,
         )
         refs_in = settings.ref_in_system and any(s.cloned for s in speakers)
         if refs_in and not cfg.encode_audio_in_tokens:

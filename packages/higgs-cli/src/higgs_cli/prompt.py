@@ -238,6 +238,7 @@ def conversation(
     scene: str | None = DEFAULT_SCENE,
     context: Sequence[tuple[str, np.ndarray]] = (),
     refs_in_system: bool = False,
+    tags: Sequence[str] | None = None,
 ) -> list[Message]:
     """The messages that ask for ``text``, as the release's ``prepare_generation_context``
     builds them (``examples/generation.py``).
@@ -254,7 +255,9 @@ def conversation(
     - otherwise (smart voice): the instruction and the optional scene.
 
     ``context``: earlier ``(text, codes)`` chunks of the same long text, replayed
-    as user/assistant turns so the voice carries on.
+    as user/assistant turns so the voice carries on. ``tags``: the speaker tags of
+    the whole text, when ``text`` is one chunk of it (the release reads them once,
+    from the text before it is normalised and chunked); by default ``text``'s own.
     """
     messages = []
     if speakers and (refs_in_system or any(not s.cloned for s in speakers)):
@@ -270,7 +273,7 @@ def conversation(
         for i, s in enumerate(speakers):
             said = f"[SPEAKER{i}] {s.transcript}" if several else s.transcript or ""
             messages += [Message("user", said), Message("assistant", audio=s.codes)]
-    elif len(tags := speaker_tags(text)) > 1:
+    elif len(tags := speaker_tags(text) if tags is None else sorted(tags)) > 1:
         lines = [f"{tag}: {SMART_VOICES[i % 2]}" for i, tag in enumerate(tags)]
         messages.append(system_message(MULTI_SPEAKER_INSTRUCTION, scene, lines))
     else:
