@@ -353,8 +353,11 @@ def parse_speech(body: dict, app) -> SpeechRequest:
             f"{fmt} cannot be streamed; use response_format wav or pcm",
             code="unsupported_stream",
         )
-    scene = field(body, "scene", str) or field(body, "instructions", str)
-    settings = {"scene": scene} if scene is not None else {}
+    scene = field(body, "scene", str)
+    if scene is None:  # OpenAI's name for it
+        scene = field(body, "instructions", str)
+    # "" asks for no scene, as `higgs say --scene ''` and a manifest's empty scene do
+    settings = {"scene": scene.strip() or None} if scene is not None else {}
     for name, kind in (("seed", int), ("temperature", float), ("top_k", int), ("top_p", float)):
         value = field(body, name, kind)
         if value is not None:

@@ -107,7 +107,7 @@ def make_prefix(model: HiggsAudioModel, input_ids, audio_ids=None, *, step: int 
     model.prefill(ids, audio, cache, step)
     for c in cache:  # drop the unused tail of the 256-step blocks
         c.keys, c.values = c.keys[..., : c.offset, :], c.values[..., : c.offset, :]
-    mx.eval([c.state for c in cache])
+    mx.eval([c.state for c in cache], audio)  # data, not work queued on this thread's stream
     return Prefix(ids, audio, cache)
 
 
@@ -412,9 +412,11 @@ class Batch:
             kept.values = mx.contiguous(c.values[..., :n, :])
             kept.offset = n
             cache.append(kept)
-        mx.eval([c.state for c in cache])
         n_audio = int(self.model.audio_mask(s.ids[:n]).sum())
         audio = s.audio[:n_audio] if s.audio is not None and n_audio else None
+        # Evaluated here: a kept prefix holds data, not work queued on this thread's
+        # stream, which another thread (the library beside a server's worker) cannot run.
+        mx.eval([c.state for c in cache], audio)
         return Prefix(s.ids[:n].copy(), audio, cache)
 
     def _finish(self, s: Stream, reason: str, now: float):
