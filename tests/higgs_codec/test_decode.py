@@ -1,5 +1,7 @@
 """Decode parity with transformers' HiggsAudioV2TokenizerModel (fixtures, float32)."""
 
+from pathlib import Path
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -45,6 +47,32 @@ def test_decode_with_fewer_codebooks_uses_the_first_ones(codec, ref):
     full = np.array(codec.decode(codes))
     part = np.array(codec.decode(codes[:4]))
     assert part.shape == full.shape and not np.allclose(part, full)
+
+
+# the reference's decode of each case's codes[:k] (scripts/make_codec_partial_fixtures.py)
+PARTIAL_NPZ = Path(__file__).resolve().parents[1] / "fixtures" / "codec" / "partial.npz"
+PARTIAL = ["mono24k_25f", "random37"]
+
+
+@pytest.fixture(scope="module")
+def partial():
+    with np.load(PARTIAL_NPZ) as data:
+        return {k: data[k] for k in data.files}
+
+
+@pytest.mark.parametrize("k", range(1, 8))
+@pytest.mark.parametrize("name", PARTIAL)
+def test_partial_decode_matches_reference(codec, ref, partial, name, k, rel_err):
+    """codes[:k] decode as the reference decodes them (its first k quantizers), whole
+    and streamed; the 1e-4 bar is the full decode's, and the gap between neighbouring
+    k is 2e-2 to 7e-2, so dropping or reordering a quantizer cannot pass."""
+    codes = ref[f"{name}/codes"][:k]
+    want = partial[f"{name}/k{k}/decoded"]
+    assert rel_err(codec.decode(codes), want) <= 1e-4
+    dec = codec.stream_decoder()
+    parts = [np.array(dec.push(codes[:, i : i + 6])) for i in range(0, codes.shape[1], 6)]
+    streamed = np.concatenate([*parts, np.array(dec.flush())])
+    assert rel_err(streamed, want) <= 1e-4
 
 
 def test_properties(codec):
