@@ -105,3 +105,58 @@ def test_the_memory_cache_is_bounded_in_bytes():
         "misses": 3,
         "loaded": 0,
     }
+
+
+def test_each_precision_and_kernels_setting_keeps_its_own_prefix(
+    home, tiny_model, tiny_codec, steer, monkeypatch
+):
+    # A prefix is KV state: the same voice and prompt in float32, in bf16 and in bf16 on
+    # stock MLX are three different states, so three files beside the voice, and each
+    # model takes back its own.
+    import mlx.core as mx
+
+    steer(100)
+    variants = {}
+    for name, dtype, kernels in [
+        ("bf16", None, "1"),
+        ("f32", mx.float32, "1"),
+        ("stock", None, "0"),
+    ]:
+        monkeypatch.setenv("HIGGS_KERNELS", kernels)
+        variants[name] = Higgs.from_pretrained(tiny_model, tiny_codec, dtype=dtype)
+    assert variants["stock"].model.kernels.startswith("stock MLX")
+    folder = home / "voices" / "en_woman"
+    made = {}
+    for name, tts in variants.items():
+        before = set(folder.glob("prefix-*.safetensors"))
+        made[name] = tts.say("Good morning.", voice="en_woman", seed=3, max_seconds=1)
+        [new] = set(folder.glob("prefix-*.safetensors")) - before  # its own file
+        assert made[name].cached_tokens == 0
+    for name, tts in variants.items():  # with an empty memory, each reads its own back
+        tts.prefixes = PrefixCache(2**20)
+        warnings = []
+        got = tts.say(
+            "Good morning.", voice="en_woman", seed=3, max_seconds=1, warn=warnings.append
+        )
+        assert got.cached_tokens > 0 and tts.prefixes.loaded == 1, name
+        assert not [w for w in warnings if "prefix" in w], warnings
+        assert np.array_equal(got.samples, made[name].samples), name
+
+
+def test_quantized_weights_key_their_own_prefixes(tiny_model):
+    # One checkpoint folder, quantized in memory: its prefixes must not be the float ones.
+    import mlx.core as mx
+
+    from higgs_cli.prefixes import model_identity
+    from higgs_core import load_model, quantize
+
+    identities = {
+        bits: model_identity(
+            quantize(load_model(tiny_model, dtype=mx.bfloat16), bits, 32)
+            if bits
+            else load_model(tiny_model, dtype=mx.bfloat16),
+            "same-folder",
+        )
+        for bits in (0, 8, 4)
+    }
+    assert len(set(identities.values())) == 3, identities

@@ -194,6 +194,33 @@ def test_every_chunk_of_a_dialogue_gets_the_multi_speaker_prompt(tts, monkeypatc
         assert "SPEAKER0: feminine\nSPEAKER1: masculine" in prompt
 
 
+def test_the_voice_reference_is_the_ras_history(tts, monkeypatch, steer):
+    # Repetition-aware sampling looks back over the prompt's audio out: the voice's
+    # reference codes, delayed, as the release's RAS window reads its audio_out_ids.
+    import mlx.core as mx
+
+    from higgs_sampling import build_delay_pattern
+
+    steer(100)  # so the built-in voice gets pinned
+    histories = []
+    real = higgs_core.Batch.submit
+
+    def spy(self, input_ids, audio_ids=None, **kw):
+        histories.append(kw.get("history"))
+        return real(self, input_ids, audio_ids, **kw)
+
+    tts.speaker("en_man")  # pinned before the spy looks
+    monkeypatch.setattr(higgs_core.Batch, "submit", spy)
+    tts.say("Good morning.", voice="en_man", seed=3, max_seconds=1)
+    codes = tts.voices.codes("en_man", tts.pin_key, tts.num_codebooks)
+    cfg = tts.model.config
+    delayed = build_delay_pattern(
+        mx.array(codes, dtype=mx.int32), cfg.audio_stream_bos_id, cfg.audio_stream_eos_id
+    )
+    [history] = histories
+    assert history is not None and np.array_equal(np.asarray(history), np.array(delayed).T)
+
+
 def _chunk_len(calls, i, tts):
     # Each later prompt holds chunk i's codes wrapped and delayed: T + 2 + 7 positions.
     _, audio = calls[i + 1]

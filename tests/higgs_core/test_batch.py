@@ -161,6 +161,24 @@ def test_a_prefix_that_does_not_fit_is_refused(model, ref):
         batch.submit(other, audio, params=GREEDY, max_frames=4, prefix=prefix)
 
 
+def test_a_prefix_whose_audio_differs_is_refused(model, ref):
+    # Same ids, other codes at the audio positions: the KV state would be another clip's.
+    ids, audio = ref["input_ids"], ref["audio_ids"]
+    cut = int(np.flatnonzero(ids == 396)[0]) + 1  # after the first clip
+    n = int((ids[:cut] == 400).sum())
+    prefix = make_prefix(model, ids[:cut], audio[:n])
+    other = audio.copy()
+    other[n // 2, 3] = (other[n // 2, 3] + 1) % 1024
+    batch = Batch(model)
+    with pytest.raises(ValueError, match="audio is not this prompt's"):
+        batch.submit(ids, other, params=GREEDY, max_frames=4, prefix=prefix)
+    # the prompt's own audio is taken (past the prefix, the audio may differ)
+    other = audio.copy()
+    other[n:] = (other[n:] + 1) % 1024
+    s = batch.submit(ids, other, params=GREEDY, max_frames=2, prefix=prefix)
+    assert s.cached == cut
+
+
 def test_bad_batch_arguments(model):
     with pytest.raises(ValueError, match="max_batch"):
         Batch(model, max_batch=0)
