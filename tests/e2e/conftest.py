@@ -61,7 +61,7 @@ def steer(monkeypatch):
         is_eos = mx.arange(V)[None, :] == eos
         if t + 1 >= n:  # this step makes frame t + 1
             return mx.where(is_eos & (mx.arange(K)[:, None] == 0), 1e4, 0.0)
-        return mx.where(is_eos, -1e4, 0.0)
+        return mx.broadcast_to(mx.where(is_eos, -1e4, 0.0), (K, V))  # rows stack alike
 
     def step_rows(self, frames, caches):
         logits = real(self, frames, caches)

@@ -37,6 +37,15 @@ def pcm16(samples: np.ndarray) -> bytes:
     return (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
 
 
+def _for_soundfile(samples: np.ndarray, fmt: str) -> np.ndarray:
+    """The 16-bit formats get pcm16's integers, so a flac or a streamed wav holds the very
+    samples of raw pcm and a whole wav (libsndfile's own float -> int16 scales by 32768
+    and rounds its own way, up to 2 apart); the lossy coders get the floats."""
+    if SOUNDFILE[fmt][1] == "PCM_16":
+        return np.frombuffer(pcm16(samples), "<i2")
+    return samples
+
+
 # File extensions and the format each one means.
 EXTENSIONS = {
     "wav": "wav",
@@ -115,7 +124,7 @@ def encode(samples: np.ndarray, sample_rate: int, fmt: str) -> bytes:
 
     container, subtype = SOUNDFILE[fmt]
     buf = io.BytesIO()
-    sf.write(buf, samples, sample_rate, format=container, subtype=subtype)
+    sf.write(buf, _for_soundfile(samples, fmt), sample_rate, format=container, subtype=subtype)
     return buf.getvalue()
 
 
@@ -201,7 +210,7 @@ class Writer:
     def write(self, samples: np.ndarray):
         try:
             if self._sf is not None:
-                self._sf.write(samples)
+                self._sf.write(_for_soundfile(samples, self.fmt))
             elif self.to_stdout:
                 _to_stdout(pcm16(samples))
             else:
