@@ -79,6 +79,27 @@ def test_health_reports_the_batch_and_the_voice_prefix_cache(app_tts, steer):
     assert second["entries"] == first["entries"] and second["bytes"] == first["bytes"]
 
 
+def test_a_request_is_counted_out_before_its_answer_goes(app_tts, monkeypatch):
+    # The worker pauses after handing over each answer until /health has been read: a
+    # client that asks right after its 200 must not find its request still queued.
+    from higgs_cli.serve import Job
+
+    read, seen = threading.Event(), []
+    emit = Job.emit
+
+    def paused(self, item):
+        emit(self, item)
+        if hasattr(item, "samples"):  # a Speech: the answer
+            read.wait(10)  # the worker holds here, the answer on its way
+
+    monkeypatch.setattr(Job, "emit", paused)
+    with client(app_tts) as c:
+        assert c.post(SPEECH, json={"input": "Hi.", "response_format": "pcm"}).status_code == 200
+        seen.append(c.get("/health").json())
+        read.set()
+    assert seen[0]["queued"] == 0 and seen[0]["running"] == 0, seen
+
+
 def test_health_counts_the_rows_decoding(app_tts, monkeypatch, steer):
     steer(100)  # audio leaves while the row is still decoding
     gate, held = threading.Event(), threading.Event()
@@ -193,7 +214,51 @@ def test_streamed_pcm_equals_the_stream_api(app_tts):
     assert r.content == pcm16(np.concatenate(pieces))
 
 
-def test_full_queue_answers_429(app_tts, monkeypatch):
+def test_full_queue_answers_429_with_an_estimate_of_the_wait(app_tts, monkeypatch):
+    gates, started = [threading.Event()], threading.Event()
+    real = app_tts.job
+
+    def held(*args, **kwargs):
+        started.set()
+        gates[0].wait(10)
+        return (yield from real(*args, **kwargs))
+
+    monkeypatch.setattr(app_tts, "job", held)
+    now = [100.0]  # the worker's clock, moved by hand
+    with client(app_tts, max_queue=1) as c:
+        c.app.state.worker.clock = lambda: now[0]
+
+        def post_in_background(body):
+            box = {}
+            post = lambda: box.update(r=c.post(SPEECH, json=body))  # noqa: E731
+            t = threading.Thread(target=post, daemon=True)  # (a failed test leaves it)
+            t.start()
+            assert started.wait(10)
+            started.clear()
+            return t, box
+
+        t, first = post_in_background({"input": "One."})  # begins at 100 s
+        now[0] = 107.0
+        r = c.post(SPEECH, json={"input": "Two."})
+        assert r.status_code == 429 and error_of(r)["type"] == "rate_limit_error"
+        # Nothing has finished yet: the one running has taken 7 s so far, at least that.
+        assert r.headers["retry-after"] == "7"
+        now[0] = 112.0
+        gates[0].set()
+        t.join(30)
+        assert first["r"].status_code == 200  # it took 12 s by the worker's clock
+        gates[0] = threading.Event()
+        t, third = post_in_background({"input": "Three."})
+        r = c.post(SPEECH, json={"input": "Four."})
+        assert r.status_code == 429 and r.headers["retry-after"] == "12"
+        gates[0].set()
+        t.join(30)
+        assert third["r"].status_code == 200
+
+
+def test_requests_in_flight_when_the_worker_stops_get_a_503(app_tts, monkeypatch):
+    # One request decoding, one queued behind it: a stop ends both with an answer in
+    # the API's shape, where they used to wait forever.
     gate, started = threading.Event(), threading.Event()
     real = app_tts.job
 
@@ -203,24 +268,76 @@ def test_full_queue_answers_429(app_tts, monkeypatch):
         return (yield from real(*args, **kwargs))
 
     monkeypatch.setattr(app_tts, "job", held)
-    with client(app_tts, max_queue=1) as c:
-        first = {}
-        t = threading.Thread(target=lambda: first.update(r=c.post(SPEECH, json={"input": "One."})))
-        t.start()
+    answers = [{}, {}]
+    with client(app_tts) as c:
+        worker = c.app.state.worker
+
+        def post(i):
+            answers[i]["r"] = c.post(SPEECH, json={"input": f"Request {i}."})
+
+        threads = [threading.Thread(target=post, args=(i,), daemon=True) for i in (0, 1)]
+        threads[0].start()
         assert started.wait(10)
-        r = c.post(SPEECH, json={"input": "Two."})
-        assert r.status_code == 429 and r.headers["retry-after"]
-        assert error_of(r)["type"] == "rate_limit_error"
+        threads[1].start()
+        for _ in range(1000):  # until the second is queued behind the first
+            if worker._jobs.qsize():
+                break
+            threading.Event().wait(0.01)
+        closing = threading.Thread(target=worker.close, daemon=True)
+        closing.start()
         gate.set()
-        t.join(30)
-        assert first["r"].status_code == 200
+        for t in [*threads, closing]:
+            t.join(30)
+    for answer in answers:
+        r = answer["r"]
+        assert r.status_code == 503 and error_of(r)["code"] == "shutting_down", r.text
+
+
+def test_the_limits_follow_the_batch():
+    assert (Limits().max_queue, Limits().max_streams) == (16, 16)
+    assert (Limits(max_batch=3).max_queue, Limits(max_batch=3).max_streams) == (6, 6)
+    assert Limits(max_batch=3, max_queue=4).max_streams == 4
+    assert Limits(max_queue=4, max_streams=2).max_streams == 2
+
+
+def test_a_full_batch_of_streaming_clients_is_served_with_the_default_limits(app_tts, steer):
+    # What the OpenAI SDK's streaming clients do: all open at once, reading as they go.
+    steer(60)
+    clients = Limits().max_batch
+    opened = threading.Barrier(clients, timeout=60)
+    statuses = [None] * clients
+
+    with client(app_tts) as c:
+
+        def listen(i):
+            body = {"input": f"Client {i} speaks.", "response_format": "pcm", "stream": True}
+            with c.stream("POST", SPEECH, json=body) as r:
+                statuses[i] = r.status_code
+                if r.status_code != 200:
+                    opened.abort()  # the others need not wait for this one
+                    return
+                parts = r.iter_bytes()
+                next(parts, None)
+                opened.wait()  # every stream is open at once here
+                for _ in parts:
+                    pass
+
+        threads = [threading.Thread(target=listen, args=(i,)) for i in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    assert statuses == [200] * clients
 
 
 def test_too_many_streams_answers_429(app_tts):
-    app = create_app(app_tts, limits=Limits(max_streams=0))
-    with TestClient(app) as c:
-        r = c.post(SPEECH, json={"input": "Hi.", "stream": True, "response_format": "pcm"})
+    with client(app_tts, max_streams=1) as c:
+        body = {"input": "Hi there, a long hello.", "stream": True, "response_format": "pcm"}
+        with c.stream("POST", SPEECH, json=body) as held:  # open until this block ends
+            assert held.status_code == 200
+            r = c.post(SPEECH, json=body)
     assert r.status_code == 429 and error_of(r)["code"] == "too_many_streams"
+    assert int(r.headers["retry-after"]) >= 1
 
 
 def test_timeout_is_504(app_tts):

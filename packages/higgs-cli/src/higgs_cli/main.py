@@ -1019,16 +1019,12 @@ def bench(layers, bits, dtype, group_size, frames, prompt_length, batch_sizes):
 @click.option(
     "--max-queue",
     type=click.IntRange(1, 10_000),
-    default=16,
-    show_default=True,
-    help="Generation requests waiting or running before 429.",
+    help="Generation requests waiting or running before 429. [default: 2 x --max-batch]",
 )
 @click.option(
     "--max-streams",
     type=click.IntRange(1, 10_000),
-    default=4,
-    show_default=True,
-    help="Streamed responses open at once.",
+    help="Streamed responses open at once. [default: --max-queue]",
 )
 @click.option(
     "--timeout",
@@ -1121,8 +1117,8 @@ def serve(
     limits = Limits(
         max_input_chars=max_input_chars,
         max_body_bytes=int(max_body_mb * 2**20),
-        max_queue=max_queue,
-        max_streams=max_streams,
+        max_queue=max_queue or 0,  # 0: derived from the batch
+        max_streams=max_streams or 0,
         request_timeout=timeout,
         max_batch=max_batch,
         write_timeout=stream_timeout,

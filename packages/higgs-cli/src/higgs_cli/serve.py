@@ -51,17 +51,29 @@ OPENAI_VOICES = {
 }
 
 
+# How much each finished request moves the mean time a request takes.
+SMOOTHING = 0.2
+# Requests queued per row of the batch by default: a full batch running and as many
+# waiting to take the rows they free.
+QUEUE_PER_ROW = 2
+
+
 @dataclass
 class Limits:
+    """What the server takes at once. The queue and stream limits follow the batch by
+    default, so that a full batch of streaming clients is served, not turned away."""
+
     max_input_chars: int = 4096
     max_body_bytes: int = 25 * 2**20  # also bounds voice uploads
-    max_queue: int = 16  # generation requests waiting or running
-    max_streams: int = 4  # streamed responses open at once
+    max_queue: int = 0  # generation requests waiting or running (0: QUEUE_PER_ROW a row)
+    max_streams: int = 0  # streamed responses open at once (0: as many as max_queue)
     request_timeout: float = 300.0  # seconds of generation per request
     max_batch: int = 8  # requests decoded together
-    write_timeout: float = (
-        30.0  # seconds a streamed response may wait on a client that reads nothing
-    )
+    write_timeout: float = 30.0  # seconds a stream may wait on a client that reads nothing
+
+    def __post_init__(self):
+        self.max_queue = self.max_queue or QUEUE_PER_ROW * self.max_batch
+        self.max_streams = self.max_streams or self.max_queue
 
 
 def device_memory() -> int | None:
@@ -142,13 +154,18 @@ class ApiError(Exception):
         return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
-def busy(message: str, code: str) -> ApiError:
-    """429: come back later."""
-    return ApiError(429, message, type="rate_limit_error", code=code, headers={"Retry-After": "5"})
+def busy(message: str, code: str, retry_after: int) -> ApiError:
+    """429: come back in ``retry_after`` seconds."""
+    headers = {"Retry-After": str(retry_after)}
+    return ApiError(429, message, type="rate_limit_error", code=code, headers=headers)
 
 
 class Cancelled(Exception):
     """The client went away."""
+
+
+class ShuttingDown(Exception):
+    """The server stopped before the request could finish."""
 
 
 _DONE = object()
@@ -194,12 +211,15 @@ class Worker:
     (continuous batching: they join and leave at frame boundaries). With
     ``max_batch`` 1 they take turns in arrival order."""
 
-    def __init__(self, tts, max_queue: int, max_batch: int = 8):
+    def __init__(self, tts, max_queue: int, max_batch: int = 8, clock=time.monotonic):
         self.tts = tts
         self.max_queue = max_queue
         self.max_batch = max_batch
         self.pending = 0  # accepted and not yet finished: waiting or running
         self.running = 0  # rows decoding in the batch now (at most max_batch)
+        self.clock = clock
+        self.mean_seconds: float | None = None  # a request's time in the worker, smoothed
+        self._started: dict[Job, float] = {}  # when each job in the worker began
         self._lock = threading.Lock()
         self._jobs: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="higgs-worker", daemon=True)
@@ -211,9 +231,21 @@ class Worker:
                 raise busy(
                     f"the server is busy ({self.pending} requests queued); retry shortly",
                     "queue_full",
+                    self.retry_after(),
                 )
             self.pending += 1
         self._jobs.put(job)
+
+    def retry_after(self) -> int:
+        """Whole seconds until a request is likely to finish and free a place: with
+        ``running`` rows taking ``mean_seconds`` each, one ends every
+        ``mean_seconds / running`` on average. Before any has finished, the oldest
+        running request's age is the best lower bound there is."""
+        mean = self.mean_seconds
+        if mean is None:
+            now = self.clock()
+            mean = max((now - t for t in list(self._started.values())), default=1.0)
+        return max(1, math.ceil(mean / max(1, self.running)))
 
     def _run(self):
         import mlx.core as mx
@@ -231,11 +263,16 @@ class Worker:
             try:  # wait for work only when there is none
                 job = self._jobs.get(block=not running)
                 while True:
-                    if job is None:
-                        for done in running.values():
-                            done.cancel(Cancelled("the server is shutting down"))
+                    if job is None:  # closing: whoever still waits hears why
+                        stop = ShuttingDown("the server is shutting down")
+                        for waiting, work in running.items():
+                            work.cancel(stop)
+                            waiting.emit(stop)
+                        while (left := self._next_queued()) is not None:
+                            left.emit(stop)
                         return
                     job.started = time.monotonic()
+                    self._started[job] = self.clock()
                     running[job] = runner.add(job.make(runner.batch))
                     job = self._jobs.get_nowait()
             except queue.Empty:
@@ -250,6 +287,9 @@ class Worker:
                     del running[job]
                     # Counted out before the client hears it is done: a client that reads
                     # /health right after its answer must not see itself still queued.
+                    took = self.clock() - self._started.pop(job)
+                    mean = self.mean_seconds
+                    self.mean_seconds = took if mean is None else mean + SMOOTHING * (took - mean)
                     with self._lock:
                         self.pending -= 1
                     if work.error is not None:
@@ -259,6 +299,12 @@ class Worker:
                             job.emit(work.result)
                         job.emit(_DONE)
                     mx.clear_cache()  # keep memory flat: what the request used goes back
+
+    def _next_queued(self) -> Job | None:
+        try:
+            return self._jobs.get_nowait()
+        except queue.Empty:
+            return None
 
     def close(self, timeout: float = 10.0):
         """Stop taking work, end the jobs in flight and wait for the thread, which
@@ -419,6 +465,7 @@ async def speech(request: Request):
         raise busy(
             f"{app.state.streams} streams are open; the limit is {app.state.limits.max_streams}",
             "too_many_streams",
+            app.state.worker.retry_after(),
         )
 
     def make(batch):
@@ -472,6 +519,8 @@ def as_api_error(error: BaseException) -> ApiError:
         return error
     if isinstance(error, Cancelled | asyncio.CancelledError | GeneratorExit):
         return ApiError(499, "the client disconnected", code="client_closed")
+    if isinstance(error, ShuttingDown):
+        return ApiError(503, str(error), type="server_error", code="shutting_down")
     if isinstance(error, StalledClient):
         return ApiError(408, str(error), code="client_stalled")
     if isinstance(error, TimeoutError):
