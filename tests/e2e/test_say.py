@@ -209,10 +209,9 @@ def test_the_voice_reference_is_the_ras_history(tts, monkeypatch, steer):
         histories.append(kw.get("history"))
         return real(self, input_ids, audio_ids, **kw)
 
-    tts.speaker("en_man")  # pinned before the spy looks
+    codes = tts.speaker("en_man").codes  # the voice's reference (pinned before the spy looks)
     monkeypatch.setattr(higgs_core.Batch, "submit", spy)
     tts.say("Good morning.", voice="en_man", seed=3, max_seconds=1)
-    codes = tts.voices.codes("en_man", tts.pin_key, tts.num_codebooks)
     cfg = tts.model.config
     delayed = build_delay_pattern(
         mx.array(codes, dtype=mx.int32), cfg.audio_stream_bos_id, cfg.audio_stream_eos_id
