@@ -13,8 +13,9 @@ PATH_OPTIONS = {"file", "output", "ref_audio", "audio", "model", "codec"}
 def commands(group=cli, name="higgs"):
     yield name, group
     if isinstance(group, click.Group):
-        for sub, command in group.commands.items():
-            yield from commands(command, f"{name} {sub}")
+        ctx = click.Context(group)
+        for sub in group.list_commands(ctx):
+            yield from commands(group.get_command(ctx, sub), f"{name} {sub}")
 
 
 ALL = list(commands())
@@ -37,3 +38,51 @@ def test_options_have_help_and_path_metavars(name, command):
 def test_help_renders(name):
     r = CliRunner().invoke(cli, [*name.split()[1:], "--help"])
     assert r.exit_code == 0 and "Usage:" in r.output, r.output
+
+
+def test_the_command_list_opens_each_commands_own_help():
+    # `higgs --help` lists the commands from a table, without loading them.
+    from higgs_cli.main import COMMANDS
+
+    ctx = click.Context(cli)
+    assert cli.list_commands(ctx) == sorted(COMMANDS)
+    for name, (_, opening) in COMMANDS.items():
+        help_ = " ".join(cli.get_command(ctx, name).help.split())
+        assert help_.startswith(opening.removesuffix("...")), (name, help_)
+
+
+# What a command line that only asks for help, or is mistyped, may import: click,
+# numpy and the project's light modules, never MLX, a model or a codec.
+HEAVY = ("mlx", "mlx_lm", "higgs_core", "higgs_codec", "higgs_kernels", "soundfile")
+LIGHT_RUNS = [
+    ["--help"],
+    ["--version"],
+    ["nothing"],
+    *[[command, "--help"] for command in ("say", "batch", "serve", "voices", "convert", "bench")],
+    ["voices", "add", "--help"],
+    ["say", "Hi.", "--top-p", "5"],
+    ["say", "Hi.", "--seed", "-1"],
+    ["serve", "--port", "99999"],
+    ["batch"],
+]
+
+
+def test_help_and_argument_errors_import_no_mlx():
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from higgs_cli.main import cli\n"
+        "try:\n"
+        "    cli(sys.argv[1:])\n"
+        "except SystemExit as e:\n"
+        "    code = e.code\n"
+        f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})\n"
+        "print('HEAVY', code, heavy, file=sys.stderr)\n"
+    )
+    for args in LIGHT_RUNS:
+        r = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True)
+        line = r.stderr.strip().splitlines()[-1]
+        assert line.startswith("HEAVY") and line.endswith("[]"), (args, r.stderr[-500:])
+        assert line.split()[1] in ("0", "1", "2", "None"), (args, line)

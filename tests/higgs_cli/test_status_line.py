@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from higgs_cli.main import BatchLine, StatusLine
+from higgs_cli.commands.batch import BatchLine
+from higgs_cli.commands.common import StatusLine
 from higgs_cli.speech import Progress
 
 

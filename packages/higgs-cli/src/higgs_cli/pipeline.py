@@ -27,6 +27,8 @@ from higgs_cli.prefixes import PrefixCache, load_prefix, model_identity, prefix_
 from higgs_cli.prompt import Prompt, Speaker, conversation, encode_prompt, speaker_tags
 from higgs_cli.runner import Job, Runner, Work
 from higgs_cli.settings import (
+    DEFAULT_CODEC,
+    DEFAULT_MODEL,
     MAX_SPEAKERS,
     HiggsError,
     NoAudio,
@@ -56,8 +58,6 @@ __all__ = [
     "encode_file",
 ]
 
-DEFAULT_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"
-DEFAULT_CODEC = "bosonai/higgs-audio-v2-tokenizer"
 # Frames of codes handed to the stream decoder at a time.
 PUSH_FRAMES = 4
 # Prompt positions prefilled per model step: alone, and in the server while other

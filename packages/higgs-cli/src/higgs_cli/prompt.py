@@ -10,10 +10,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import mlx.core as mx
 import numpy as np
-
-from higgs_sampling import build_delay_pattern
 
 INSTRUCTION = "Generate audio following instruction."
 # The release's MULTISPEAKER_DEFAULT_SYSTEM_MESSAGE (examples/generation.py), verbatim.
@@ -182,6 +179,10 @@ def encode_prompt(
     reference turns); ``Prompt.prefix_tokens`` counts their positions. Each piece
     is tokenized alone, so those positions are the same whatever follows.
     """
+    import mlx.core as mx  # here, so that the settings' checks need no MLX
+
+    from higgs_sampling import build_delay_pattern
+
     ids: list[int] = []
     clips: list[np.ndarray] = []
     is_out: list[bool] = []

@@ -14,6 +14,9 @@ from higgs_cli.prompt import DEFAULT_SCENE, speaker_tags
 from higgs_cli.voices import check_name
 from higgs_sampling import SamplingParams
 
+# The released checkpoints, the default model and audio tokenizer.
+DEFAULT_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"
+DEFAULT_CODEC = "bosonai/higgs-audio-v2-tokenizer"
 # Most [SPEAKERn] tags a text may use when no voices are named (SPEAKER0..SPEAKER7).
 MAX_SPEAKERS = 8
 SEED_LIMIT = 2**64

@@ -27,7 +27,8 @@ from enum import IntEnum
 import mlx.core as mx
 
 from higgs_sampling.delay import _check_delays, revert_delay
-from higgs_sampling.samplers import SamplingParams, repetition_aware, sample
+from higgs_sampling.params import SamplingParams
+from higgs_sampling.samplers import repetition_aware, sample
 
 _NO_EOS = 1 << 30  # eos_col while no ramp-out runs: "q - e" stays hugely negative
 

@@ -16,7 +16,8 @@ import mlx.core as mx
 
 from higgs_sampling.delay import _check_delays
 from higgs_sampling.frames import _NO_EOS, advance
-from higgs_sampling.samplers import SamplingParams, filter_logits, greedy
+from higgs_sampling.params import SamplingParams
+from higgs_sampling.samplers import filter_logits, greedy
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The `higgs` commands, one module each; `higgs_cli.main` loads them on demand."""
