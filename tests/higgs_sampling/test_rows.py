@@ -108,3 +108,30 @@ def test_bad_start():
         rs.start(SamplingParams(), mx.random.key(0), 0)
     with pytest.raises(ValueError, match="codebooks"):
         rs.start(SamplingParams(), mx.random.key(0), 5, history=mx.zeros((K + 1, 3)))
+
+
+def test_a_rows_last_frame_and_codes_come_from_the_sampler():
+    # Codebook 0 says EOS at step 5: the row's last frame is known from then on, as its
+    # EOS column plus the largest delay, and the stream ends exactly there; its codes
+    # are the release's [:, 1:-1] of the reverted frames, as FrameSampler's.
+    sampler = RowSampler(K, B, E, compile=False)
+    greedy_ = SamplingParams(temperature=0, ras_window=0)
+    first, state = sampler.start(greedy_, mx.random.key(0), max_frames=40)
+    frames, known = [first], []
+    for t in range(1, 40):
+        x = np.zeros((1, K, V), np.float32)
+        x[0, :, t % B] = 5.0  # a different code each step
+        if t == 5:
+            x[0, 0, E] = 10.0
+        frame, state = sampler.step(mx.array(x), state)
+        frames.append(frame[0])
+        known.append(sampler.last_frames(state)[0])
+        if state.stop.item():
+            break
+    assert known[:4] == [None] * 4 and set(known[4:]) == {5 + K - 1}
+    assert len(frames) - 1 == 5 + K - 1  # it ended at that frame
+    stacked = mx.stack(frames, axis=1)
+    want = FrameSampler(K, B, E, greedy_, max_frames=1, compile=False).to_codes(stacked)
+    assert mx.array_equal(sampler.to_codes(stacked), want)
+    assert sampler.to_codes(stacked).shape == (K, 5 - 1)  # the columns before the EOS one
+    assert sampler.to_codes(stacked[:, : K - 1]).shape == (K, 0)  # no whole column yet

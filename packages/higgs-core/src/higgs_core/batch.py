@@ -26,9 +26,7 @@ import numpy as np
 from mlx_lm.models.cache import KVCache
 
 from higgs_core.model import HiggsAudioModel
-from higgs_sampling import FrameSampler, RowSampler, RowState, SamplingParams, StopReason
-
-_NO_EOS = 1 << 30  # the sampler's eos_col before a ramp-out (higgs_sampling)
+from higgs_sampling import RowSampler, RowState, SamplingParams, StopReason
 
 
 @dataclass(frozen=True)
@@ -188,13 +186,6 @@ class Batch:
         self.sampler = RowSampler(
             cfg.num_codebooks, cfg.audio_stream_bos_id, cfg.audio_stream_eos_id
         )
-        self._codes = FrameSampler(
-            cfg.num_codebooks,
-            cfg.audio_stream_bos_id,
-            cfg.audio_stream_eos_id,
-            max_frames=1,
-            compile=False,
-        )
         self.waiting: deque[Stream] = deque()
         self.live: list[Stream] = []  # in the order of the batch's rows
         self.state: RowState | None = None
@@ -349,16 +340,15 @@ class Batch:
             return
         rows, codes, state = self._queued
         self._queued = None
-        stop, eos_col = np.array(state.stop), np.array(state.eos_col)
-        D = max(self.sampler.delays)
+        stop, last = np.array(state.stop), self.sampler.last_frames(state)
         now = time.perf_counter()
         for b, s in enumerate(rows):
             if s.finished:
                 continue
             if len(s.frames) <= s.end:  # else a frame past a ramp-out that began and ended at once
                 s.frames.append(codes[b])
-            if eos_col[b] != _NO_EOS:
-                s.end = min(s.end, int(eos_col[b]) + D)
+            if last[b] is not None:
+                s.end = min(s.end, last[b])
             if stop[b] != StopReason.RUNNING:
                 self._finish(s, StopReason(int(stop[b])).label, now)
         for s in self._draining:  # cannot happen: a stream's last frame sets its stop flag
@@ -420,14 +410,9 @@ class Batch:
         return Prefix(s.ids[:n].copy(), audio, cache)
 
     def _finish(self, s: Stream, reason: str, now: float):
-        stacked = mx.stack(s.frames, axis=1) if s.frames else None
-        K, D = self.model.config.num_codebooks, max(self.sampler.delays)
-        if stacked is not None and stacked.shape[1] > D:
-            codes = self._codes.to_codes(stacked)
-        else:  # stopped before every codebook got past its delay: no whole column yet
-            codes = mx.zeros((K, 0), dtype=mx.int32)
-        if stacked is None:
-            stacked = mx.zeros((K, 0), dtype=mx.int32)
+        K = self.model.config.num_codebooks
+        stacked = mx.stack(s.frames, axis=1) if s.frames else mx.zeros((K, 0), dtype=mx.int32)
+        codes = self.sampler.to_codes(stacked)
         mx.eval(stacked, codes)
         s.result = GenerationResult(
             frames=stacked,

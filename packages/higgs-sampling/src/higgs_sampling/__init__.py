@@ -13,6 +13,7 @@ if TYPE_CHECKING:
         apply_delay,
         build_delay_pattern,
         default_delays,
+        frames_to_codes,
         revert_delay,
     )
     from higgs_sampling.frames import FrameSampler, FrameState, StopReason
@@ -25,7 +26,14 @@ __version__ = _version("higgs-sampling")
 # Each public name and the module that holds it.
 _MODULES = {
     **dict.fromkeys(
-        ["CodeColumns", "apply_delay", "build_delay_pattern", "default_delays", "revert_delay"],
+        [
+            "CodeColumns",
+            "apply_delay",
+            "build_delay_pattern",
+            "default_delays",
+            "frames_to_codes",
+            "revert_delay",
+        ],
         "delay",
     ),
     **dict.fromkeys(["FrameSampler", "FrameState", "StopReason"], "frames"),
@@ -47,6 +55,7 @@ __all__ = [
     "build_delay_pattern",
     "default_delays",
     "filter_logits",
+    "frames_to_codes",
     "greedy",
     "gumbel_max",
     "repetition_aware",

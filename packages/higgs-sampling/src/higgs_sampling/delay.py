@@ -70,6 +70,25 @@ def revert_delay(delayed: mx.array, delays: Sequence[int] | None = None) -> mx.a
     return mx.take_along_axis(delayed, mx.broadcast_to(idx, (*batch, K, T)), axis=-1)
 
 
+def frames_to_codes(
+    frames: mx.array, codebook_size: int, delays: Sequence[int] | None = None
+) -> mx.array:
+    """A finished stream's delayed frames ``[K, F]`` (frame 0 the synthetic one) ->
+    codes ``[K, T]``: the delay reverted, the first (BOS) and last columns dropped and
+    stray BOS/EOS values clipped into ``0..codebook_size-1``.
+
+    The release drops the last column whatever ended the stream (``[:, 1:-1]`` in
+    ``examples/generation.py``): after an EOS stop it is the EOS column, after a budget
+    stop a column the ramp-out never finished. A stream that stopped before every
+    codebook got past its delay has no whole column: ``[K, 0]``.
+    """
+    K, F = frames.shape[-2:]
+    delays = _check_delays(delays, K)
+    if max(delays) >= F:
+        return mx.zeros((*frames.shape[:-1], 0), dtype=mx.int32)
+    return mx.clip(revert_delay(frames, delays)[..., 1:-1], 0, codebook_size - 1)
+
+
 def build_delay_pattern(
     codes: mx.array,
     bos: int,

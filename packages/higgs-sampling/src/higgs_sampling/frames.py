@@ -26,7 +26,7 @@ from enum import IntEnum
 
 import mlx.core as mx
 
-from higgs_sampling.delay import _check_delays, revert_delay
+from higgs_sampling.delay import _check_delays, frames_to_codes
 from higgs_sampling.params import SamplingParams
 from higgs_sampling.samplers import repetition_aware, sample
 
@@ -196,5 +196,4 @@ class FrameSampler:
         """
         if codebook_size is None:
             codebook_size = min(self.bos, self.eos)
-        codes = revert_delay(frames, self.delays)[..., 1:-1]
-        return mx.clip(codes, 0, codebook_size - 1)
+        return frames_to_codes(frames, codebook_size, self.delays)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 
 import mlx.core as mx
 
-from higgs_sampling.delay import _check_delays
+from higgs_sampling.delay import _check_delays, frames_to_codes
 from higgs_sampling.frames import _NO_EOS, advance
 from higgs_sampling.params import SamplingParams
 from higgs_sampling.samplers import filter_logits, greedy
@@ -135,6 +135,17 @@ class RowSampler:
             key=key[None],
         )
         return first, state
+
+    def last_frames(self, state: RowState) -> list[int | None]:
+        """Each row's last frame, once its ramp-out has begun (its EOS column plus the
+        largest delay), else None: a stream may end at its budget sooner."""
+        D = max(self.delays)
+        return [None if col == _NO_EOS else col + D for col in state.eos_col.tolist()]
+
+    def to_codes(self, frames: mx.array) -> mx.array:
+        """A finished row's delayed frames ``[K, F]`` -> codes ``[K, T]``, as
+        :meth:`FrameSampler.to_codes` (see :func:`~higgs_sampling.frames_to_codes`)."""
+        return frames_to_codes(frames, min(self.bos, self.eos), self.delays)
 
     def step(self, logits: mx.array, state: RowState) -> tuple[mx.array, RowState]:
         """Sample each row's next frame from ``logits [B, K, V]`` -> ``[B, K]`` int32."""
