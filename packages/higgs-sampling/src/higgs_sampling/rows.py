@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import mlx.core as mx
+import numpy as np
 
 from higgs_sampling.delay import _check_delays, frames_to_codes
 from higgs_sampling.frames import _NO_EOS, advance
@@ -140,7 +141,8 @@ class RowSampler:
         """Each row's last frame, once its ramp-out has begun (its EOS column plus the
         largest delay), else None: a stream may end at its budget sooner."""
         D = max(self.delays)
-        return [None if col == _NO_EOS else col + D for col in state.eos_col.tolist()]
+        cols: list[int] = np.array(state.eos_col).tolist()
+        return [None if col == _NO_EOS else col + D for col in cols]
 
     def to_codes(self, frames: mx.array) -> mx.array:
         """A finished row's delayed frames ``[K, F]`` -> codes ``[K, T]``, as
