@@ -125,18 +125,18 @@ def test_max_seconds_warns_whenever_it_truncates(tts, steer):
     warnings = []
     text = "One two three. Four five six. Seven eight nine."
     speech = tts.say(text, chunk_words=3, max_seconds=10, warn=warnings.append)
-    assert len(speech.chunks) == 2  # 8 s, then the 2 s left
-    assert speech.frames == 250
+    assert len(speech.chunks) == 2  # 8 s of audio, then the 2 s left
+    assert speech.duration == 10.0  # seconds of audio, the delay ramps not counted
     assert warnings[-1] == (
         '--max-seconds 10 reached in chunk 2/3 ("Four five six."): it is cut short and 1 more '
         "chunk(s) left unspoken"
     )
     # A budget used up exactly by a chunk that ended on its own still says so: EOS
-    # forced at frame 93 ends the stream with frame 100, all 4 s of the budget.
-    steer(93)
+    # forced at frame 101 leaves 100 columns of audio, all 4 s of the budget.
+    steer(101)
     warnings.clear()
     speech = tts.say(text, chunk_words=3, max_seconds=4.0, warn=warnings.append)
-    assert speech.frames == 100 and speech.stop_reasons == ["eos"]
+    assert speech.duration == 4.0 and speech.stop_reasons == ["eos"]
     assert warnings == ["--max-seconds 4 reached: 2 of 3 chunks left unspoken"]
 
 

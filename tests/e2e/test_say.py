@@ -367,3 +367,35 @@ def test_verbose_sums_up_the_stop_reasons(home, tmp_path):
     counts = lines[0].split("(stop: ")[1].rstrip(")").split(", ")
     assert sum(int(c.split()[0]) for c in counts) == 6, lines
     assert len(counts) == len({c.split()[1] for c in counts}), lines
+
+
+@pytest.mark.parametrize("seconds", [0.04, 0.2, 1.0, 2.5])
+def test_max_seconds_is_seconds_of_audio(tts, steer, seconds):
+    # The speech never ends on its own: it stops within one frame of the budget (the
+    # delay ramp and the dropped last column are not counted against it).
+    steer(10**6)
+    speech = tts.say("Good morning to you.", seed=1, max_seconds=seconds)
+    assert seconds - 1 / tts.frame_rate < speech.duration <= seconds, speech.duration
+    assert speech.stop_reasons == ["max_frames"] and "--max-seconds" in speech.warnings[-1]
+
+
+def test_max_seconds_spans_the_chunks(tts, steer):
+    # Each chunk ends on its own after 30 frames (29 columns of audio); the third is cut
+    # where the budget runs out, and the fourth is not spoken.
+    steer(30)
+    text = "One two three. Four five six. Seven eight nine. Ten eleven twelve."
+    speech = tts.say(text, seed=1, max_seconds=2.5, chunk_words=3)
+    assert len(speech.chunks) == 3 and speech.stop_reasons == ["eos", "eos", "max_frames"]
+    assert 2.5 - 1 / tts.frame_rate < speech.duration <= 2.5
+    assert "1 more chunk(s) left unspoken" in speech.warnings[-1]
+
+
+def test_a_budget_under_one_frame_is_refused_before_anything_loads(home, tmp_path):
+    r = CliRunner().invoke(
+        cli, ["say", "Hi.", "-o", str(tmp_path / "x.wav"), "--max-seconds", "0.03"]
+    )
+    assert r.exit_code == 2 and "'--max-seconds': 0.03 is not in the range x>=0.04" in r.stderr
+    from higgs_cli.settings import Settings
+
+    with pytest.raises(ValueError, match=r"one frame of audio \(0.04 s\) at least"):
+        Settings(max_seconds=0.03)

@@ -62,6 +62,7 @@ LIGHT_RUNS = [
     ["voices", "add", "--help"],
     ["say", "Hi.", "--top-p", "5"],
     ["say", "Hi.", "--seed", "-1"],
+    ["say", "Hi.", "--max-seconds", "0.03"],
     ["serve", "--port", "99999"],
     ["batch"],
 ]

@@ -40,7 +40,7 @@ from higgs_cli.speech import ManyStream, Progress, Speech, SpeechStream
 from higgs_cli.text import chunk_text, count_words, normalize, sound_events
 from higgs_cli.voices import BUILTINS, PIN_TEXT, VoiceError, VoiceStore, check_name, fingerprint
 from higgs_core import Batch
-from higgs_sampling import CodeColumns
+from higgs_sampling import CodeColumns, frames_for_codes
 
 __all__ = [
     "MAX_SPEAKERS",
@@ -431,7 +431,7 @@ class Higgs:
         speakers = yield from self._speakers(request, batch, warn)
         tags = speaker_tags(request.text)  # the whole text's, for every chunk's prompt
         pieces = chunk_text(normalize(request.text), settings.chunk_words)
-        budget = int(settings.max_seconds * self.frame_rate)  # frames left for the text
+        budget = int(settings.max_seconds * self.frame_rate)  # audio frames left for the text
         context: list[tuple[str, np.ndarray]] = []
         decoder = self.codec.stream_decoder() if emit else None
         done, sent, audio_seconds = [], [], 0.0
@@ -455,7 +455,9 @@ class Higgs:
                 )
                 break
             own = self.chunk_frames(piece)
-            max_frames = min(budget, own)
+            # What is left of --max-seconds is audio: the delay ramp and the column the
+            # release drops are frames to sample on top of it.
+            max_frames = min(own, frames_for_codes(budget, self.num_codebooks))
             prompt = self._prompt(piece, speakers, context, settings, tags)
             columns = CodeColumns(self.num_codebooks, self.codec.codebook_size)
             columns.push(mx.full((self.num_codebooks,), self.model.config.audio_stream_bos_id))
@@ -495,7 +497,7 @@ class Higgs:
             codes = np.array(res.codes, dtype=np.int32)  # on the host, for prompts and Speech
             done.append((piece, prompt, res, codes))
             audio_seconds += codes.shape[1] / self.frame_rate
-            budget -= res.num_frames
+            budget -= codes.shape[1]
             keep = settings.context_chunks
             context = [*context, (piece, codes)][-keep:] if keep else []
             report(i, res.num_frames, max_frames, audio_seconds, finished=True)

@@ -17,6 +17,8 @@ from higgs_sampling import SamplingParams
 # The released checkpoints, the default model and audio tokenizer.
 DEFAULT_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"
 DEFAULT_CODEC = "bosonai/higgs-audio-v2-tokenizer"
+# Frames of audio a second: the Higgs audio tokenizer's (higgs_codec's frame_rate).
+FRAME_RATE = 25
 # Most [SPEAKERn] tags a text may use when no voices are named (SPEAKER0..SPEAKER7).
 MAX_SPEAKERS = 8
 SEED_LIMIT = 2**64
@@ -63,8 +65,11 @@ class Settings:
     def __post_init__(self):
         if not (isinstance(self.seed, int) and 0 <= self.seed < SEED_LIMIT):
             raise ValueError(f"seed must be an integer in 0..2**64-1, got {self.seed}")
-        if not (self.max_seconds > 0 and np.isfinite(self.max_seconds)):
-            raise ValueError(f"max_seconds must be > 0, got {self.max_seconds}")
+        if not (self.max_seconds * FRAME_RATE >= 1 and np.isfinite(self.max_seconds)):
+            raise ValueError(
+                f"max_seconds must hold one frame of audio ({1 / FRAME_RATE:g} s) at least, "
+                f"got {self.max_seconds:g}"
+            )
         if not (isinstance(self.chunk_words, int) and self.chunk_words >= 1):
             raise ValueError(f"chunk_words must be an integer >= 1, got {self.chunk_words}")
         if not (isinstance(self.context_chunks, int) and self.context_chunks >= 0):

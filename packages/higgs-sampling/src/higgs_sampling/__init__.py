@@ -13,6 +13,7 @@ if TYPE_CHECKING:
         apply_delay,
         build_delay_pattern,
         default_delays,
+        frames_for_codes,
         frames_to_codes,
         revert_delay,
     )
@@ -31,6 +32,7 @@ _MODULES = {
             "apply_delay",
             "build_delay_pattern",
             "default_delays",
+            "frames_for_codes",
             "frames_to_codes",
             "revert_delay",
         ],
@@ -55,6 +57,7 @@ __all__ = [
     "build_delay_pattern",
     "default_delays",
     "filter_logits",
+    "frames_for_codes",
     "frames_to_codes",
     "greedy",
     "gumbel_max",

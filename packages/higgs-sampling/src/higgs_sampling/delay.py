@@ -89,6 +89,13 @@ def frames_to_codes(
     return mx.clip(revert_delay(frames, delays)[..., 1:-1], 0, codebook_size - 1)
 
 
+def frames_for_codes(codes: int, num_codebooks: int, delays: Sequence[int] | None = None) -> int:
+    """The frames to sample after the synthetic one for a stream its budget stops to end
+    with ``codes`` whole code columns: those, the largest delay's ramp, and the last
+    column, which :func:`frames_to_codes` drops as the release does."""
+    return codes + max(_check_delays(delays, num_codebooks)) + 1
+
+
 def build_delay_pattern(
     codes: mx.array,
     bos: int,

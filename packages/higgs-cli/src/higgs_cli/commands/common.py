@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from higgs_cli.settings import DEFAULT_CODEC, DEFAULT_MODEL, Settings
+from higgs_cli.settings import DEFAULT_CODEC, DEFAULT_MODEL, FRAME_RATE, Settings
 
 DEFAULTS = Settings()
 SAMPLING = DEFAULTS.sampling
@@ -249,10 +249,10 @@ _SPEECH_DECORATORS = [
     ),
     click.option(
         "--max-seconds",
-        type=click.FloatRange(0, min_open=True),
+        type=click.FloatRange(1 / FRAME_RATE),  # one frame of audio at least
         default=DEFAULTS.max_seconds,
         show_default=True,
-        help="Most audio to make for the whole text.",
+        help="Most seconds of audio for the whole text (it stops within one frame of it).",
     ),
     click.option(
         "--chunk-words",
