@@ -259,3 +259,28 @@ def test_ray_batch_matches_the_local_one(home, tmp_path, ray_cluster):
         env=env,
     )
     assert "5 already done" in r.stderr
+
+
+def test_a_relative_ref_audio_is_taken_from_the_manifests_folder(home, tmp_path, tts, monkeypatch):
+    # The manifest and its recordings move together; where the command runs from is
+    # not where they are.
+    import numpy as np
+
+    folder = tmp_path / "job"
+    (folder / "refs").mkdir(parents=True)
+    t = np.arange(24000) / 24000
+    sf.write(folder / "refs" / "me.wav", 0.3 * np.sin(2 * np.pi * 220 * t), 24000)
+    row = {"id": "r", "text": "Hello.", "seed": 2, "ref_audio": "refs/me.wav", "ref_text": "A hum."}
+    (folder / "rows.jsonl").write_text(json.dumps(row) + "\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    r = CliRunner().invoke(cli, ["batch", str(folder / "rows.jsonl"), "-o", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    [entry] = results(tmp_path / "out")
+    assert entry["error"] is None, entry
+    got, _ = sf.read(tmp_path / "out" / "r.wav", dtype="int16")
+    want = tts.say("Hello.", seed=2, refs=[(folder / "refs" / "me.wav", "A hum.")])
+    from higgs_cli.output import pcm16
+
+    assert got.tobytes() == pcm16(want.samples)

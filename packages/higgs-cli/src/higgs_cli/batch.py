@@ -103,7 +103,7 @@ def read_manifest(path: str | os.PathLike, defaults: Defaults) -> list[Row]:
     for line, fields, problem in items:
         if len(rows) >= MAX_ROWS:
             raise ManifestError(f"manifest {path} has over {MAX_ROWS} rows")
-        row = Row(line) if problem else _row(line, fields, defaults)
+        row = Row(line) if problem else _row(line, fields, defaults, path.parent)
         row.error = row.error or problem
         if row.id is not None and row.error is None:
             if row.id in seen:
@@ -157,7 +157,9 @@ def _csv_rows(text: str, path: Path) -> Iterator[tuple[int, dict, str | None]]:
         yield reader.line_num, {k: v for k, v in fields.items() if v not in (None, "")}, None
 
 
-def _row(line: int, fields: dict, defaults: Defaults) -> Row:
+def _row(line: int, fields: dict, defaults: Defaults, folder: Path) -> Row:
+    """One row, its ``ref_audio`` taken relative to ``folder`` (the manifest's, as
+    manifest formats do: the manifest and its recordings move together)."""
     row = Row(line, format=defaults.format)
     try:
         unknown = set(fields) - FIELDS
@@ -192,7 +194,7 @@ def _row(line: int, fields: dict, defaults: Defaults) -> Row:
         if not ref_audio:
             voice = voice or defaults.voice
         row.voice = voice
-        row.ref = (ref_audio, ref_text) if ref_audio else None
+        row.ref = (str(folder / Path(ref_audio).expanduser()), ref_text) if ref_audio else None
         refs = (row.ref,) if row.ref else ()
         row.request = Request(text.strip(), (voice,) if voice else (), refs, settings).check()
     except (HiggsError, ValueError, TypeError) as e:
