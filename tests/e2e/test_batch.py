@@ -87,6 +87,42 @@ def test_local_batch_speaks_good_rows_and_reports_bad_ones(home, tmp_path, steer
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporaries left
 
 
+def test_results_keep_one_line_per_row_the_latest_outcome(home, tmp_path, steer):
+    # Re-runs of a manifest with bad rows: each row keeps one line (the bad ones their
+    # latest error, the finished ones their success); a row mended in place succeeds and
+    # its error goes; a duplicate id's error stays beside the first row's success.
+    steer(30)
+    out = tmp_path / "out"
+    rows = GOOD[:2] + [row for row, _ in BAD]
+    path = manifest(tmp_path, rows)
+    for _ in range(3):
+        run("batch", path, "-o", out, "--max-seconds", "1", "-q")
+        lines = results(out)
+        assert len(lines) == len(rows), [(e["id"], e["line"]) for e in lines]
+    assert len({(e["id"], e["line"]) for e in lines}) == len(rows)
+    assert sorted(e["id"] for e in lines if e["error"] is None) == ["a", "b"]
+    successes = {e["id"]: e for e in lines if e["error"] is None}
+    mended = [r if not (isinstance(r, dict) and r.get("id") == "h") else {**r, "top_p": 0.5}
+              for r in rows]  # fmt: skip
+    manifest(tmp_path, mended)
+    run("batch", path, "-o", out, "--max-seconds", "1", "-q")
+    lines = results(out)
+    assert len(lines) == len(rows)
+    assert sorted(e["id"] for e in lines if e["error"] is None) == ["a", "b", "h"]
+    assert {e["id"]: e for e in lines if e["id"] in ("a", "b")} == successes  # kept as is
+    assert sorted((e["line"], e["error"] or "") for e in lines if e["id"] == "a") == [
+        (1, ""),
+        (5, "duplicate id 'a'"),
+    ]
+
+
+def test_an_empty_manifest_says_so(home, tmp_path):
+    for name in ("rows.jsonl", "rows.csv"):
+        (tmp_path / name).write_text("\n  \n")
+        r = run("batch", tmp_path / name, "-o", tmp_path / "out")
+        assert r.exit_code == 1 and "is empty: it has no rows" in r.stderr, r.stderr
+
+
 def test_each_row_is_what_higgs_say_makes_of_it(home, tmp_path):
     out = tmp_path / "out"
     path = manifest(tmp_path, GOOD)

@@ -96,6 +96,8 @@ def read_manifest(path: str | os.PathLike, defaults: Defaults) -> list[Row]:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ManifestError(f"manifest {path} is not UTF-8 text ({e.reason})") from e
+    if not text.strip():
+        raise ManifestError(f"manifest {path} is empty: it has no rows")
     is_csv = path.suffix.lower() == ".csv" or not text.lstrip().startswith("{")
     items = _csv_rows(text, path) if is_csv else _jsonl_rows(text)
     rows: list[Row] = []
@@ -240,33 +242,71 @@ def _number(value, name: str, kind):
 # -- results -----------------------------------------------------------------------------
 
 
+def read_results(text: str) -> list[dict]:
+    """The entries of a results.jsonl (a line torn by a crash is skipped: that row is
+    simply redone)."""
+    entries = []
+    for raw in text.splitlines():
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and "id" in entry:
+            entries.append(entry)
+    return entries
+
+
+def latest(entries: list[dict]) -> list[dict]:
+    """One entry per row, its latest outcome; a row is its id and its manifest line
+    (a duplicate id on another line is a row of its own, with its own error)."""
+    kept: dict[tuple, dict] = {}
+    for entry in entries:
+        kept[(entry["id"], entry.get("line"))] = entry
+    return list(kept.values())
+
+
+def results_text(entries: list[dict]) -> str:
+    return "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
+
+
 class Results:
-    """``OUTDIR/results.jsonl``: one line per finished row, appended as rows finish."""
+    """``OUTDIR/results.jsonl``: one line per row, its latest outcome. Results are
+    appended as rows finish (a crash loses none); the file is rewritten with one line
+    per row when it is opened and when the run is over (:meth:`close`)."""
 
     def __init__(self, outdir: Path):
         self.path = outdir / RESULTS
         self.done: set[str] = set()  # ids with a success line (and, once checked, output)
         if self.path.exists():
             with open(self.path, encoding="utf-8", errors="replace") as f:
-                for raw in f:
-                    try:
-                        entry = json.loads(raw)
-                    except ValueError:
-                        continue  # a line torn by a crash: that row is simply redone
-                    if isinstance(entry, dict) and entry.get("error") is None and "id" in entry:
-                        self.done.add(str(entry["id"]))
+                entries = read_results(f.read())
+            self.done = {str(e["id"]) for e in entries if e.get("error") is None}
+            self._rewrite(latest(entries))
 
     def finished(self, row: Row, outdir: Path) -> bool:
         return row.id in self.done and (outdir / row.output).is_file()
 
     def add(self, entry: dict):
-        line = json.dumps(entry, ensure_ascii=False) + "\n"
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line)
+            f.write(results_text([entry]))
             f.flush()
             os.fsync(f.fileno())
         if entry.get("error") is None:
             self.done.add(entry["id"])
+
+    def close(self):
+        """One line per row again: this run's outcomes replace the rows' earlier ones."""
+        if self.path.exists():
+            with open(self.path, encoding="utf-8", errors="replace") as f:
+                self._rewrite(latest(read_results(f.read())))
+
+    def _rewrite(self, entries: list[dict]):
+        tmp = self.path.with_name(f".{RESULTS}.partial")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(results_text(entries))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
 
 
 class Named(Protocol):

@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from higgs_cli.batch import latest, read_results, results_text
 from higgs_cli.settings import HiggsError
 
 RAY_HINT = (
@@ -100,22 +101,17 @@ class UriResults:
 
     def __init__(self, out: Outdir):
         self.out = out
-        self.base = out.read("results.jsonl") or b""
-        self.lines: list[str] = []
-        self.done: set[str] = set()
-        for raw in self.base.decode("utf-8", "replace").splitlines():
-            try:
-                entry = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(entry, dict) and entry.get("error") is None and "id" in entry:
-                self.done.add(str(entry["id"]))
+        self.entries = read_results((out.read("results.jsonl") or b"").decode("utf-8", "replace"))
+        self.done = {str(e["id"]) for e in self.entries if e.get("error") is None}
 
     def add(self, entry: dict):
-        self.lines.append(json.dumps(entry, ensure_ascii=False) + "\n")
-        self.out.write("results.jsonl", self.base + "".join(self.lines).encode())
+        self.entries = latest([*self.entries, entry])  # one line per row, its latest outcome
+        self.out.write("results.jsonl", results_text(self.entries).encode())
         if entry.get("error") is None:
             self.done.add(entry["id"])
+
+    def close(self):
+        pass  # rewritten whole at every result already
 
 
 class RowSpeaker:

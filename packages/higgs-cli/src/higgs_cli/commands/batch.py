@@ -210,6 +210,7 @@ def batch(
                 record(result)
         finally:
             status.clear()
+    results.close()
     click.echo(f"higgs batch: {tally.summary()}", err=True)
     if tally.failed:
         sys.exit(1)
