@@ -248,6 +248,17 @@ def _contains(ids, sub):
         (["Hi.", "--max-seconds", "0"], "'--max-seconds'"),
         (["[SPEAKER0] a\n[SPEAKER1] b", "--voice", "en_man"], "1 voice(s) were given"),
         (["[SPEAKER99999999] Hi."], "at most 8 speakers"),
+        # voices that would go unused, or a mode with nothing to act on
+        (["Hi.", "--voice", "en_man", "--voice", "en_woman"], "2 voices (named or recorded)"),
+        (
+            ["[SPEAKER0] a\n[SPEAKER1] b", *("--voice", "en_man") * 2, "--voice", "en_woman"],
+            "3 voices (named or recorded) were given for SPEAKER0..SPEAKER1",
+        ),
+        (
+            ["Hi.", "--voice", "en_man", "--ref-audio", "REF", "--ref-text", "x"],
+            "2 voices (named or recorded) were given for a text with no [SPEAKERn] tags",
+        ),
+        (["Hi.", "--ref-in-system"], "--ref-in-system puts the voices' reference audio"),
         (["Hi.", "--model", "/no/such/model"], "/no/such/model"),
         (["Hi.", "--stream", "-o", "-", "--format", "flac"], "cannot stream to stdout"),
         (["Hi.", "-o", "x.mp3", "--format", "wav"], "'x.mp3' is named .mp3 but --format is wav"),
@@ -399,3 +410,11 @@ def test_a_budget_under_one_frame_is_refused_before_anything_loads(home, tmp_pat
 
     with pytest.raises(ValueError, match=r"one frame of audio \(0.04 s\) at least"):
         Settings(max_seconds=0.03)
+
+
+def test_a_gap_in_the_speaker_tags_gets_a_note(home, tmp_path, steer):
+    steer(10)
+    out = tmp_path / "x.wav"
+    r = CliRunner().invoke(cli, ["say", "[SPEAKER0] One.\n[SPEAKER2] Two.", "-o", str(out)])
+    assert r.exit_code == 0, r.stderr
+    assert "higgs: note: the text never uses SPEAKER1;" in r.stderr

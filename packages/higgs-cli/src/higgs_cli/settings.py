@@ -126,15 +126,28 @@ class Request:
             check_text(transcript, "a voice's transcript")
             if not (isinstance(codes, np.ndarray) and codes.ndim == 2 and codes.size):
                 raise HiggsError("a cloned voice's codes must be a [K, T] array")
-        check_speakers(self.text, len(self.voices) + len(self.refs) + len(self.clones))
+        voices = len(self.voices) + len(self.refs) + len(self.clones)
+        check_speakers(self.text, voices)
+        if self.settings.ref_in_system and not voices:
+            raise HiggsError(
+                "--ref-in-system puts the voices' reference audio in the system turn, but "
+                "no voice or reference recording was given"
+            )
         return self
 
 
 def check_speakers(text: str, voices: int):
-    """The text's [SPEAKERn] tags against the voices given for them."""
+    """The text's [SPEAKERn] tags against the voices given for them (named voices and
+    reference recordings alike): one voice per speaker, none unused."""
     tags = speaker_tags(text)
     numbers = sorted(int(t.removeprefix("SPEAKER")) for t in tags)
     if not numbers:
+        if voices > 1:
+            raise HiggsError(
+                f"{voices} voices (named or recorded) were given for a text with no "
+                "[SPEAKERn] tags, which one voice speaks; give one, or tag a dialogue "
+                "[SPEAKER0] ... [SPEAKER1] ..."
+            )
         return
     if voices:
         if numbers[-1] >= voices:
@@ -142,8 +155,20 @@ def check_speakers(text: str, voices: int):
                 f"the text has [SPEAKER{numbers[-1]}] but {voices} voice(s) were given, "
                 f"for SPEAKER0..SPEAKER{voices - 1}; give one voice per speaker"
             )
+        if voices > numbers[-1] + 1:
+            raise HiggsError(
+                f"{voices} voices (named or recorded) were given for SPEAKER0..SPEAKER"
+                f"{numbers[-1]}: give one voice per speaker (the others would go unused)"
+            )
     elif numbers[-1] >= MAX_SPEAKERS:
         raise HiggsError(
             f"the text has [SPEAKER{numbers[-1]}]: without named voices, use at most "
             f"{MAX_SPEAKERS} speakers, SPEAKER0..SPEAKER{MAX_SPEAKERS - 1}"
         )
+
+
+def speaker_gaps(text: str) -> list[str]:
+    """The SPEAKERn tags below the text's highest that it never uses (a voice is still
+    taken for each, in order)."""
+    numbers = {int(t.removeprefix("SPEAKER")) for t in speaker_tags(text)}
+    return [f"SPEAKER{n}" for n in range(max(numbers, default=0)) if n not in numbers]

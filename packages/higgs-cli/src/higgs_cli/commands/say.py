@@ -25,7 +25,7 @@ from higgs_cli.output import (
     format_for,
     write_clip,
 )
-from higgs_cli.settings import Request
+from higgs_cli.settings import Request, speaker_gaps
 
 
 @click.command(epilog=BUILTIN_NOTE)
@@ -118,6 +118,12 @@ def say(
     # Everything that can be checked is, before loading anything.
     request = Request(text, tuple(voices), tuple(zip(ref_audio, ref_text, strict=True)), settings)
     request.check()
+    if (gaps := speaker_gaps(text)) and not quiet:
+        click.echo(
+            f"higgs: note: the text never uses {', '.join(gaps)}; the speakers are still "
+            "taken in order, one voice each",
+            err=True,
+        )
     from higgs_cli.pipeline import check_ref_audio
 
     for path in ref_audio:
