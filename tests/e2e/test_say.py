@@ -418,3 +418,17 @@ def test_a_gap_in_the_speaker_tags_gets_a_note(home, tmp_path, steer):
     r = CliRunner().invoke(cli, ["say", "[SPEAKER0] One.\n[SPEAKER2] Two.", "-o", str(out)])
     assert r.exit_code == 0, r.stderr
     assert "higgs: note: the text never uses SPEAKER1;" in r.stderr
+
+
+def test_temperature_0_is_seed_free_only_without_ras(tts):
+    # The release's RAS redraws a repeated code from the raw softmax even when greedy:
+    # --help says so, and how to get a run no seed changes.
+    text = "Good morning, how are you today?"
+
+    def codes(seed, ras):
+        return tts.say(text, seed=seed, temperature=0, ras_window=ras).codes
+
+    assert np.array_equal(codes(1, 0), codes(2, 0))
+    assert not np.array_equal(codes(1, 7), codes(2, 7))
+    help_ = " ".join(CliRunner().invoke(cli, ["say", "--help"]).output.split())
+    assert "--ras-window 0 for a run no seed changes" in help_

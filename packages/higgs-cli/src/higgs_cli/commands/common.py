@@ -217,7 +217,11 @@ _SPEECH_DECORATORS = [
         type=click.FloatRange(0),
         default=SAMPLING.temperature,
         show_default=True,
-        help="0 is greedy. Sampling defaults are the release README's.",
+        help=(
+            "0 is greedy, yet repetition-aware sampling still redraws a repeated code from "
+            "the raw softmax with --seed, as the release does: add --ras-window 0 for a "
+            "run no seed changes. Sampling defaults are the release README's."
+        ),
     ),
     click.option(
         "--top-k",
