@@ -1,5 +1,6 @@
 """`higgs voices` and voice use end to end on the tiny offline checkpoints."""
 
+import json
 import subprocess
 import sys
 
@@ -207,5 +208,33 @@ def test_reference_recordings_are_capped_in_length_before_anything_loads(home, t
     # Before the model loads: a model that does not exist is never reached.
     r = run("say", "Hi.", "--ref-audio", str(long), "--ref-text", "A tone.", "--model", "/no/model")
     assert r.exit_code == 1 and "at most 30 s" in r.stderr and "/no/model" not in r.stderr
-    r = run("voices", "add", "long", "--audio", str(long), "--text", "x", "--max-seconds", "60")
+    r = run("voices", "add", "long", "--audio", str(long), "--text", "x", "--max-ref-seconds", "60")
     assert r.exit_code == 0, r.stderr
+    # higgs batch takes the same option for its rows' references
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"id": "r", "text": "Hi.", "ref_audio": str(long), "ref_text": "x"}))
+    r = run("batch", str(rows), "-o", str(tmp_path / "out"), "--max-seconds", "0.4")
+    assert r.exit_code == 1
+    assert "at most 30 s" in (tmp_path / "out" / "results.jsonl").read_text()
+    r = run("batch", str(rows), "-o", str(tmp_path / "out"), "--max-seconds", "0.4",
+            "--max-ref-seconds", "60")  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+
+
+def test_one_name_for_the_longest_reference():
+    # --max-ref-seconds wherever a reference recording is read; --max-seconds only ever
+    # for the audio made.
+    import click
+
+    from higgs_cli.main import cli
+
+    ctx = click.Context(cli)
+    for name in ("say", "batch", "serve", "voices add"):
+        command = cli
+        for part in name.split():
+            command = command.get_command(ctx, part)
+        options = {o for p in command.params for o in p.opts}
+        assert "--max-ref-seconds" in options, name
+        if "--max-seconds" in options:
+            [p] = [p for p in command.params if "--max-seconds" in p.opts]
+            assert "seconds of audio" in p.help, name

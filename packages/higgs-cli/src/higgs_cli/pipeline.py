@@ -29,6 +29,7 @@ from higgs_cli.runner import Job, Runner, Work
 from higgs_cli.settings import (
     DEFAULT_CODEC,
     DEFAULT_MODEL,
+    MAX_REF_SECONDS,
     MAX_SPEAKERS,
     HiggsError,
     NoAudio,
@@ -43,6 +44,7 @@ from higgs_core import Batch
 from higgs_sampling import CodeColumns, frames_for_codes
 
 __all__ = [
+    "MAX_REF_SECONDS",
     "MAX_SPEAKERS",
     "Higgs",
     "HiggsError",
@@ -672,11 +674,6 @@ def _opening(text: str, words: int = 5) -> str:
 def codec_key(codec) -> str:
     """The fingerprint under which codes made by ``codec`` are stored."""
     return f"codec-{fingerprint(codec.path)}"
-
-
-# The longest reference recording taken (the release's examples are 3-15 s): a longer
-# one costs its encode time and its prompt length on every request that uses it.
-MAX_REF_SECONDS = 30.0
 
 
 def check_ref_audio(path: str | os.PathLike, max_seconds: float = MAX_REF_SECONDS):

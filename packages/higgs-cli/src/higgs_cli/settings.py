@@ -17,6 +17,9 @@ from higgs_sampling import SamplingParams
 # The released checkpoints, the default model and audio tokenizer.
 DEFAULT_MODEL = "bosonai/higgs-audio-v2-generation-3B-base"
 DEFAULT_CODEC = "bosonai/higgs-audio-v2-tokenizer"
+# The longest reference recording taken (the release's examples are 3-15 s): a longer
+# one costs its encode time and its prompt length on every request that uses it.
+MAX_REF_SECONDS = 30.0
 # Frames of audio a second: the Higgs audio tokenizer's (higgs_codec's frame_rate).
 FRAME_RATE = 25
 # Most [SPEAKERn] tags a text may use when no voices are named (SPEAKER0..SPEAKER7).

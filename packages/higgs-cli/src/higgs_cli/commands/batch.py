@@ -9,6 +9,7 @@ from higgs_cli.commands.common import (
     StatusLine,
     fail,
     friendly,
+    max_ref_seconds_option,
     model_options,
     settings_of,
     speech_options,
@@ -99,6 +100,7 @@ class BatchLine(StatusLine):
     show_default=True,
     help="GPUs per Ray actor.",
 )
+@max_ref_seconds_option
 @model_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors and the summary.")
 @friendly
@@ -108,6 +110,7 @@ def batch(
     voice,
     fmt,
     ref_in_system,
+    max_ref_seconds,
     max_batch,
     ray_address,
     workers,
@@ -157,7 +160,7 @@ def batch(
             todo.append(row)
         else:
             bad.append(row)
-    _check_voices(todo, bad)
+    _check_voices(todo, bad, max_ref_seconds)
 
     def record(result):
         results.add(result)
@@ -171,6 +174,7 @@ def batch(
         from higgs_cli.pipeline import Higgs
 
         tts = Higgs.from_pretrained(model, codec)
+        tts.max_ref_seconds = max_ref_seconds
 
         def warn(message):
             if not quiet:
@@ -193,7 +197,7 @@ def batch(
     elif todo:
         from higgs_cli.batch_ray import run_ray
 
-        voices, items = _ray_items(todo, model, codec, record)
+        voices, items = _ray_items(todo, model, codec, record, max_ref_seconds)
         try:
             for result in run_ray(
                 ray_address,
@@ -216,10 +220,10 @@ def batch(
         sys.exit(1)
 
 
-def _check_voices(todo: list, bad: list):
+def _check_voices(todo: list, bad: list, max_ref_seconds: float):
     """Rows naming a voice the store does not know, or a reference recording that is not
     audio or is too long (from its header), fail now, before anything loads."""
-    from higgs_cli.pipeline import MAX_REF_SECONDS, check_ref_audio
+    from higgs_cli.pipeline import check_ref_audio
     from higgs_cli.settings import HiggsError
     from higgs_cli.voices import VoiceError, VoiceStore
 
@@ -228,7 +232,7 @@ def _check_voices(todo: list, bad: list):
     for row in list(todo):
         if row.ref is not None:
             try:
-                check_ref_audio(row.ref[0], MAX_REF_SECONDS)
+                check_ref_audio(row.ref[0], max_ref_seconds)
             except HiggsError as e:
                 row.error = " ".join(str(e).split())
                 todo.remove(row)
@@ -248,7 +252,7 @@ def _check_voices(todo: list, bad: list):
             bad.append(row)
 
 
-def _ray_items(todo: list, model, codec, record):
+def _ray_items(todo: list, model, codec, record, max_ref_seconds: float):
     """Every voice the rows use as (transcript, codes) and the rows as plain dicts; rows
     whose voice cannot be resolved are recorded as failed."""
     import json
@@ -265,6 +269,7 @@ def _ray_items(todo: list, model, codec, record):
         try:
             if tts is None:  # pins and encodings need the model and codec, once
                 tts = Higgs.from_pretrained(model, codec)
+                tts.max_ref_seconds = max_ref_seconds
             if row.ref:
                 path = str(Path(row.ref[0]).resolve())
                 if path not in encoded:  # each distinct file once

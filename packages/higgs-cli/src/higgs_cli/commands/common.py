@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from higgs_cli.settings import DEFAULT_CODEC, DEFAULT_MODEL, FRAME_RATE, Settings
+from higgs_cli.settings import DEFAULT_CODEC, DEFAULT_MODEL, FRAME_RATE, MAX_REF_SECONDS, Settings
 
 DEFAULTS = Settings()
 SAMPLING = DEFAULTS.sampling
@@ -86,6 +86,17 @@ def cli_hint(error: Exception) -> str:
     if isinstance(error, DamagedVoice):
         return f"; remove it with `higgs voices remove {error.name}`"
     return ""
+
+
+def max_ref_seconds_option(fn):
+    """``--max-ref-seconds``: one name, wherever a reference recording is read."""
+    return click.option(
+        "--max-ref-seconds",
+        type=click.FloatRange(0, min_open=True),
+        default=MAX_REF_SECONDS,
+        show_default=True,
+        help="Longest reference recording taken, in seconds.",
+    )(fn)
 
 
 def model_options(fn):

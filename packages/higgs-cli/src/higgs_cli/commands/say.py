@@ -10,6 +10,7 @@ from higgs_cli.commands.common import (
     StatusLine,
     fail,
     friendly,
+    max_ref_seconds_option,
     model_options,
     read_text,
     settings_of,
@@ -60,13 +61,7 @@ from higgs_cli.settings import Request, speaker_gaps
     help="Reference recording to clone (repeatable).",
 )
 @click.option("--ref-text", multiple=True, help="Transcript of each --ref-audio, in order.")
-@click.option(
-    "--max-ref-seconds",
-    type=click.FloatRange(0, min_open=True),
-    default=30.0,
-    show_default=True,
-    help="Longest reference recording taken.",
-)
+@max_ref_seconds_option
 @click.option(
     "--ref-in-system",
     is_flag=True,

@@ -9,6 +9,7 @@ import click
 from higgs_cli.commands.common import (
     fail,
     friendly,
+    max_ref_seconds_option,
     model_options,
 )
 
@@ -61,13 +62,7 @@ from higgs_cli.commands.common import (
     show_default=True,
     help="Requests decoded together, one frame each per model step (1: one at a time).",
 )
-@click.option(
-    "--max-ref-seconds",
-    type=click.FloatRange(0, min_open=True),
-    default=30.0,
-    show_default=True,
-    help="Longest voice recording an upload may hold.",
-)
+@max_ref_seconds_option
 @click.option(
     "--stream-timeout",
     type=click.FloatRange(0, min_open=True),

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from higgs_cli.commands.common import BUILTIN_NOTE, fail, friendly
+from higgs_cli.commands.common import BUILTIN_NOTE, fail, friendly, max_ref_seconds_option
 from higgs_cli.settings import DEFAULT_CODEC
 
 
@@ -69,13 +69,7 @@ def voices_show(name):
 )
 @click.option("--text", required=True, help="What the recording says.")
 @click.option("--force", is_flag=True, help="Replace a voice of the same name.")
-@click.option(
-    "--max-seconds",
-    type=click.FloatRange(0, min_open=True),
-    default=30.0,
-    show_default=True,
-    help="Longest recording taken.",
-)
+@max_ref_seconds_option
 @click.option(
     "--codec",
     envvar="HIGGS_CODEC",
@@ -85,7 +79,7 @@ def voices_show(name):
     help="Audio tokenizer: hub id or local folder (env HIGGS_CODEC).",
 )
 @friendly
-def voices_add(name, audio, text, force, max_seconds, codec):
+def voices_add(name, audio, text, force, max_ref_seconds, codec):
     """Add voice NAME from a recording and its transcript."""
     from higgs_cli.pipeline import add_voice
     from higgs_cli.voices import VoiceStore, check_name
@@ -95,8 +89,10 @@ def voices_add(name, audio, text, force, max_seconds, codec):
         fail(f"audio file {audio} does not exist")
     from higgs_cli.pipeline import check_ref_audio
 
-    check_ref_audio(audio, max_seconds)
-    voice = add_voice(VoiceStore(), codec, name, audio, text, force=force, max_seconds=max_seconds)
+    check_ref_audio(audio, max_ref_seconds)
+    voice = add_voice(
+        VoiceStore(), codec, name, audio, text, force=force, max_seconds=max_ref_seconds
+    )
     click.echo(f"added voice {voice.name!r}", err=True)
 
 
