@@ -204,3 +204,24 @@ def test_batch_writes_the_audio(home, tmp_path, reference):
     assert r.exit_code == 0, r.stderr
     for fmt in FORMATS:
         assert_is_the_audio(*decode((out / f"{fmt}.{fmt}").read_bytes(), fmt), reference(), fmt)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_speech_save_writes_the_format_its_name_says(tts, reference, tmp_path, fmt):
+    speech = tts.say(TEXT, seed=SEED)
+    path = speech.save(tmp_path / f"out.{fmt}")
+    assert path == tmp_path / f"out.{fmt}"
+    assert_is_the_audio(*decode(path.read_bytes(), fmt), reference(), fmt)
+
+
+def test_speech_save_refuses_what_the_command_line_refuses(tts, tmp_path):
+    from higgs_cli.output import OutputError
+
+    speech = tts.say(TEXT, seed=SEED)
+    with pytest.raises(OutputError, match=r"\.m4a is not a format higgs writes"):
+        speech.save(tmp_path / "out.m4a")
+    with pytest.raises(OutputError, match=r"is named \.wav but --format is flac"):
+        speech.save(tmp_path / "out.wav", format="flac")
+    with pytest.raises(OutputError, match="does not exist"):
+        speech.save(tmp_path / "no" / "out.wav")
+    assert speech.save(tmp_path / "raw", format="pcm").read_bytes() == pcm16(speech.samples)

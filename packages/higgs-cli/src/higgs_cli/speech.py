@@ -2,6 +2,7 @@
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -48,6 +49,18 @@ class Speech:
     def real_time_factor(self) -> float:
         """Processing time / audio duration (below 1 is faster than real time)."""
         return self.seconds / self.duration if self.duration else float("inf")
+
+    def save(self, path, format: str | None = None) -> Path:
+        """Write the speech to ``path`` (wav, flac, mp3, opus or raw pcm, from its
+        extension unless ``format`` says; a ``.wav`` with ``format="flac"`` is an error,
+        as on the command line); returns the path."""
+        from higgs_cli.output import check_writable, format_for, write_clip
+
+        target = str(path)
+        fmt = format_for(target, format)
+        check_writable(target)
+        write_clip(target, self.samples, self.sample_rate, fmt)
+        return Path(target)
 
     def stops(self) -> str:
         """The chunks' stop reasons in a few words: "eos", "3 eos, 1 max_frames"."""
