@@ -23,7 +23,9 @@ def test_first_block_gives_the_two_newcomer_commands():
 
 def test_offline_block_runs(tmp_path):
     offline = next(b for b in blocks() if "HIGGS_MODEL=tests/fixtures/tiny-model" in b)
-    script = offline.replace("uv run higgs", "higgs").replace("hello.wav", str(tmp_path / "h.wav"))
+    script = offline.replace("uv run higgs", "higgs").replace(
+        "/tmp/hello.wav", str(tmp_path / "h.wav")
+    )
     env = {**os.environ, "HIGGS_HOME": str(tmp_path / "home")}
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     out = subprocess.run(

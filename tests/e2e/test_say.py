@@ -259,6 +259,7 @@ def _contains(ids, sub):
             "2 voices (named or recorded) were given for a text with no [SPEAKERn] tags",
         ),
         (["Hi.", "--ref-in-system"], "--ref-in-system puts the voices' reference audio"),
+        (["Hi.", "-q", "-v"], "-q (print only errors) and -v (print more) ask for opposites"),
         (["Hi.", "--model", "/no/such/model"], "/no/such/model"),
         (["Hi.", "--stream", "-o", "-", "--format", "flac"], "cannot stream to stdout"),
         (["Hi.", "-o", "x.mp3", "--format", "wav"], "'x.mp3' is named .mp3 but --format is wav"),

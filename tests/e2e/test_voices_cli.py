@@ -181,7 +181,7 @@ def test_damaged_entries_are_reported(home, tmp_path):
     listed = run("voices", "list")
     assert listed.exit_code == 0 and "me" in listed.stdout and "damaged" in listed.stdout
     r = run("voices", "remove", "me")
-    assert r.exit_code == 0 and r.stderr == "'me': removed\n"
+    assert r.exit_code == 0 and r.stderr == "removed voice 'me'\n"
 
 
 def test_damaged_pin_is_made_again_with_a_warning(home, tmp_path, steer):
@@ -238,3 +238,14 @@ def test_one_name_for_the_longest_reference():
         if "--max-seconds" in options:
             [p] = [p for p in command.params if "--max-seconds" in p.opts]
             assert "seconds of audio" in p.help, name
+
+
+def test_voices_add_and_remove_word_their_lines_alike(home, tmp_path, steer):
+    wav = recording(tmp_path)
+    r = run("voices", "add", "me", "--audio", str(wav), "--text", "Tone.")
+    assert r.stderr == "added voice 'me'\n"
+    assert run("voices", "remove", "me").stderr == "removed voice 'me'\n"
+    steer(60)
+    assert run("say", "Hi.", "--voice", "en_man", "-o", str(tmp_path / "x.wav")).exit_code == 0
+    r = run("voices", "remove", "en_man")
+    assert r.stderr == "forgot the pin of built-in voice 'en_man' (made again on next use)\n"

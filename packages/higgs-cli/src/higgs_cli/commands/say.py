@@ -8,6 +8,7 @@ import click
 from higgs_cli.commands.common import (
     BUILTIN_NOTE,
     StatusLine,
+    UsageFailure,
     fail,
     friendly,
     max_ref_seconds_option,
@@ -94,6 +95,8 @@ def say(
     **speech,
 ):
     """Speak TEXT (or -f FILE, or stdin) into an audio file."""
+    if quiet and verbose:
+        raise UsageFailure("-q (print only errors) and -v (print more) ask for opposites")
     text = read_text(text, file).strip()
     if not text:
         fail("there is no text to speak")

@@ -104,4 +104,7 @@ def voices_remove(name):
     from higgs_cli.voices import VoiceStore
 
     result = VoiceStore().remove(name)
-    click.echo(f"{name!r}: {result}", err=True)
+    if result == "removed":  # worded as `voices add` words its line
+        click.echo(f"removed voice {name!r}", err=True)
+    else:
+        click.echo(f"forgot the pin of built-in voice {name!r} (made again on next use)", err=True)
