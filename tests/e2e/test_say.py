@@ -381,6 +381,18 @@ def test_verbose_sums_up_the_stop_reasons(home, tmp_path):
     assert len(counts) == len({c.split()[1] for c in counts}), lines
 
 
+def test_verbose_names_the_precision_and_the_first_audio_of_a_stream(home, tmp_path, tts):
+    out = tmp_path / "v.wav"
+    r = say("Good morning.", "-o", str(out), "-v", "--stream")
+    assert r.exit_code == 0, r.stderr
+    [precision] = [line for line in r.stderr.splitlines() if "precision" in line]
+    assert precision.split(None, 1)[1] == f"bfloat16; {tts.model.kernels}"
+    [first] = [line for line in r.stderr.splitlines() if "first audio" in line]
+    assert float(first.split()[2]) > 0
+    r = say("Good morning.", "-o", str(out), "-v")  # whole: no first-audio line
+    assert r.exit_code == 0 and "first audio" not in r.stderr
+
+
 @pytest.mark.parametrize("seconds", [0.04, 0.2, 1.0, 2.5])
 def test_max_seconds_is_seconds_of_audio(tts, steer, seconds):
     # The speech never ends on its own: it stops within one frame of the budget (the
@@ -433,3 +445,19 @@ def test_temperature_0_is_seed_free_only_without_ras(tts):
     assert not np.array_equal(codes(1, 7), codes(2, 7))
     help_ = " ".join(CliRunner().invoke(cli, ["say", "--help"]).output.split())
     assert "--ras-window 0 for a run no seed changes" in help_
+
+
+def test_play_without_portaudio_says_which_package_to_install(home, tmp_path, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_portaudio(name, *args, **kwargs):
+        if name == "sounddevice":
+            raise OSError("PortAudio library not found")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_portaudio)
+    r = say("Hi.", "--play", "-o", str(tmp_path / "x.wav"))
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "apt install libportaudio2" in r.stderr and "brew install portaudio" in r.stderr

@@ -56,7 +56,6 @@ def test_the_command_list_opens_each_commands_own_help():
 HEAVY = ("mlx", "mlx_lm", "higgs_core", "higgs_codec", "higgs_kernels", "soundfile")
 LIGHT_RUNS = [
     ["--help"],
-    ["--version"],
     ["nothing"],
     *[[command, "--help"] for command in ("say", "batch", "serve", "voices", "convert", "bench")],
     ["voices", "add", "--help"],
@@ -87,3 +86,22 @@ def test_help_and_argument_errors_import_no_mlx():
         line = r.stderr.strip().splitlines()[-1]
         assert line.startswith("HEAVY") and line.endswith("[]"), (args, r.stderr[-500:])
         assert line.split()[1] in ("0", "1", "2", "None"), (args, line)
+
+
+def test_version_names_mlx_the_device_and_the_kernels():
+    from importlib.metadata import version
+
+    import mlx.core as mx
+
+    r = CliRunner().invoke(cli, ["--version"])
+    assert r.exit_code == 0
+    line = r.output.strip()
+    assert line.startswith(f"higgs {version('higgs-cli')} (mlx {version('mlx')} on ")
+    assert ("on the CPU;" in line) == (mx.default_device() == mx.cpu)
+    try:
+        import higgs_kernels
+
+        if higgs_kernels.available() and mx.default_device() == mx.cpu:
+            assert f"CPU kernels {higgs_kernels.isa()}" in line
+    except ImportError:
+        assert "no CPU kernels" in line

@@ -57,7 +57,44 @@ class Commands(click.Group):
             raise UsageFailure(e.format_message()) from e
 
 
+def version_line() -> str:
+    """higgs's version, and what it runs on: MLX's version and device, and the CPU
+    kernels' instruction set where they run."""
+    from importlib.metadata import version
+
+    import mlx.core as mx
+
+    device = mx.default_device()
+    where = "the CPU"
+    if device != mx.cpu:
+        where = "Metal" if mx.metal.is_available() else "CUDA" if mx.cuda.is_available() else "GPU"
+    kernels = "no CPU kernels (not installed)"
+    try:
+        import higgs_kernels
+
+        if higgs_kernels.available():
+            kernels = f"CPU kernels {higgs_kernels.isa()}"
+    except ImportError:
+        pass
+    if device != mx.cpu:
+        kernels = "stock MLX ops"
+    return f"higgs {__version__} (mlx {version('mlx')} on {where}; {kernels})"
+
+
+def show_version(ctx, _param, value):
+    if value and not ctx.resilient_parsing:
+        click.echo(version_line())
+        ctx.exit()
+
+
 @click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="higgs")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=show_version,
+    help="Show the version, MLX's and what it runs on, and exit.",
+)
 def cli():
     """Higgs Audio v2 text-to-speech on MLX."""

@@ -256,7 +256,11 @@ class Player:
                 "(or uv sync --extra play)"
             ) from e
         except OSError as e:  # the PortAudio library is missing
-            raise OutputError(f"--play cannot reach an audio device: {e}") from e
+            raise OutputError(
+                f"--play needs the PortAudio library ({e}): install it with your system's "
+                "packages (Debian/Ubuntu: apt install libportaudio2; Fedora: dnf install "
+                "portaudio; macOS: brew install portaudio)"
+            ) from e
         return sd
 
     def write(self, samples: np.ndarray):

@@ -147,12 +147,15 @@ def say(
     status = StatusLine(not quiet and sys.stderr.isatty())
     warn = lambda m: (status.clear(), say_(f"higgs: warning: {m}"))  # noqa: E731
     player = Player(tts.sample_rate) if play else None  # fail before generating, not after
-    writer = None
+    writer, first_audio = None, None  # seconds from the start of speaking to the first PCM
     try:
         if stream:
             writer = Writer(output, fmt, tts.sample_rate) if output else None
+            started = time.perf_counter()
             pcm_stream = tts.stream(request, progress=status, warn=warn)
             for pcm in pcm_stream:
+                if first_audio is None:
+                    first_audio = time.perf_counter() - started
                 for sink in (writer, player):
                     if sink:
                         sink.write(pcm)
@@ -176,7 +179,14 @@ def say(
             f"(RTF {speech.real_time_factor:.2f})"
         )
     if verbose and not quiet:
+        quant = tts.model.config.quantization
+        # the audio table is never quantized: its type is the activations'
+        dtype = str(tts.model.audio_codebook_embeddings.weight.dtype).removeprefix("mlx.core.")
+        weights = f"{quant['bits']}-bit weights, {dtype}" if quant else dtype
+        say_(f"  precision      {weights}; {tts.model.kernels}")
         say_(f"  model load     {load_s:.2f} s")
+        if first_audio is not None:
+            say_(f"  first audio    {first_audio:.2f} s")
         say_(f"  chunks         {len(speech.chunks)} (stop: {speech.stops()})")
         say_(
             f"  prompt tokens  {speech.prompt_tokens} ({speech.cached_tokens} from cached "
