@@ -59,7 +59,7 @@ def test_console_script_reports_its_version():
     higgs = Path(sys.executable).with_name("higgs")
     out = run(higgs, "--version")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("higgs, version ")
+    assert out.stdout.startswith("higgs 0.") and "(mlx " in out.stdout, out.stdout
 
 
 def readme_python(path):
