@@ -5,6 +5,7 @@ import ast
 import re
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,7 @@ def test_console_script_reports_its_version():
     higgs = Path(sys.executable).with_name("higgs")
     out = run(higgs, "--version")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("higgs 0.") and "(mlx " in out.stdout, out.stdout
+    assert out.stdout.startswith(f"higgs {version('higgs-cli')} (mlx "), out.stdout
 
 
 def readme_python(path):
