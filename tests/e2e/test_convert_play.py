@@ -4,6 +4,7 @@ import builtins
 import json
 
 import mlx.core as mx
+import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
@@ -90,3 +91,36 @@ def test_convert_never_writes_over_or_into_its_source(home, tiny_model, tmp_path
         assert r.stderr.count("\n") == 1
     assert {p.name: p.read_bytes() for p in src.iterdir() if p.is_file()} == before
     assert higgs_core.load_model(src).config.quantization is None
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        ([], "give a command (batch, bench, convert, say, serve, voices); higgs --help says more"),
+        (
+            ["convert", "/no/src", "OUT", "--bits", "8"],
+            "no such checkpoint directory: /no/src (the SRC to convert)",
+        ),
+        (["convert", "SRC", "OUT"], "Missing option '--bits'. Choose from: 4, 6, 8"),
+    ],
+)  # fmt: skip
+def test_command_line_mistakes_are_one_line(home, tmp_path, tiny_model, args, line):
+    args = [
+        str(tiny_model) if a == "SRC" else str(tmp_path / "q") if a == "OUT" else a for a in args
+    ]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code != 0 and r.stderr == f"higgs: error: {line}\n", r.stderr
+
+
+def test_requantizing_says_so_in_words(home, tmp_path, tiny_model):
+    assert (
+        CliRunner()
+        .invoke(cli, ["convert", str(tiny_model), str(tmp_path / "q8"), "--bits", "8"])
+        .exit_code
+        == 0
+    )
+    r = CliRunner().invoke(
+        cli, ["convert", str(tmp_path / "q8"), str(tmp_path / "q4"), "--bits", "4"]
+    )
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1 and "{" not in r.stderr, r.stderr
+    assert "already quantized (8-bit, groups of 64): quantize the unquantized model" in r.stderr

@@ -204,6 +204,7 @@ def test_reference_recordings_are_capped_in_length_before_anything_loads(home, t
     r = run("voices", "add", "long", "--audio", str(long), "--text", "A long tone.")
     assert r.exit_code == 1 and r.stderr.count("\n") == 1
     assert "40.0 s long; reference audio may be at most 30 s" in r.stderr
+    assert str(long) in r.stderr and "(--max-ref-seconds raises the limit)" in r.stderr
     assert not (home / "voices" / "long").exists()
     # Before the model loads: a model that does not exist is never reached.
     r = run("say", "Hi.", "--ref-audio", str(long), "--ref-text", "A tone.", "--model", "/no/model")

@@ -260,3 +260,17 @@ def test_remove_says_what_it_did(store):
     assert store.get("en_woman").kind == "builtin"
     with pytest.raises(UnknownVoice, match="unknown voice 'nobody'"):
         store.remove("nobody")
+
+
+def test_damaged_codes_are_reported_without_numpys_advice(tmp_path):
+    # An object array (what a pickle makes) is damage, not something to allow.
+    from higgs_cli.voices import DamagedVoice, VoiceStore
+
+    store = VoiceStore(tmp_path / "voices")
+    store.pin("en_man", "pin-x", np.ones((8, 3)), "The pin sentence.")
+    [path] = (tmp_path / "voices" / "en_man").glob("codes-pin-x.npy")
+    np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(DamagedVoice) as info:
+        store.codes("en_man", "pin-x", 8)
+    assert "not a plain array of codes" in str(info.value)
+    assert "allow_pickle" not in str(info.value)

@@ -43,10 +43,14 @@ class Commands(click.Group):
             formatter.write_dl(rows)
 
     def parse_args(self, ctx, args):
+        if not args:  # bare `higgs`: what to type, not the whole help
+            raise UsageFailure(
+                f"give a command ({', '.join(self.list_commands(ctx))}); higgs --help says more"
+            )
         try:
             return super().parse_args(ctx, args)
         except click.UsageError as e:
-            raise UsageFailure(e.format_message()) from e
+            raise UsageFailure(one_line(e)) from e
 
     def invoke(self, ctx):
         try:
@@ -54,7 +58,12 @@ class Commands(click.Group):
         except click.UsageError as e:
             if isinstance(e, Failure):
                 raise
-            raise UsageFailure(e.format_message()) from e
+            raise UsageFailure(one_line(e)) from e
+
+
+def one_line(error: click.UsageError) -> str:
+    """click's message, its choices listed on one line."""
+    return " ".join(error.format_message().split())
 
 
 def version_line() -> str:

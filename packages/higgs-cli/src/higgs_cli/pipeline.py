@@ -33,6 +33,7 @@ from higgs_cli.settings import (
     MAX_SPEAKERS,
     HiggsError,
     NoAudio,
+    ReferenceTooLong,
     Request,
     Settings,
     check_speakers,
@@ -687,7 +688,7 @@ def check_ref_audio(path: str | os.PathLike, max_seconds: float = MAX_REF_SECOND
     except CodecError as e:
         raise HiggsError(str(e)) from e
     if seconds > max_seconds:
-        raise HiggsError(
+        raise ReferenceTooLong(
             f"{path} is {seconds:.1f} s long; reference audio may be at most {max_seconds:g} s"
         )
 

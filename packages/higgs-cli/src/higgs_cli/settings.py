@@ -45,6 +45,10 @@ class HiggsError(Exception):
     """A problem the user can fix: the message says what and how."""
 
 
+class ReferenceTooLong(HiggsError):
+    """A reference recording over the limit on its length."""
+
+
 class NoAudio(HiggsError):
     """Generation ended before any audio: nothing to return."""
 

@@ -220,7 +220,10 @@ class VoiceStore:
             if codes.size == 0 or codes.max() >= CODEBOOK:
                 raise ValueError("codes out of the codebook's range")
         except Exception as e:  # whatever a damaged file makes numpy raise
-            raise DamagedVoice(name, f"its stored codes: {type(e).__name__}: {e}") from e
+            why = str(e)
+            if "allow_pickle" in why:  # numpy's advice would be to trust the file
+                why = "not a plain array of codes"
+            raise DamagedVoice(name, f"its stored codes: {why}") from e
         return codes.astype(np.int32)
 
     # writing ---------------------------------------------------------------

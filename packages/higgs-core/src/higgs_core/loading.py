@@ -260,7 +260,11 @@ def quantize(model: HiggsAudioModel, bits: int, group_size: int = 64) -> HiggsAu
     if bits not in (4, 6, 8):
         raise ValueError(f"bits must be 4, 6 or 8, got {bits}")
     if model.config.quantization is not None:
-        raise ValueError(f"the model is already quantized ({model.config.quantization})")
+        q = model.config.quantization
+        raise ValueError(
+            f"the model is already quantized ({q.get('bits')}-bit, groups of "
+            f"{q.get('group_size')}): quantize the unquantized model instead"
+        )
 
     def predicate(path: str, module: nn.Module) -> bool:
         if path in NEVER_QUANTIZED or not hasattr(module, "to_quantized"):

@@ -64,6 +64,7 @@ def friendly(fn):
 
 def cli_hint(error: Exception) -> str:
     """What to do about a library error, in the command line's words."""
+    from higgs_cli.settings import ReferenceTooLong
     from higgs_cli.voices import DamagedVoice, VoiceExists
     from higgs_codec import CodecNotFoundError
     from higgs_core import ModelNotFoundError
@@ -81,6 +82,8 @@ def cli_hint(error: Exception) -> str:
         if error.repo_id is None:
             return " (given by --codec or HIGGS_CODEC)"
         return " with --codec DIR (or HIGGS_CODEC=DIR)"
+    if isinstance(error, ReferenceTooLong):
+        return " (--max-ref-seconds raises the limit)"
     if isinstance(error, VoiceExists):
         return "; remove it first or pass --force"
     if isinstance(error, DamagedVoice):

@@ -33,10 +33,13 @@ TOKENIZER_FILES = (
 def convert(src, dst, bits, group_size, force):
     """Quantize model SRC (hub id or folder) into folder DST."""
 
-    from higgs_core import load_model, quantize, resolve_path, save_model
+    from higgs_core import ModelNotFoundError, load_model, quantize, resolve_path, save_model
 
     out = Path(dst)
-    src_path = resolve_path(src)
+    try:
+        src_path = resolve_path(src)
+    except ModelNotFoundError as e:  # SRC is the argument here, not --model
+        fail(f"{e} (the SRC to convert)")
     here, there = out.resolve(), src_path.resolve()
     if here == there or there in here.parents:
         fail(f"{dst} is the source model {src} or inside it: write the copy somewhere else")
