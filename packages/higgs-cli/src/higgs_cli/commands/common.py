@@ -102,8 +102,9 @@ def max_ref_seconds_option(fn):
     )(fn)
 
 
-def model_options(fn):
-    fn = click.option(
+def codec_option(fn):
+    """``--codec``: the audio tokenizer, alone (``voices add``) or with the model."""
+    return click.option(
         "--codec",
         envvar="HIGGS_CODEC",
         default=DEFAULT_CODEC,
@@ -111,6 +112,10 @@ def model_options(fn):
         metavar="DIR|REPO",
         help="Audio tokenizer: hub id or local folder (env HIGGS_CODEC).",
     )(fn)
+
+
+def model_options(fn):
+    fn = codec_option(fn)
     return click.option(
         "--model",
         envvar="HIGGS_MODEL",

@@ -4,8 +4,13 @@ from pathlib import Path
 
 import click
 
-from higgs_cli.commands.common import BUILTIN_NOTE, fail, friendly, max_ref_seconds_option
-from higgs_cli.settings import DEFAULT_CODEC
+from higgs_cli.commands.common import (
+    BUILTIN_NOTE,
+    codec_option,
+    fail,
+    friendly,
+    max_ref_seconds_option,
+)
 
 
 @click.group(epilog=BUILTIN_NOTE)
@@ -70,14 +75,7 @@ def voices_show(name):
 @click.option("--text", required=True, help="What the recording says.")
 @click.option("--force", is_flag=True, help="Replace a voice of the same name.")
 @max_ref_seconds_option
-@click.option(
-    "--codec",
-    envvar="HIGGS_CODEC",
-    default=DEFAULT_CODEC,
-    show_default=True,
-    metavar="DIR|REPO",
-    help="Audio tokenizer: hub id or local folder (env HIGGS_CODEC).",
-)
+@codec_option
 @friendly
 def voices_add(name, audio, text, force, max_ref_seconds, codec):
     """Add voice NAME from a recording and its transcript."""
