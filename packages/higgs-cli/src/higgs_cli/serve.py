@@ -190,11 +190,11 @@ class Job:
         except RuntimeError:  # the event loop is gone, and with it whoever was waiting
             self.cancel.set()
 
-    def overdue(self) -> BaseException | None:
-        """Why the job must stop now, if it must."""
+    def overdue(self, now: float) -> BaseException | None:
+        """Why the job must stop at ``now`` (the worker's clock), if it must."""
         if self.cancel.is_set():
             return Cancelled("the client disconnected")
-        if self.started is not None and time.monotonic() - self.started > self.timeout:
+        if self.started is not None and now - self.started > self.timeout:
             return TimeoutError(f"generation took longer than {self.timeout:g} s")
         return None
 
@@ -219,8 +219,8 @@ class Worker:
         self.running = 0  # rows decoding in the batch now (at most max_batch)
         self.clock = clock
         self.mean_seconds: float | None = None  # a request's time in the worker, smoothed
-        self._started: dict[Job, float] = {}  # when each job in the worker began
-        self._lock = threading.Lock()
+        self._running: dict[Job, object] = {}  # the jobs in the worker, and their work
+        self._lock = threading.RLock()  # pending and the jobs running, across threads
         self._jobs: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="higgs-worker", daemon=True)
         self._thread.start()
@@ -244,7 +244,8 @@ class Worker:
         mean = self.mean_seconds
         if mean is None:
             now = self.clock()
-            mean = max((now - t for t in list(self._started.values())), default=1.0)
+            with self._lock:
+                mean = max((now - (j.started or now) for j in self._running), default=1.0)
         return max(1, math.ceil(mean / max(1, self.running)))
 
     def _run(self):
@@ -258,7 +259,7 @@ class Worker:
         # playing stall less (in 16-bit weights a stream may then round apart from
         # its lone run: see higgs_core.Batch).
         runner = Runner(self.tts.new_batch(self.max_batch, join_chunk=JOIN_CHUNK))
-        running: dict[Job, object] = {}
+        running = self._running
         while True:
             try:  # wait for work only when there is none
                 job = self._jobs.get(block=not running)
@@ -271,26 +272,27 @@ class Worker:
                         while (left := self._next_queued()) is not None:
                             left.emit(stop)
                         return
-                    job.started = time.monotonic()
-                    self._started[job] = self.clock()
-                    running[job] = runner.add(job.make(runner.batch))
+                    job.started = self.clock()
+                    with self._lock:
+                        running[job] = runner.add(job.make(runner.batch))
                     job = self._jobs.get_nowait()
             except queue.Empty:
                 pass
+            now = self.clock()
             for job, work in running.items():
-                if (why := job.overdue()) is not None:
+                if (why := job.overdue(now)) is not None:
                     work.cancel(why)
             runner.tick()
             self.running = runner.batch.running  # the rest wait for a row, or between chunks
             for job, work in list(running.items()):
                 if work.done:
-                    del running[job]
                     # Counted out before the client hears it is done: a client that reads
                     # /health right after its answer must not see itself still queued.
-                    took = self.clock() - self._started.pop(job)
+                    took = self.clock() - (job.started or 0.0)
                     mean = self.mean_seconds
                     self.mean_seconds = took if mean is None else mean + SMOOTHING * (took - mean)
                     with self._lock:
+                        del running[job]
                         self.pending -= 1
                     if work.error is not None:
                         job.emit(work.error)
