@@ -461,3 +461,14 @@ def test_play_without_portaudio_says_which_package_to_install(home, tmp_path, mo
     r = say("Hi.", "--play", "-o", str(tmp_path / "x.wav"))
     assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
     assert "apt install libportaudio2" in r.stderr and "brew install portaudio" in r.stderr
+
+
+def test_progress_counts_frames_and_audio_over_the_same_span(tts, steer):
+    # Both count the whole text: the frames do not start again at each chunk.
+    steer(30)
+    seen = []
+    speech = tts.say("One two three. Four five six.", chunk_words=3, progress=seen.append)
+    assert len(speech.chunks) == 2
+    frames = [p.text_frames for p in seen]
+    assert frames == sorted(frames) and frames[-1] == speech.frames
+    assert seen[-1].audio_seconds == pytest.approx(speech.duration)

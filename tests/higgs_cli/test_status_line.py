@@ -33,10 +33,28 @@ def test_progress_fits_the_terminal(terminal, capsys, columns):
         assert len(draw) <= columns - 1, (columns, draw)
     line(Progress(1, 3, 500, 600, 123.4, 456.7))
     last = drawn(capsys)[-1].rstrip()
-    if columns >= 100:  # room for everything, bar included
+    if columns >= 80:  # room for everything, bar included
         assert last.startswith("[") and "RTF" in last
     elif columns >= 60:  # the bar gives way first
         assert not last.startswith("[") and "123.4 s audio" in last
+
+
+def test_at_80_columns_the_line_keeps_its_bar_and_length_through_every_chunk(terminal, capsys):
+    terminal(80)
+    line = StatusLine(True)
+    total = 0
+    for chunk in range(12):
+        for frames in (1, 40, 400):
+            line(
+                Progress(
+                    chunk, 12, frames, 600, 0.5 * chunk, 2.0 * chunk, text_frames=total + frames
+                )
+            )
+        total += 400
+    draws = [d.rstrip() for d in drawn(capsys)]
+    assert all(d.startswith("[") for d in draws), draws
+    assert len({len(d) for d in draws}) == 1, {len(d) for d in draws}  # no flicker
+    assert draws[-1].split("]")[1].split()[:3] == ["12/12", str(total), "frames"]
 
 
 def test_a_narrower_terminal_is_followed(terminal, capsys):

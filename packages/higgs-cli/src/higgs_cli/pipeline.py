@@ -442,7 +442,19 @@ class Higgs:
         def report(i, frames, max_frames, seconds, finished=False):
             if progress:
                 elapsed = time.perf_counter() - start
-                progress(Progress(i, len(pieces), frames, max_frames, seconds, elapsed, finished))
+                before = sum(res.num_frames for _, _, res, _ in done[:i])  # the chunks spoken
+                progress(
+                    Progress(
+                        i,
+                        len(pieces),
+                        frames,
+                        max_frames,
+                        seconds,
+                        elapsed,
+                        finished,
+                        text_frames=before + frames,
+                    )
+                )
 
         def push(codes):
             pcm = np.array(decoder.push(codes), dtype=np.float32)

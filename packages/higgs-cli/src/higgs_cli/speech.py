@@ -18,6 +18,7 @@ class Progress:
     audio_seconds: float  # audio of the whole text so far, this chunk included
     elapsed: float
     done: bool = False  # this chunk is finished
+    text_frames: int = 0  # frames of the whole text so far (the span audio_seconds counts)
 
     @property
     def fraction(self) -> float:

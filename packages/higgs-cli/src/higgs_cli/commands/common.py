@@ -154,10 +154,13 @@ class StatusLine:
         rtf = p.elapsed / p.audio_seconds if p.audio_seconds else 0.0
         filled = round(20 * p.fraction)
         bar = "#" * filled + "-" * (20 - filled)
-        chunk = f" chunk {p.chunk + 1}/{p.chunks}" if p.chunks > 1 else ""
+        # Fields of fixed width, so the line keeps its length from chunk to chunk (and
+        # fits 80 columns, bar included); frames and audio count the whole text alike.
+        width = len(str(p.chunks))
+        chunk = f" {p.chunk + 1:>{width}}/{p.chunks}" if p.chunks > 1 else ""
         line = (
-            f"[{bar}]{chunk} {p.frames} frames | {p.audio_seconds:5.1f} s audio | "
-            f"{p.elapsed:5.1f} s | RTF {rtf:4.2f}"
+            f"[{bar}]{chunk} {p.text_frames or p.frames:5d} frames {p.audio_seconds:6.1f} s "
+            f"audio {p.elapsed:6.1f} s RTF {rtf:4.2f}"
         )
         self.draw(line)
 
