@@ -437,7 +437,9 @@ class Higgs:
         budget = int(settings.max_seconds * self.frame_rate)  # audio frames left for the text
         context: list[tuple[str, np.ndarray]] = []
         decoder = self.codec.stream_decoder() if emit else None
-        done, sent, audio_seconds = [], [], 0.0
+        done: list[tuple] = []  # (piece, prompt, result, host codes) of each chunk spoken
+        sent: list[np.ndarray] = []
+        audio_seconds = 0.0
 
         def report(i, frames, max_frames, seconds, finished=False):
             if progress:
