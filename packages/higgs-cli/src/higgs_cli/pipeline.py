@@ -252,7 +252,8 @@ class Higgs:
         itself at a sane length (the voice's seed, then the next ones), and keep it."""
         builtin = BUILTINS[name]
         low, high = PIN_SECONDS
-        max_frames = int(high * self.frame_rate) + self.num_codebooks + 1
+        # one column past the longest take kept, so a take that runs on stops past it
+        max_frames = frames_for_codes(int(high * self.frame_rate) + 1, self.num_codebooks)
         speakers = [Speaker(description=builtin.description)]
         tries = []
         for attempt in range(PIN_ATTEMPTS):
