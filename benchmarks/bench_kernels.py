@@ -29,9 +29,10 @@ step: us per layer, GB/s of K/V read, against stock
 and GFLOP/s (counting only the unmasked scores), kernels vs stock.
 
 Batch (``--part batch``): one layer's q, k, gate and down shapes with 1, 2, 4, 8,
-16 and 32 rows of bf16 activations per call (a batched decode step's rows), per
-weight format: ms for the four calls, and throughput (rows per ms) as a multiple
-of the one-row figure.
+16, 32 and 64 rows of bf16 activations per call (a batched decode step's rows;
+``--rows`` and ``--formats`` choose), per weight format: ms for the four calls, and
+throughput (rows per ms) as a multiple of the one-row figure, the row counts
+interleaved within each repeat.
 
 Figures are medians of repeats; the machine may be shared, so compare ratios
 taken within the run.
@@ -59,6 +60,7 @@ SHAPES = {  # name: (N, K, calls per layer)
     "head": (HEAD, HIDDEN, 0),
 }
 FORMATS = ["bf16", "q8", "q4"]
+BATCH_ROWS = (1, 2, 4, 8, 16, 32, 64)
 GROUP = 64
 
 
@@ -221,6 +223,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, no stock prefill")
     parser.add_argument("--part", choices=["all", "linear", "attention", "batch"], default="all")
+    parser.add_argument(
+        "--rows", type=int, nargs="+", default=list(BATCH_ROWS), help="row counts for --part batch"
+    )
+    parser.add_argument(
+        "--formats", nargs="+", choices=FORMATS, default=FORMATS, help="weight formats for batch"
+    )
     args = parser.parse_args()
     repeats = 3 if args.quick else 9
     if not hk.available():
@@ -236,15 +244,18 @@ def main():
         attention_figures(max(bw, read_bandwidth(repeats)), repeats, not args.quick)
     if args.part in ("all", "batch"):
         print()
-        batch_figures(repeats)
+        batch_figures(repeats, args.rows, args.formats)
 
 
-def batch_figures(repeats, rows=(1, 2, 4, 8, 16, 32)):
-    """The issue's probe: q, k, gate, down with several activation rows per call."""
+def batch_figures(repeats, rows=BATCH_ROWS, formats=FORMATS):
+    """The issue's probe: q, k, gate, down with several activation rows per call.
+    Row counts are interleaved (each repeat times every count, in a rotated order),
+    so a drift of the machine's speed moves them all alike."""
     shapes = [SHAPES["q"], SHAPES["k/v"], SHAPES["gate/up"], SHAPES["down"]]
-    print("a batched step's rows: q + k + gate + down of one layer, bf16 activations")
+    print("a batched step's rows: q + k + gate + down of one layer, bf16 activations,")
+    print(f"median of {repeats} interleaved repeats; throughput against one row")
     print(f"{'fmt':>4} " + " ".join(f"{f'{r} rows':>17}" for r in rows))
-    for fmt in FORMATS:
+    for fmt in formats:
         sets = []
         for n, k, _ in shapes:
             one = make_weight(n, k, fmt, mx.random.key(0))
@@ -252,10 +263,36 @@ def batch_figures(repeats, rows=(1, 2, 4, 8, 16, 32)):
             keys = mx.random.split(mx.random.key(n + k), copies)
             sets.append([make_weight(n, k, fmt, keys[i]) for i in range(copies)])
             mx.eval(sets[-1])
-        ms = [sum(per_call_ms(ws, fmt, True, repeats, rows=r) for ws in sets) for r in rows]
+        xs = {}
+        for r in rows:
+            xs[r] = [mx.random.normal((r, ws[0][0].shape[1] * unpacked(fmt))).astype(mx.bfloat16)
+                     for ws in sets]
+            mx.eval(xs[r])
+
+        def step(r):
+            """ms for the four calls: each shape's copies in one eval, per copy."""
+            total = 0.0
+            for ws, x in zip(sets, xs[r], strict=True):
+                start = time.perf_counter()
+                mx.eval([apply(x, w, fmt, True) for w in ws])
+                total += (time.perf_counter() - start) * 1e3 / len(ws)
+            return total
+
+        for r in rows:
+            step(r)  # warm up
+        times = {r: [] for r in rows}
+        for i in range(repeats):
+            for r in rows[i % len(rows) :] + rows[: i % len(rows)]:
+                times[r].append(step(r))
+        ms = [statistics.median(times[r]) for r in rows]
         cells = [f"{m:7.2f} ms {r / m * ms[0]:5.1f}x" for r, m in zip(rows, ms, strict=True)]
-        print(f"{fmt:>4} " + " ".join(f"{c:>17}" for c in cells))
-        del sets
+        print(f"{fmt:>4} " + " ".join(f"{c:>17}" for c in cells), flush=True)
+        del sets, xs
+
+
+def unpacked(fmt):
+    """Values per stored column: 1 for bf16, 32 / bits for quantized codes."""
+    return 1 if fmt == "bf16" else 32 // int(fmt[1:])
 
 
 def linear_figures(bw, repeats, quick):

@@ -1,5 +1,5 @@
 // Picks the instruction set, converts activations, splits the work over the
-// thread pool: matrix x vector for up to 8 rows, packed panels for more.
+// thread pool: matrix x vector for up to 64 rows, packed panels for more.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -27,8 +27,9 @@ const Isa* choose_isa(const char* want) {
                   __builtin_cpu_supports("f16c");
   bool has_avx512 = has_avx2 && __builtin_cpu_supports("avx512f") &&
                     __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-                    __builtin_cpu_supports("avx512bf16");
-  if (w == "avx512" && !has_avx512) throw std::invalid_argument("this CPU lacks AVX512-BF16");
+                    __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vnni");
+  if (w == "avx512" && !has_avx512)
+    throw std::invalid_argument("this CPU lacks AVX512-BF16 or AVX512-VNNI");
   if (w == "avx2" && !has_avx2) throw std::invalid_argument("this CPU lacks AVX2/FMA/F16C");
   if (w == "avx512" || (w == "auto" && has_avx512)) return &isa_avx512();
   if (w == "avx2" || (w == "auto" && has_avx2)) return &isa_avx2();
@@ -73,11 +74,13 @@ void from_f32(const float* src, int64_t count, void* dst, DType t) {
 }
 
 constexpr int64_t KC = 256;  // depth of a packed panel (a multiple of every group size)
-constexpr int64_t kGemvRows = 16;  // rows of x the matrix-vector kernels take; more are a matmul
-// Quantized weights: the prefill path dequantizes W into panels at ~3 ns a value,
-// which 32 rows (a large decode batch) do not earn back (one layer's q, k, gate and
-// down: 193 ms as a matmul, ~55 ms as matrix-vector); serve's largest batch stays here.
-constexpr int64_t kGemvRowsQuantized = 64;
+// Rows of x the matrix-vector kernels take; more are a matmul. Every row count a
+// decode batch can have (serve and batch allow --max-batch 64) stays on them: they
+// read W once for all rows, a row's result does not depend on the row count, and
+// the prefill paths pack (and dequantize) W on every call, which a decode step's
+// few rows do not earn back (one layer's q, k, gate and down with 16 bf16 rows on
+// Zen 4: 21 ms as a matmul, 7 ms for 8 rows as matrix-vector).
+constexpr int64_t kGemvRows = 64;
 constexpr int64_t NC = 64;   // output columns per task in the prefill path
 
 // Rows of W per matrix-vector task: a few tasks per thread so a late-waking
@@ -173,13 +176,13 @@ void linear(const Weight& weight, const void* x, DType xt, int64_t m, void* y, D
   const float* xf = static_cast<const float*>(x);
   // bf16 x bf16 products are exact in fp32: the bf16 prefill loses nothing on bf16
   // weights; quantized ones are rounded to bf16, the activations' own precision.
-  const bool bf16_gemm = m > 8 && chosen.gemm_bf16 && xt == DType::BF16 &&
+  const bool bf16_gemm = m > kGemvRows && chosen.gemm_bf16 && xt == DType::BF16 &&
                          (w.quantized() || w.dtype == DType::BF16);
-  // One bf16 row against bf16 W: x stays bf16, half the bytes of an fp32 copy, so
+  // bf16 rows against bf16 W: x stays bf16, half the bytes of an fp32 copy, so
   // even down_proj's 8192 values fit in L1 beside the weight stream (an fp32 x
   // of 32 KB streamed that shape at ~21 GB/s, bf16 at ~26; other shapes alike).
-  const bool bf16_gemv = m == 1 && chosen.gemv_bf16 && xt == DType::BF16 && !w.quantized() &&
-                         w.dtype == DType::BF16;
+  const bool bf16_gemv = m <= chosen.gemv_bf16_rows && chosen.gemv_bf16 &&
+                         xt == DType::BF16 && !w.quantized() && w.dtype == DType::BF16;
   if (xt != DType::F32 && !bf16_gemm && !bf16_gemv) {
     xbuf.resize(m * w.K);
     to_f32(x, xt, m * w.K, xbuf.data());
@@ -199,12 +202,13 @@ void linear(const Weight& weight, const void* x, DType xt, int64_t m, void* y, D
   } else if (bf16_gemm) {
     chosen.gemm_bf16(w, static_cast<const uint16_t*>(x), m, yf);
   } else if (bf16_gemv) {
-    const int64_t rows = task_rows(w.N);
+    const int64_t rows = task_rows(w.N, m >= 2 ? 24 : 8);
     parallel_for(int((w.N + rows - 1) / rows), [&](int t) {
       const int64_t n0 = t * rows;
-      chosen.gemv_bf16(w, static_cast<const uint16_t*>(x), n0, std::min(w.N, n0 + rows), yf);
+      chosen.gemv_bf16(w, static_cast<const uint16_t*>(x), int(m), n0, std::min(w.N, n0 + rows),
+                       yf, w.N);
     });
-  } else if (m <= (w.quantized() ? kGemvRowsQuantized : kGemvRows)) {
+  } else if (m <= kGemvRows) {
     gemv_path(chosen, w, xf, int(m), yf);
   } else {
     gemm_path(chosen, w, xf, m, yf);

@@ -79,9 +79,12 @@ struct Isa {
   // quantized W, whose values are rounded to bf16 first, when the ISA has a
   // faster way than fp32 panels; null otherwise.
   void (*gemm_bf16)(const Weight& w, const uint16_t* x, int64_t m, float* y);
-  // One bf16 row of x against rows [n0, n1) of a bf16 W, x kept in bf16: for a
-  // long x, whose fp32 copy would crowd the weight stream out of L1; or null.
-  void (*gemv_bf16)(const Weight& w, const uint16_t* x, int64_t n0, int64_t n1, float* y);
+  // m <= gemv_bf16_rows bf16 rows of x against rows [n0, n1) of a bf16 W, x kept in
+  // bf16 (half the bytes of an fp32 copy, which would crowd the weight stream out of
+  // L1 for a long x); writes y[r * ldy + n]. Or null.
+  void (*gemv_bf16)(const Weight& w, const uint16_t* x, int m, int64_t n0, int64_t n1, float* y,
+                    int64_t ldy);
+  int gemv_bf16_rows;
   // out[i] = silu(g[i]) * u[i] for i < n, computed in fp32, stored in dtype t.
   void (*swiglu)(const void* g, const void* u, DType t, int64_t n, void* out);
 };
@@ -89,11 +92,10 @@ struct Isa {
 const Isa& isa_generic();
 #if defined(__x86_64__) || defined(_M_X64)
 const Isa& isa_avx2();
-const Isa& isa_avx512();  // isa_avx2 plus the AVX512-BF16 prefill
-void gemm_bf16_avx512(const Weight& w, const uint16_t* x, int64_t m, float* y);
+const Isa& isa_avx512();  // isa_avx2 plus AVX512-BF16 and AVX512-VNNI kernels
 #endif
 
-// Chosen at first use: the best the CPU runs of avx512 (AVX2 + AVX512-BF16),
+// Chosen at first use: the best the CPU runs of avx512 (AVX2 + AVX512-BF16/VNNI),
 // avx2 (AVX2 + FMA + F16C) and the portable kernels. HIGGS_KERNELS_ISA names one.
 const Isa& isa();
 void set_isa(const char* name);  // "avx512", "avx2", "generic" or "auto"

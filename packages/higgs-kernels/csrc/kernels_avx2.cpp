@@ -68,7 +68,9 @@ inline void gemv_bf16_rows(const uint16_t* W, int64_t K, const uint16_t* x, int6
   }
 }
 
-void gemv_bf16(const Weight& w, const uint16_t* x, int64_t n0, int64_t n1, float* y) {
+// One row (gemv_bf16_rows = 1): more rows take dense_multi on an fp32 copy.
+void gemv_bf16(const Weight& w, const uint16_t* x, int, int64_t n0, int64_t n1, float* y,
+               int64_t) {
   constexpr int NB = 8;
   const auto* W = static_cast<const uint16_t*>(w.data);
   int64_t n = n0;
@@ -959,14 +961,8 @@ uint64_t read(const void* p, size_t bytes) {
 }  // namespace
 
 const Isa& isa_avx2() {
-  static const Isa isa{"avx2",         prepare, gemv, pack, micro, gemv_supports, read, nullptr,
-                       gemv_bf16,      swiglu_avx2};
-  return isa;
-}
-
-const Isa& isa_avx512() {
-  static const Isa isa{"avx512",         prepare, gemv, pack, micro, gemv_supports, read,
-                       gemm_bf16_avx512, gemv_bf16, swiglu_avx2};
+  static const Isa isa{"avx2", prepare,   gemv, pack, micro, gemv_supports, read, nullptr,
+                       gemv_bf16, 1, swiglu_avx2};
   return isa;
 }
 

@@ -163,7 +163,7 @@ void swiglu_generic(const void* g, const void* u, DType t, int64_t n, void* out)
 
 const Isa& isa_generic() {
   static const Isa isa{"generic", prepare, gemv,    pack,   micro,
-                       supports_all, read, nullptr, nullptr, swiglu_generic};
+                       supports_all, read, nullptr, nullptr, 0,       swiglu_generic};
   return isa;
 }
 
