@@ -63,9 +63,13 @@ def bf16_prefill(isa, rows, x_dtype):
 
 def int8_x(isa, bits, k, rows, x_dtype):
     """Whether this call rounds x to int8 (see the module docstring)."""
-    prefill = bf16_prefill(isa, rows, x_dtype)
-    half = x_dtype in (mx.bfloat16, mx.float16)
-    return isa != "generic" and half and bits == 4 and k % 64 == 0 and rows <= 64 and not prefill
+    if bf16_prefill(isa, rows, x_dtype) or rows > GEMV_ROWS:
+        return False
+    if x_dtype not in (mx.bfloat16, mx.float16):
+        return False
+    if isa == "avx512":
+        return bits in (4, 8)
+    return isa == "avx2" and bits == 4 and k % 64 == 0
 
 
 def check(y, x, w_f64, what, group=None, w_rounded=False, x_step=2.0**-16):

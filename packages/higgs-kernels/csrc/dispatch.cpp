@@ -26,7 +26,8 @@ const Isa* choose_isa(const char* want) {
   bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                   __builtin_cpu_supports("f16c");
   bool has_avx512 = has_avx2 && __builtin_cpu_supports("avx512f") &&
-                    __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                    __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+                    __builtin_cpu_supports("avx512vl") &&
                     __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vnni");
   if (w == "avx512" && !has_avx512)
     throw std::invalid_argument("this CPU lacks AVX512-BF16 or AVX512-VNNI");

@@ -224,6 +224,293 @@ void gemv_bf16_avx512(const Weight& w, const uint16_t* x, int m, int64_t n0, int
   }
 }
 
+namespace {
+
+// ---- 4- and 8-bit weights, bf16 or f16 x: VNNI int8 dot products ----
+//
+// x is rounded once per call to int8 per group, as the AVX2 int8 path does
+// (scale sx = max|x| / 127: each value moves by at most 1/254 of its group's
+// largest |x|), and the codes (unsigned) meet it in vpdpbusd: 64 products summed
+// four to an int32 lane per instruction, exactly. A step is one 64-byte load of a
+// row's codes: 64 values at 8 bits (lane l: values 4l..4l+3), 128 at 4 bits (the
+// low nibbles are the even values, the high ones the odd: x is stored as 64 even
+// then 64 odd values per block, and lane l takes values 8l..8l+7). Each step's
+// int32 lanes become fp32 times W's scale and x's scale for their group, in the
+// same order in every tile shape, so a row's result does not depend on the other
+// rows of the call. The biases meet the rounded x through its per-group sums.
+// K is padded to a whole step with zero codes and zero x.
+
+template <int BITS>
+constexpr int kStepValues = BITS == 4 ? 128 : 64;
+
+inline bool vnni_path(const Weight& w) {
+  return w.half_x && w.quantized() && (w.quant.bits == 4 || w.quant.bits == 8) &&
+         (w.quant.group == 32 || w.quant.group == 64 || w.quant.group == 128);
+}
+
+// Layout of the prepared x, for m rows: int8 xq[m][Kp], then float sxl[m][steps][16]
+// (each lane's x scale), then float qsum[m][groups] (sx times the group's sum of
+// rounded values).
+struct VnniX {
+  const int8_t* xq;
+  const float* sxl;
+  const float* qsum;
+  int64_t Kp, steps, groups;
+};
+
+inline VnniX vnni_layout(const Weight& w, const void* prepared, int m) {
+  const int step = w.quant.bits == 4 ? kStepValues<4> : kStepValues<8>;
+  VnniX v;
+  v.Kp = (w.K + step - 1) / step * step;
+  v.steps = v.Kp / step;
+  v.groups = w.K / w.quant.group;
+  const auto* base = static_cast<const uint8_t*>(prepared);
+  v.xq = reinterpret_cast<const int8_t*>(base);
+  v.sxl = reinterpret_cast<const float*>(base + int64_t(m) * v.Kp);
+  v.qsum = v.sxl + int64_t(m) * v.steps * 16;
+  return v;
+}
+
+void prepare_vnni(const Weight& w, const float* x, int m, std::vector<uint8_t>& out) {
+  const int bits = w.quant.bits, G = w.quant.group;
+  const int64_t K = w.K;
+  const int step = bits == 4 ? kStepValues<4> : kStepValues<8>;
+  const int per_lane = step / 16;
+  const int64_t Kp = (K + step - 1) / step * step, steps = Kp / step, groups = K / G;
+  out.assign(m * Kp + (m * steps * 16 + m * groups) * 4, 0);
+  VnniX v = vnni_layout(w, out.data(), m);
+  auto* xq = const_cast<int8_t*>(v.xq);
+  auto* sxl = const_cast<float*>(v.sxl);
+  auto* qsum = const_cast<float*>(v.qsum);
+  std::vector<float> sx(groups);
+  std::vector<int32_t> q(K);
+  const __m512 sign = _mm512_set1_ps(-0.0f);
+  for (int r = 0; r < m; ++r) {
+    const float* xr = x + r * K;
+    for (int64_t g = 0; g < groups; ++g) {
+      __m512 mx = _mm512_setzero_ps();
+      for (int64_t k = g * G; k < (g + 1) * G; k += 16)
+        mx = _mm512_max_ps(mx, _mm512_andnot_ps(sign, _mm512_loadu_ps(xr + k)));
+      const float top = _mm512_reduce_max_ps(mx);
+      sx[g] = top / 127.0f;
+      const __m512 inv = _mm512_set1_ps(top > 0 ? 127.0f / top : 0.0f);
+      __m512i sum = _mm512_setzero_si512();
+      for (int64_t k = g * G; k < (g + 1) * G; k += 16) {
+        // Round to nearest, ties to even, as the AVX2 path's round_row.
+        const __m512i qi = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xr + k), inv));
+        _mm512_storeu_si512(q.data() + k, qi);
+        sum = _mm512_add_epi32(sum, qi);
+      }
+      qsum[r * groups + g] = float(_mm512_reduce_add_epi32(sum)) * sx[g];
+    }
+    int8_t* dst = xq + r * Kp;
+    if (bits == 4) {
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t b = k / 128 * 128, i = k - b;
+        dst[b + (i % 2) * 64 + i / 2] = int8_t(q[k]);
+      }
+    } else {
+      for (int64_t k = 0; k < K; ++k) dst[k] = int8_t(q[k]);
+    }
+    for (int64_t s = 0; s < steps; ++s)
+      for (int l = 0; l < 16; ++l) {
+        const int64_t k = s * step + l * per_lane;
+        sxl[(r * steps + s) * 16 + l] = k < K ? sx[k / G] : 0.0f;
+      }
+  }
+}
+
+// A row of scales or biases as fp32, zero past its end up to `padded` values.
+inline void row_f32(const void* src, DType t, int64_t offset, int64_t n, int64_t padded,
+                    float* dst) {
+  int64_t i = 0;
+  if (t == DType::BF16) {
+    const auto* p = static_cast<const uint16_t*>(src) + offset;
+    for (; i + 16 <= n; i += 16)
+      _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(
+                                    _mm512_cvtepu16_epi32(_mm256_loadu_si256(
+                                        reinterpret_cast<const __m256i*>(p + i))),
+                                    16)));
+  }
+  for (; i < n; ++i) dst[i] = load_scalar(src, t, offset + i);
+  for (; i < padded; ++i) dst[i] = 0.0f;
+}
+
+// The W scales of one step as lanes: groups per step GPS = 1, 2 or 4.
+template <int GPS>
+inline __m512 lane_scales(const float* sc) {
+  if constexpr (GPS == 1) {
+    return _mm512_set1_ps(*sc);
+  } else if constexpr (GPS == 2) {
+    return _mm512_permutexvar_ps(
+        _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1), _mm512_loadu_ps(sc));
+  } else {
+    return _mm512_permutexvar_ps(
+        _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3), _mm512_loadu_ps(sc));
+  }
+}
+
+template <int BITS, int G, int R, int NB>
+inline void vnni_tile(const Weight& w, const VnniX& v, int64_t n, float* y, int64_t ldy,
+                      Prefetch pf) {
+  constexpr int STEP = kStepValues<BITS>;
+  // Groups a step covers (1 when a group spans steps), and the step a group starts on.
+  constexpr int GPS = G >= STEP ? 1 : STEP / G;
+  const QWeight& q = w.quant;
+  const int64_t K = w.K, row_bytes = K * BITS / 8, groups = v.groups;
+  const uint8_t* rows[NB];
+  for (int j = 0; j < NB; ++j)
+    rows[j] = reinterpret_cast<const uint8_t*>(q.codes) + (n + j) * row_bytes;
+  // Scales (then biases) as fp32; thread_local lives behind a call in a shared
+  // library, so the loops below use the plain pointer.
+  thread_local std::vector<float> buffer;
+  const int64_t padded = groups + 16;
+  buffer.resize(NB * padded);
+  float* const scales = buffer.data();
+  for (int j = 0; j < NB; ++j)
+    row_f32(q.scales, q.sdtype, (n + j) * groups, groups, padded, scales + j * padded);
+
+  __m512 total[R][NB];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NB; ++j) total[r][j] = _mm512_setzero_ps();
+  const __m512i nibble = _mm512_set1_epi8(0x0f);
+  int cycle = pf.period - pf.phase;
+  for (int64_t s = 0; s < v.steps; ++s) {
+    const int64_t byte0 = s * 64;
+    if (++cycle >= pf.period) {
+      cycle = 0;
+      for (int j = 0; j < NB; ++j) {  // as bf16_tile: the next tile's rows, or the next block's
+        const char* line = reinterpret_cast<const char*>(rows[j] + pf.ahead * row_bytes + byte0);
+        if (pf.ahead != kBf16Block) {
+          _mm_prefetch(line, _MM_HINT_T0);
+        } else {
+          _mm_prefetch(line, _MM_HINT_T1);
+        }
+      }
+    }
+    const int64_t left = row_bytes - byte0;
+    const __mmask64 mask = left >= 64 ? ~__mmask64(0) : (__mmask64(1) << left) - 1;
+    __m512i lo[NB], hi[NB];
+    __m512 sw[NB];
+    const int64_t g = s * STEP / G;
+    for (int j = 0; j < NB; ++j) {
+      const __m512i c = _mm512_maskz_loadu_epi8(mask, rows[j] + byte0);
+      if constexpr (BITS == 4) {
+        lo[j] = _mm512_and_si512(c, nibble);
+        hi[j] = _mm512_and_si512(_mm512_srli_epi16(c, 4), nibble);
+      } else {
+        lo[j] = c;
+      }
+      sw[j] = lane_scales<GPS>(scales + j * padded + g);
+    }
+    for (int r = 0; r < R; ++r) {
+      const int8_t* xs = v.xq + r * v.Kp + s * STEP;
+      const __m512i xe = _mm512_loadu_si512(xs);
+      const __m512 sx = _mm512_loadu_ps(v.sxl + (r * v.steps + s) * 16);
+      if constexpr (BITS == 4) {
+        const __m512i xo = _mm512_loadu_si512(xs + 64);
+        for (int j = 0; j < NB; ++j) {
+          const __m512i acc = _mm512_dpbusd_epi32(
+              _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[j], xe), hi[j], xo);
+          total[r][j] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), sw[j]), sx,
+                                        total[r][j]);
+        }
+      } else {
+        for (int j = 0; j < NB; ++j) {
+          const __m512i acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[j], xe);
+          total[r][j] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), sw[j]), sx,
+                                        total[r][j]);
+        }
+      }
+    }
+  }
+  // The biases against the rounded x's per-group sums, 16 groups at a time.
+  float* const biases = scales;  // the scales are done with
+  for (int j = 0; j < NB; ++j) {
+    row_f32(q.biases, q.sdtype, (n + j) * groups, groups, padded, biases);
+    for (int r = 0; r < R; ++r) {
+      const float* qs = v.qsum + r * groups;
+      __m512 b = _mm512_setzero_ps();
+      for (int64_t i = 0; i < groups; i += 16) {
+        const __mmask16 mk = groups - i >= 16 ? 0xffff : __mmask16((1u << (groups - i)) - 1);
+        b = _mm512_fmadd_ps(_mm512_loadu_ps(biases + i), _mm512_maskz_loadu_ps(mk, qs + i),
+                            b);
+      }
+      y[r * ldy + n + j] = reduce(total[r][j]) + reduce(b);
+    }
+  }
+}
+
+template <int BITS, int G, int R>
+inline void vnni_group(const Weight& w, const VnniX& v, int64_t n0, int64_t n1, float* y,
+                       int64_t ldy, Prefetch pf) {
+  // Registers: R * NB totals, one or two code vectors and a scale per W row, x.
+  constexpr int NB = R >= 5 ? 2 : R >= 2 ? 3 : 4;
+  const bool next_tile = pf.ahead == 0;
+  int64_t n = n0;
+  for (; n + NB <= n1; n += NB)
+    vnni_tile<BITS, G, R, NB>(w, v, n, y, ldy, next_tile ? Prefetch{NB, 1, 0} : pf);
+  for (; n < n1; ++n) vnni_tile<BITS, G, R, 1>(w, v, n, y, ldy, next_tile ? Prefetch{1, 1, 0} : pf);
+}
+
+template <int BITS, int G>
+void vnni_rows(const Weight& w, const void* prepared, int m, int64_t n0, int64_t n1, float* y,
+               int64_t ldy) {
+  const VnniX all = vnni_layout(w, prepared, m);
+  auto run = [&](int r0, int R, int64_t b, int64_t e, Prefetch pf) {
+    VnniX v = all;
+    v.xq += r0 * all.Kp;
+    v.sxl += r0 * all.steps * 16;
+    v.qsum += r0 * all.groups;
+    float* yr = y + r0 * ldy;
+    switch (R) {
+      case 8: return vnni_group<BITS, G, 8>(w, v, b, e, yr, ldy, pf);
+      case 7: return vnni_group<BITS, G, 7>(w, v, b, e, yr, ldy, pf);
+      case 6: return vnni_group<BITS, G, 6>(w, v, b, e, yr, ldy, pf);
+      case 5: return vnni_group<BITS, G, 5>(w, v, b, e, yr, ldy, pf);
+      case 4: return vnni_group<BITS, G, 4>(w, v, b, e, yr, ldy, pf);
+      case 3: return vnni_group<BITS, G, 3>(w, v, b, e, yr, ldy, pf);
+      case 2: return vnni_group<BITS, G, 2>(w, v, b, e, yr, ldy, pf);
+      default: return vnni_group<BITS, G, 1>(w, v, b, e, yr, ldy, pf);
+    }
+  };
+  // One row too takes blocks with the next one prefetched into L2: 1.3x the
+  // next-tile prefetch's speed on Zen 4 (the codes are half or a quarter of bf16's
+  // bytes per value, so the next tile is too close).
+  const int groups = (m + kBf16Group - 1) / kBf16Group;
+  for (int64_t b = n0; b < n1; b += kBf16Block) {
+    const int64_t e = std::min(n1, b + kBf16Block);
+    for (int g = 0; g < groups; ++g) {
+      const int r0 = g * kBf16Group;
+      run(r0, std::min(kBf16Group, m - r0), b, e, Prefetch{kBf16Block, groups, g});
+    }
+  }
+}
+
+template <int BITS>
+void vnni_bits(const Weight& w, const void* prepared, int m, int64_t n0, int64_t n1, float* y,
+               int64_t ldy) {
+  switch (w.quant.group) {
+    case 32: return vnni_rows<BITS, 32>(w, prepared, m, n0, n1, y, ldy);
+    case 64: return vnni_rows<BITS, 64>(w, prepared, m, n0, n1, y, ldy);
+    default: return vnni_rows<BITS, 128>(w, prepared, m, n0, n1, y, ldy);
+  }
+}
+
+void prepare_avx512(const Weight& w, const float* x, int m, std::vector<uint8_t>& out) {
+  if (vnni_path(w)) return prepare_vnni(w, x, m, out);
+  isa_avx2().prepare(w, x, m, out);
+}
+
+void gemv_avx512(const Weight& w, const float* x, const float* xsum, const void* prepared, int m,
+                 int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  if (!vnni_path(w)) return isa_avx2().gemv(w, x, xsum, prepared, m, n0, n1, y, ldy);
+  if (w.quant.bits == 4) return vnni_bits<4>(w, prepared, m, n0, n1, y, ldy);
+  return vnni_bits<8>(w, prepared, m, n0, n1, y, ldy);
+}
+
+}  // namespace
+
 void gemm_bf16_avx512(const Weight& weight, const uint16_t* x, int64_t m, float* y) {
   const int64_t N = weight.N, K = weight.K;
   const uint16_t* w = static_cast<const uint16_t*>(weight.data);
@@ -297,7 +584,7 @@ void gemm_bf16_avx512(const Weight& weight, const uint16_t* x, int64_t m, float*
 
 const Isa& isa_avx512() {
   const Isa& avx2 = isa_avx2();
-  static const Isa isa{"avx512",         avx2.prepare,      avx2.gemv, avx2.pack,
+  static const Isa isa{"avx512",         prepare_avx512,    gemv_avx512, avx2.pack,
                        avx2.micro,       avx2.gemv_supports, avx2.read, gemm_bf16_avx512,
                        gemv_bf16_avx512, 64,                avx2.swiglu};
   return isa;
