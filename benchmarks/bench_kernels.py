@@ -265,29 +265,31 @@ def batch_figures(repeats, rows=BATCH_ROWS, formats=FORMATS):
             mx.eval(sets[-1])
         xs = {}
         for r in rows:
-            xs[r] = [mx.random.normal((r, ws[0][0].shape[1] * unpacked(fmt))).astype(mx.bfloat16)
-                     for ws in sets]
+            xs[r] = [
+                mx.random.normal((r, ws[0][0].shape[1] * unpacked(fmt))).astype(mx.bfloat16)
+                for ws in sets
+            ]
             mx.eval(xs[r])
-
-        def step(r):
-            """ms for the four calls: each shape's copies in one eval, per copy."""
-            total = 0.0
-            for ws, x in zip(sets, xs[r], strict=True):
-                start = time.perf_counter()
-                mx.eval([apply(x, w, fmt, True) for w in ws])
-                total += (time.perf_counter() - start) * 1e3 / len(ws)
-            return total
-
         for r in rows:
-            step(r)  # warm up
+            batch_step(sets, xs[r], fmt)  # warm up
         times = {r: [] for r in rows}
         for i in range(repeats):
             for r in rows[i % len(rows) :] + rows[: i % len(rows)]:
-                times[r].append(step(r))
+                times[r].append(batch_step(sets, xs[r], fmt))
         ms = [statistics.median(times[r]) for r in rows]
         cells = [f"{m:7.2f} ms {r / m * ms[0]:5.1f}x" for r, m in zip(rows, ms, strict=True)]
         print(f"{fmt:>4} " + " ".join(f"{c:>17}" for c in cells), flush=True)
         del sets, xs
+
+
+def batch_step(sets, xs, fmt):
+    """ms for the four calls: each shape's copies in one eval, per copy."""
+    total = 0.0
+    for ws, x in zip(sets, xs, strict=True):
+        start = time.perf_counter()
+        mx.eval([apply(x, w, fmt, True) for w in ws])
+        total += (time.perf_counter() - start) * 1e3 / len(ws)
+    return total
 
 
 def unpacked(fmt):

@@ -10,7 +10,8 @@ rounds each value by up to 2^-9 of it), a term the quantized cases add. With up
 to 64 rows of bf16 or f16 x, 4-bit weights (K a multiple of 64) take int8 x
 instead: each value moves by at most 1/254 of its group's largest |x|, still far
 below the 4-bit codes' own step (1/15 of a group's range; the bound leaves that
-out, as W is the dequantized weight). The avx512 prefill (rows > 64) of bf16 x by
+out, as W is the dequantized weight). On avx512 (AVX512-VNNI), bf16 or f16 x takes
+that int8 rounding for 8-bit weights too, and for any K. The avx512 prefill (rows > 64) of bf16 x by
 quantized W rounds the dequantized W to bf16 (by up to 2^-8 of each value) to
 multiply in bf16 pairs: those cases add 2^-8 * (|x| @ |W|.T). (Up to 64 rows, every
 row count a decode batch can have, take the matrix-vector kernels; more rows are a
