@@ -48,7 +48,7 @@ struct Weight {
 // call (into `out`); the gemv receives out.data().
 using PrepareFn = void (*)(const Weight& w, const float* x, int m, std::vector<uint8_t>& out);
 
-// Matrix x vector for m <= 8 rows of activations. `x` is [m, K] fp32; writes
+// Matrix x vector for m <= 64 rows of activations (a decode batch). `x` is [m, K] fp32; writes
 // y[r * ldy + n] for n in [n0, n1) as fp32. `xsum` holds, for quantized weights,
 // the per-group sums of x ([m, K / group]); null otherwise. `prepared`: what the
 // ISA's PrepareFn made of x.
