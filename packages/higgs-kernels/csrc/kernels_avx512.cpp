@@ -204,6 +204,22 @@ inline void bf16_rows(int R, const uint16_t* W, int64_t K, const uint16_t* x, in
 // for 8 rows on Zen 4).
 constexpr int kBf16Group = 8;
 
+// W rows [n0, n1) in blocks of kBf16Block, each taken by every pass of up to
+// kBf16Group x rows while it is in cache: pass(r0, R, b, e, prefetch) runs x rows
+// r0 .. r0 + R - 1 over W rows [b, e), and the passes share the next block's
+// prefetches.
+template <class Pass>
+inline void over_passes(int m, int64_t n0, int64_t n1, Pass pass) {
+  const int passes = (m + kBf16Group - 1) / kBf16Group;
+  for (int64_t b = n0; b < n1; b += kBf16Block) {
+    const int64_t e = std::min(n1, b + kBf16Block);
+    for (int p = 0; p < passes; ++p) {
+      const int r0 = p * kBf16Group;
+      pass(r0, std::min(kBf16Group, m - r0), b, e, Prefetch{kBf16Block, passes, p});
+    }
+  }
+}
+
 }  // namespace
 
 // One row: tiles of 8 rows of W over all of [n0, n1). More: W rows in blocks of
@@ -214,14 +230,9 @@ void gemv_bf16_avx512(const Weight& w, const uint16_t* x, int m, int64_t n0, int
   const auto* W = static_cast<const uint16_t*>(w.data);
   const int64_t K = w.K;
   if (m == 1) return bf16_rows(1, W, K, x, n0, n1, y, ldy, Prefetch{0, 1, 0});
-  const int groups = (m + kBf16Group - 1) / kBf16Group;
-  for (int64_t b = n0; b < n1; b += kBf16Block) {
-    const int64_t e = std::min(n1, b + kBf16Block);
-    for (int g = 0; g < groups; ++g) {
-      const int r0 = g * kBf16Group, R = std::min(kBf16Group, m - r0);
-      bf16_rows(R, W, K, x + r0 * K, b, e, y + r0 * ldy, ldy, Prefetch{kBf16Block, groups, g});
-    }
-  }
+  over_passes(m, n0, n1, [&](int r0, int R, int64_t b, int64_t e, Prefetch pf) {
+    bf16_rows(R, W, K, x + r0 * K, b, e, y + r0 * ldy, ldy, pf);
+  });
 }
 
 namespace {
@@ -477,14 +488,7 @@ void vnni_rows(const Weight& w, const void* prepared, int m, int64_t n0, int64_t
   // One row too takes blocks with the next one prefetched into L2: 1.3x the
   // next-tile prefetch's speed on Zen 4 (the codes are half or a quarter of bf16's
   // bytes per value, so the next tile is too close).
-  const int groups = (m + kBf16Group - 1) / kBf16Group;
-  for (int64_t b = n0; b < n1; b += kBf16Block) {
-    const int64_t e = std::min(n1, b + kBf16Block);
-    for (int g = 0; g < groups; ++g) {
-      const int r0 = g * kBf16Group;
-      run(r0, std::min(kBf16Group, m - r0), b, e, Prefetch{kBf16Block, groups, g});
-    }
-  }
+  over_passes(m, n0, n1, run);
 }
 
 template <int BITS>
