@@ -59,6 +59,11 @@ void in_pieces(int64_t count, F&& f) {
 
 void to_f32(const void* src, DType t, int64_t count, float* dst) {
   in_pieces(count, [&](int64_t i0, int64_t i1) {
+    if (t == DType::BF16) {  // a loop the compiler vectorizes: a decode step's x
+      const auto* h = static_cast<const uint16_t*>(src);
+      for (int64_t i = i0; i < i1; ++i) dst[i] = bf16_to_f32(h[i]);
+      return;
+    }
     for (int64_t i = i0; i < i1; ++i) dst[i] = load_scalar(src, t, i);
   });
 }
@@ -95,8 +100,9 @@ int64_t task_rows(int64_t N, int64_t align = 8) {
 
 void gemv_path(const Isa& isa, const Weight& w, const float* x, int m, float* y) {
   const int64_t N = w.N, K = w.K;
+  const Isa& use = isa.gemv_supports(w) ? isa : isa_generic();
   std::vector<float> xsum;
-  if (w.quantized()) {
+  if (use.gemv_xsum(w)) {
     const int64_t groups = K / w.quant.group;
     xsum.resize(m * groups);
     for (int r = 0; r < m; ++r)
@@ -106,11 +112,11 @@ void gemv_path(const Isa& isa, const Weight& w, const float* x, int m, float* y)
         xsum[r * groups + g] = s;
       }
   }
-  const Isa& use = isa.gemv_supports(w) ? isa : isa_generic();
   std::vector<uint8_t> prepared;
   use.prepare(w, x, m, prepared);
-  // Several x rows take W in blocks of 24 rows: tasks of whole blocks.
-  const int64_t rows = task_rows(N, m >= 2 ? 24 : 8);
+  // Tasks of whole tiles: 16 rows of W (avx512's int8 tiles), and blocks of 24
+  // when several x rows share them.
+  const int64_t rows = task_rows(N, m >= 2 ? 48 : 16);
   const int tasks = int((N + rows - 1) / rows);
   const float* xs = xsum.empty() ? nullptr : xsum.data();
   parallel_for(tasks, [&](int t) {

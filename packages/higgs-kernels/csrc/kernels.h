@@ -72,6 +72,9 @@ struct Isa {
   MicroFn micro;
   // Does this ISA handle this weight in its gemv (else the portable one does)?
   bool (*gemv_supports)(const Weight& w);
+  // Does its gemv read xsum (x's sum per group, which meets W's biases) for this
+  // quantized weight? Paths that round x fold the sums into their prepared x.
+  bool (*gemv_xsum)(const Weight& w);
   // Reads `bytes` (a multiple of 64) and returns a value that depends on all of
   // them: the benchmark's measure of read bandwidth.
   uint64_t (*read)(const void* p, size_t bytes);

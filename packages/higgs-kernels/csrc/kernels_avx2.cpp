@@ -831,6 +831,10 @@ bool gemv_supports(const Weight& w) {
   return (b == 4 || b == 6 || b == 8) && (g == 32 || g == 64 || g == 128);
 }
 
+bool uses_xsum(const Weight& w) {
+  return w.quantized() && !int8_path(w);  // the int8 path folds the sums into its x
+}
+
 // ---- prefill: a 6 x 16 register tile over packed panels ----
 
 void micro(const float* a, const float* b, int64_t kc, float* c, int64_t ldc, int mr, int nr,
@@ -961,8 +965,8 @@ uint64_t read(const void* p, size_t bytes) {
 }  // namespace
 
 const Isa& isa_avx2() {
-  static const Isa isa{"avx2", prepare,   gemv, pack, micro, gemv_supports, read, nullptr,
-                       gemv_bf16, 1, swiglu_avx2};
+  static const Isa isa{"avx2",    prepare, gemv,      pack, micro, gemv_supports,
+                       uses_xsum, read,    nullptr,   gemv_bf16, 1, swiglu_avx2};
   return isa;
 }
 

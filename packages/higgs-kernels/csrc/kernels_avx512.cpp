@@ -241,254 +241,389 @@ namespace {
 //
 // x is rounded once per call to int8 per group, as the AVX2 int8 path does
 // (scale sx = max|x| / 127: each value moves by at most 1/254 of its group's
-// largest |x|), and the codes (unsigned) meet it in vpdpbusd: 64 products summed
-// four to an int32 lane per instruction, exactly. A step is one 64-byte load of a
-// row's codes: 64 values at 8 bits (lane l: values 4l..4l+3), 128 at 4 bits (the
-// low nibbles are the even values, the high ones the odd: x is stored as 64 even
-// then 64 odd values per block, and lane l takes values 8l..8l+7). Each step's
-// int32 lanes become fp32 times W's scale and x's scale for their group, in the
-// same order in every tile shape, so a row's result does not depend on the other
-// rows of the call. The biases meet the rounded x through its per-group sums.
-// K is padded to a whole step with zero codes and zero x.
-
-template <int BITS>
-constexpr int kStepValues = BITS == 4 ? 128 : 64;
+// largest |x|), and meets W's codes (unsigned) in vpdpbusd, four products summed
+// exactly into an int32 lane per instruction.
+//
+// W is taken 16 rows at a time, one row per lane: each 64-byte piece of the 16
+// rows is transposed so that dword t of every row shares a register, and that
+// register meets dword t of each x row broadcast. A lane then sums its row's
+// group exactly in int32, whatever the row count, and the group's float work
+// (convert, times W's scale and x's scale, plus W's bias times x's group sum) is
+// one vector for 16 W rows, in the same order for every x row: a row's result
+// does not depend on the other rows of the call. The transpose is paid once per
+// 16 W rows and shared by every x row; the float work once per group rather
+// than once per 64 values.
+//
+// 8 bits: dword t of a group holds its values 4t..4t+3. 4 bits: dword t holds
+// values 8t..8t+7, the low nibbles the even ones and the high nibbles the odd
+// ones, so x is stored as [x0 x2 x4 x6 x1 x3 x5 x7] per 8 values.
 
 inline bool vnni_path(const Weight& w) {
   return w.half_x && w.quantized() && (w.quant.bits == 4 || w.quant.bits == 8) &&
          (w.quant.group == 32 || w.quant.group == 64 || w.quant.group == 128);
 }
 
-// Layout of the prepared x, for m rows: int8 xq[m][Kp], then float sxl[m][steps][16]
-// (each lane's x scale), then float qsum[m][groups] (sx times the group's sum of
-// rounded values).
+// Layout of the prepared x, for m rows: int8 xq[m][K], then float sx[m][groups]
+// (x's scale per group), then float qsum[m][groups] (sx times the group's sum of
+// rounded values, which meets W's biases).
 struct VnniX {
   const int8_t* xq;
-  const float* sxl;
+  const float* sx;
   const float* qsum;
-  int64_t Kp, steps, groups;
+  int64_t K, groups;
 };
 
 inline VnniX vnni_layout(const Weight& w, const void* prepared, int m) {
-  const int step = w.quant.bits == 4 ? kStepValues<4> : kStepValues<8>;
   VnniX v;
-  v.Kp = (w.K + step - 1) / step * step;
-  v.steps = v.Kp / step;
+  v.K = w.K;
   v.groups = w.K / w.quant.group;
   const auto* base = static_cast<const uint8_t*>(prepared);
   v.xq = reinterpret_cast<const int8_t*>(base);
-  v.sxl = reinterpret_cast<const float*>(base + int64_t(m) * v.Kp);
-  v.qsum = v.sxl + int64_t(m) * v.steps * 16;
+  v.sx = reinterpret_cast<const float*>(base + (int64_t(m) * v.K + 63) / 64 * 64);
+  v.qsum = v.sx + int64_t(m) * v.groups;
   return v;
 }
 
 void prepare_vnni(const Weight& w, const float* x, int m, std::vector<uint8_t>& out) {
   const int bits = w.quant.bits, G = w.quant.group;
-  const int64_t K = w.K;
-  const int step = bits == 4 ? kStepValues<4> : kStepValues<8>;
-  const int per_lane = step / 16;
-  const int64_t Kp = (K + step - 1) / step * step, steps = Kp / step, groups = K / G;
-  out.assign(m * Kp + (m * steps * 16 + m * groups) * 4, 0);
+  const int64_t K = w.K, groups = K / G;
+  out.assign((int64_t(m) * K + 63) / 64 * 64 + 2 * int64_t(m) * groups * 4, 0);
   VnniX v = vnni_layout(w, out.data(), m);
   auto* xq = const_cast<int8_t*>(v.xq);
-  auto* sxl = const_cast<float*>(v.sxl);
+  auto* sx = const_cast<float*>(v.sx);
   auto* qsum = const_cast<float*>(v.qsum);
-  std::vector<float> sx(groups);
-  std::vector<int32_t> q(K);
   const __m512 sign = _mm512_set1_ps(-0.0f);
+  // 4 bits: each 8 values as [x0 x2 x4 x6 x1 x3 x5 x7].
+  const __m512i order = bits == 4 ? _mm512_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9,
+                                                      11, 13, 15)
+                                  : _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+                                                      13, 14, 15);
   for (int r = 0; r < m; ++r) {
     const float* xr = x + r * K;
+    int8_t* dst = xq + r * K;
     for (int64_t g = 0; g < groups; ++g) {
       __m512 mx = _mm512_setzero_ps();
       for (int64_t k = g * G; k < (g + 1) * G; k += 16)
         mx = _mm512_max_ps(mx, _mm512_andnot_ps(sign, _mm512_loadu_ps(xr + k)));
       const float top = _mm512_reduce_max_ps(mx);
-      sx[g] = top / 127.0f;
+      sx[r * groups + g] = top / 127.0f;
       const __m512 inv = _mm512_set1_ps(top > 0 ? 127.0f / top : 0.0f);
       __m512i sum = _mm512_setzero_si512();
       for (int64_t k = g * G; k < (g + 1) * G; k += 16) {
         // Round to nearest, ties to even, as the AVX2 path's round_row.
         const __m512i qi = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xr + k), inv));
-        _mm512_storeu_si512(q.data() + k, qi);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + k),
+                         _mm512_cvtepi32_epi8(_mm512_permutexvar_epi32(order, qi)));
         sum = _mm512_add_epi32(sum, qi);
       }
-      qsum[r * groups + g] = float(_mm512_reduce_add_epi32(sum)) * sx[g];
+      qsum[r * groups + g] = float(_mm512_reduce_add_epi32(sum)) * sx[r * groups + g];
     }
-    int8_t* dst = xq + r * Kp;
-    if (bits == 4) {
-      for (int64_t k = 0; k < K; ++k) {
-        const int64_t b = k / 128 * 128, i = k - b;
-        dst[b + (i % 2) * 64 + i / 2] = int8_t(q[k]);
+  }
+}
+
+// Rows r[i] of 16 dwords transposed in place: afterwards r[t] lane i holds what
+// r[i] lane t held (dwords, then quadwords, then 128-bit lanes twice).
+inline void transpose16(__m512i (&r)[16]) {
+  __m512i a[16], b[16];
+  for (int p = 0; p < 8; ++p) {
+    a[2 * p] = _mm512_unpacklo_epi32(r[2 * p], r[2 * p + 1]);
+    a[2 * p + 1] = _mm512_unpackhi_epi32(r[2 * p], r[2 * p + 1]);
+  }
+  for (int Q = 0; Q < 4; ++Q) {
+    b[4 * Q + 0] = _mm512_unpacklo_epi64(a[4 * Q], a[4 * Q + 2]);
+    b[4 * Q + 1] = _mm512_unpackhi_epi64(a[4 * Q], a[4 * Q + 2]);
+    b[4 * Q + 2] = _mm512_unpacklo_epi64(a[4 * Q + 1], a[4 * Q + 3]);
+    b[4 * Q + 3] = _mm512_unpackhi_epi64(a[4 * Q + 1], a[4 * Q + 3]);
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512i p0 = _mm512_shuffle_i32x4(b[c], b[4 + c], 0x44);
+    const __m512i p1 = _mm512_shuffle_i32x4(b[c], b[4 + c], 0xee);
+    const __m512i p2 = _mm512_shuffle_i32x4(b[8 + c], b[12 + c], 0x44);
+    const __m512i p3 = _mm512_shuffle_i32x4(b[8 + c], b[12 + c], 0xee);
+    r[c] = _mm512_shuffle_i32x4(p0, p2, 0x88);
+    r[4 + c] = _mm512_shuffle_i32x4(p0, p2, 0xdd);
+    r[8 + c] = _mm512_shuffle_i32x4(p1, p3, 0x88);
+    r[12 + c] = _mm512_shuffle_i32x4(p1, p3, 0xdd);
+  }
+}
+
+// Up to 16 values [offset, offset + n) of scales or biases as fp32, zero past n.
+inline __m512 load16_f32(const void* src, DType t, int64_t offset, int n) {
+  const __mmask16 mk = n >= 16 ? 0xffff : __mmask16((1u << n) - 1);
+  if (t == DType::F32) return _mm512_maskz_loadu_ps(mk, static_cast<const float*>(src) + offset);
+  const __m256i h = _mm256_maskz_loadu_epi16(mk, static_cast<const uint16_t*>(src) + offset);
+  if (t == DType::F16) return _mm512_cvtph_ps(h);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+// The codes of one group, transposed: DPG dwords for 16 W rows, plus the number
+// of groups in a 64-byte piece of a row (groups narrower than a piece share it).
+template <int BITS, int G>
+struct VnniShape {
+  static constexpr int DPG = G * BITS / 32;                // dwords per group per row
+  static constexpr int PIECE = DPG >= 16 ? DPG : 16;       // dwords transposed at once
+  static constexpr int GPP = PIECE / DPG;                  // groups per piece
+};
+
+// acc + the unsigned bytes of c times the signed dword at x broadcast, in one
+// instruction: GCC 12 keeps a separate vpbroadcastd for _mm512_set1_epi32.
+inline __m512i dpbusd_bcast(__m512i acc, __m512i c, const int8_t* x) {
+  asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(c), "m"(*reinterpret_cast<const int32_t*>(x)));
+  return acc;
+}
+
+// RC x rows (SPLIT chains each, so that a lone row still keeps the dot-product
+// unit busy: integer sums are exact in any order) over one group of 16 W rows.
+template <int BITS, int DPG, int RC, int SPLIT>
+inline void vnni_group_rows(const __m512i* cols, const int8_t* x, int64_t K, __m512i* out) {
+  __m512i acc[RC][SPLIT];
+  for (int r = 0; r < RC; ++r)
+    for (int s = 0; s < SPLIT; ++s) acc[r][s] = _mm512_setzero_si512();
+  for (int t = 0; t < DPG; ++t) {
+    if constexpr (BITS == 4) {
+      const __m512i lo = cols[2 * t], hi = cols[2 * t + 1];
+      for (int r = 0; r < RC; ++r) {
+        __m512i& a = acc[r][t % SPLIT];
+        a = dpbusd_bcast(dpbusd_bcast(a, lo, x + r * K + 8 * t), hi, x + r * K + 8 * t + 4);
       }
     } else {
-      for (int64_t k = 0; k < K; ++k) dst[k] = int8_t(q[k]);
-    }
-    for (int64_t s = 0; s < steps; ++s)
-      for (int l = 0; l < 16; ++l) {
-        const int64_t k = s * step + l * per_lane;
-        sxl[(r * steps + s) * 16 + l] = k < K ? sx[k / G] : 0.0f;
+      const __m512i c = cols[t];
+      for (int r = 0; r < RC; ++r) {
+        __m512i& a = acc[r][t % SPLIT];
+        a = dpbusd_bcast(a, c, x + r * K + 4 * t);
       }
+    }
+  }
+  for (int r = 0; r < RC; ++r) {
+    __m512i s = acc[r][0];
+    for (int i = 1; i < SPLIT; ++i) s = _mm512_add_epi32(s, acc[r][i]);
+    out[r] = s;
   }
 }
 
-// A row of scales or biases as fp32, zero past its end up to `padded` values.
-inline void row_f32(const void* src, DType t, int64_t offset, int64_t n, int64_t padded,
-                    float* dst) {
-  int64_t i = 0;
-  if (t == DType::BF16) {
-    const auto* p = static_cast<const uint16_t*>(src) + offset;
-    for (; i + 16 <= n; i += 16)
-      _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(
-                                    _mm512_cvtepu16_epi32(_mm256_loadu_si256(
-                                        reinterpret_cast<const __m256i*>(p + i))),
-                                    16)));
+template <int BITS, int DPG>
+inline void vnni_rows_of_group(const __m512i* cols, const int8_t* x, int64_t K, int R,
+                               __m512i* out) {
+  switch (R) {
+    case 8: return vnni_group_rows<BITS, DPG, 8, 1>(cols, x, K, out);
+    case 7: return vnni_group_rows<BITS, DPG, 7, 1>(cols, x, K, out);
+    case 6: return vnni_group_rows<BITS, DPG, 6, 1>(cols, x, K, out);
+    case 5: return vnni_group_rows<BITS, DPG, 5, 1>(cols, x, K, out);
+    case 4: return vnni_group_rows<BITS, DPG, 4, 1>(cols, x, K, out);
+    case 3: return vnni_group_rows<BITS, DPG, 3, 2>(cols, x, K, out);
+    case 2: return vnni_group_rows<BITS, DPG, 2, 2>(cols, x, K, out);
+    default: return vnni_group_rows<BITS, DPG, 1, 4>(cols, x, K, out);
   }
-  for (; i < n; ++i) dst[i] = load_scalar(src, t, offset + i);
-  for (; i < padded; ++i) dst[i] = 0.0f;
 }
 
-// The W scales of one step as lanes: groups per step GPS = 1, 2 or 4.
-template <int GPS>
-inline __m512 lane_scales(const float* sc) {
-  if constexpr (GPS == 1) {
-    return _mm512_set1_ps(*sc);
-  } else if constexpr (GPS == 2) {
-    return _mm512_permutexvar_ps(
-        _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1), _mm512_loadu_ps(sc));
+// W rows [n, n + live) (live <= 16) against all m rows of x; `work` holds
+// 16 * 16 fp32 scales and biases, the transposed codes of a piece and m
+// accumulators of 16 fp32 lanes.
+// The scales and biases of W rows [n, n + live) for groups [g0, g0 + 16), one
+// vector of 16 rows per group (zero past the rows and groups).
+inline void scale_tables(const QWeight& q, int64_t n, int live, int64_t groups, int64_t g0,
+                         float* st, float* bt) {
+  const int ng = int(std::min<int64_t>(16, groups - g0));
+  for (int part = 0; part < 2; ++part) {
+    __m512i t[16];
+    for (int i = 0; i < 16; ++i)
+      t[i] = i < live ? _mm512_castps_si512(load16_f32(part ? q.biases : q.scales, q.sdtype,
+                                                       (n + i) * groups + g0, ng))
+                      : _mm512_setzero_si512();
+    transpose16(t);
+    float* dst = part ? bt : st;
+    for (int i = 0; i < 16; ++i) _mm512_store_si512(dst + 16 * i, t[i]);
+  }
+}
+
+// A group's float work for one x row, the same in every path: its exact int32 sums
+// (one lane per W row) times W's scales times x's scale, plus W's biases times x's
+// scaled group sum.
+inline __m512 group_total(__m512 total, __m512i sums, __m512 sw, __m512 bw, float sx, float qsum) {
+  const __m512 t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), _mm512_mul_ps(sw, _mm512_set1_ps(sx)),
+                                   total);
+  return _mm512_fmadd_ps(bw, _mm512_set1_ps(qsum), t);
+}
+
+// Sixteen int32 vectors v[i] (W row i), each holding GPU groups of 16 / GPU
+// consecutive lanes: out[j] lane i is the sum of v[i]'s lanes of group j.
+template <int GPU>
+inline void reduce_rows(const __m512i (&v)[16], __m512i* out) {
+  __m512i u[8], w[4];
+  for (int p = 0; p < 8; ++p)  // per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3]
+    u[p] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * p], v[2 * p + 1]),
+                            _mm512_unpackhi_epi32(v[2 * p], v[2 * p + 1]));
+  for (int p = 0; p < 4; ++p)  // lane 4k + i: row 4p + i's sum over 128-bit lane k
+    w[p] = _mm512_add_epi32(_mm512_unpacklo_epi64(u[2 * p], u[2 * p + 1]),
+                            _mm512_unpackhi_epi64(u[2 * p], u[2 * p + 1]));
+  if constexpr (GPU == 4) {  // group j is 128-bit lane j: gather it from the four
+    const __m512i a = _mm512_shuffle_i32x4(w[0], w[1], 0x44), b = _mm512_shuffle_i32x4(w[0], w[1], 0xee);
+    const __m512i c = _mm512_shuffle_i32x4(w[2], w[3], 0x44), d = _mm512_shuffle_i32x4(w[2], w[3], 0xee);
+    out[0] = _mm512_shuffle_i32x4(a, c, 0x88);
+    out[1] = _mm512_shuffle_i32x4(a, c, 0xdd);
+    out[2] = _mm512_shuffle_i32x4(b, d, 0x88);
+    out[3] = _mm512_shuffle_i32x4(b, d, 0xdd);
   } else {
-    return _mm512_permutexvar_ps(
-        _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3), _mm512_loadu_ps(sc));
+    // 128-bit lanes 0 + 1 and 2 + 3: rows 4p..4p+3 of group 0, then group 1.
+    const __m512i y0 = _mm512_add_epi32(_mm512_shuffle_i32x4(w[0], w[1], 0x88),
+                                        _mm512_shuffle_i32x4(w[0], w[1], 0xdd));
+    const __m512i y1 = _mm512_add_epi32(_mm512_shuffle_i32x4(w[2], w[3], 0x88),
+                                        _mm512_shuffle_i32x4(w[2], w[3], 0xdd));
+    // y0: [rows 0-3 g0, rows 0-3 g1, rows 4-7 g0, rows 4-7 g1], y1 likewise for 8-15.
+    const __m512i g0 = _mm512_shuffle_i32x4(y0, y1, 0x88), g1 = _mm512_shuffle_i32x4(y0, y1, 0xdd);
+    if constexpr (GPU == 2) {
+      out[0] = g0;
+      out[1] = g1;
+    } else {
+      out[0] = _mm512_add_epi32(g0, g1);
+    }
   }
 }
 
-template <int BITS, int G, int R, int NB>
-inline void vnni_tile(const Weight& w, const VnniX& v, int64_t n, float* y, int64_t ldy,
-                      Prefetch pf) {
-  constexpr int STEP = kStepValues<BITS>;
-  // Groups a step covers (1 when a group spans steps), and the step a group starts on.
-  constexpr int GPS = G >= STEP ? 1 : STEP / G;
+// One x row: each W row's codes meet x in their own order (lane l of a 64-byte
+// step takes its dword l), and reduce_rows turns the 16 rows' lanes into the same
+// exact per-group sums the transposed tiles compute; no transpose of the codes.
+template <int BITS, int G>
+void vnni_tile_one(const Weight& w, const VnniX& v, int64_t n, int live, float* y, float* work,
+                   int64_t ahead) {
+  using S = VnniShape<BITS, G>;
+  constexpr int UNIT = S::PIECE * 4;  // bytes of a row per unit: one or two steps of 64
+  constexpr int GPU = S::GPP;
   const QWeight& q = w.quant;
-  const int64_t K = w.K, row_bytes = K * BITS / 8, groups = v.groups;
-  const uint8_t* rows[NB];
-  for (int j = 0; j < NB; ++j)
-    rows[j] = reinterpret_cast<const uint8_t*>(q.codes) + (n + j) * row_bytes;
-  // Scales (then biases) as fp32; thread_local lives behind a call in a shared
-  // library, so the loops below use the plain pointer.
-  thread_local std::vector<float> buffer;
-  const int64_t padded = groups + 16;
-  buffer.resize(NB * padded);
-  float* const scales = buffer.data();
-  for (int j = 0; j < NB; ++j)
-    row_f32(q.scales, q.sdtype, (n + j) * groups, groups, padded, scales + j * padded);
-
-  __m512 total[R][NB];
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < NB; ++j) total[r][j] = _mm512_setzero_ps();
+  const int64_t row_bytes = w.K * BITS / 8, groups = v.groups;
+  const uint8_t* rows[16];
+  for (int i = 0; i < 16; ++i)
+    rows[i] = reinterpret_cast<const uint8_t*>(q.codes) + (n + std::min(i, live - 1)) * row_bytes;
+  float* const st = work;
+  float* const bt = st + 256;
+  __m512 total = _mm512_setzero_ps();
   const __m512i nibble = _mm512_set1_epi8(0x0f);
-  int cycle = pf.period - pf.phase;
-  for (int64_t s = 0; s < v.steps; ++s) {
-    const int64_t byte0 = s * 64;
-    if (++cycle >= pf.period) {
-      cycle = 0;
-      for (int j = 0; j < NB; ++j) {  // as bf16_tile: the next tile's rows, or the next block's
-        const char* line = reinterpret_cast<const char*>(rows[j] + pf.ahead * row_bytes + byte0);
-        if (pf.ahead != kBf16Block) {
-          _mm_prefetch(line, _MM_HINT_T0);
-        } else {
-          _mm_prefetch(line, _MM_HINT_T1);
-        }
-      }
-    }
-    const int64_t left = row_bytes - byte0;
-    const __mmask64 mask = left >= 64 ? ~__mmask64(0) : (__mmask64(1) << left) - 1;
-    __m512i lo[NB], hi[NB];
-    __m512 sw[NB];
-    const int64_t g = s * STEP / G;
-    for (int j = 0; j < NB; ++j) {
-      const __m512i c = _mm512_maskz_loadu_epi8(mask, rows[j] + byte0);
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  const int64_t units = (row_bytes + UNIT - 1) / UNIT;
+  for (int64_t u = 0; u < units; ++u) {
+    const int64_t g0 = u * GPU;
+    if (g0 % 16 == 0) scale_tables(q, n, live, groups, g0, st, bt);
+    __m512i acc[16];
+    for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_si512();
+    for (int h = 0; h < UNIT; h += 64) {
+      const int64_t byte0 = u * UNIT + h, left = row_bytes - byte0;
+      if (left <= 0) break;
+      const __mmask64 mask = left >= 64 ? ~__mmask64(0) : (__mmask64(1) << left) - 1;
+      const int8_t* xs = v.xq + byte0 * 8 / BITS;  // x values from byte0's first code on
+      // Past K the x bytes may be another row's or beyond: the codes there are
+      // masked to zero, and x is masked too.
+      const int64_t xleft = v.K - byte0 * 8 / BITS;
       if constexpr (BITS == 4) {
-        lo[j] = _mm512_and_si512(c, nibble);
-        hi[j] = _mm512_and_si512(_mm512_srli_epi16(c, 4), nibble);
-      } else {
-        lo[j] = c;
-      }
-      sw[j] = lane_scales<GPS>(scales + j * padded + g);
-    }
-    for (int r = 0; r < R; ++r) {
-      const int8_t* xs = v.xq + r * v.Kp + s * STEP;
-      const __m512i xe = _mm512_loadu_si512(xs);
-      const __m512 sx = _mm512_loadu_ps(v.sxl + (r * v.steps + s) * 16);
-      if constexpr (BITS == 4) {
-        const __m512i xo = _mm512_loadu_si512(xs + 64);
-        for (int j = 0; j < NB; ++j) {
-          const __m512i acc = _mm512_dpbusd_epi32(
-              _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[j], xe), hi[j], xo);
-          total[r][j] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), sw[j]), sx,
-                                        total[r][j]);
+        const __mmask64 m0 = xleft >= 64 ? ~__mmask64(0) : (__mmask64(1) << xleft) - 1;
+        const __mmask64 m1 = xleft >= 128 ? ~__mmask64(0)
+                             : xleft > 64 ? (__mmask64(1) << (xleft - 64)) - 1 : 0;
+        const __m512i a = _mm512_maskz_loadu_epi8(m0, xs), b = _mm512_maskz_loadu_epi8(m1, xs + 64);
+        const __m512i xe = _mm512_permutex2var_epi32(a, even, b);
+        const __m512i xo = _mm512_permutex2var_epi32(a, odd, b);
+        for (int i = 0; i < 16; ++i) {
+          _mm_prefetch(reinterpret_cast<const char*>(rows[i] + ahead + byte0), _MM_HINT_T1);
+          const __m512i c = _mm512_maskz_loadu_epi8(mask, rows[i] + byte0);
+          acc[i] = _mm512_dpbusd_epi32(acc[i], _mm512_and_si512(c, nibble), xe);
+          acc[i] = _mm512_dpbusd_epi32(acc[i], _mm512_and_si512(_mm512_srli_epi16(c, 4), nibble), xo);
         }
       } else {
-        for (int j = 0; j < NB; ++j) {
-          const __m512i acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[j], xe);
-          total[r][j] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), sw[j]), sx,
-                                        total[r][j]);
+        const __m512i xv = _mm512_maskz_loadu_epi8(mask, xs);
+        for (int i = 0; i < 16; ++i) {
+          _mm_prefetch(reinterpret_cast<const char*>(rows[i] + ahead + byte0), _MM_HINT_T1);
+          acc[i] = _mm512_dpbusd_epi32(acc[i], _mm512_maskz_loadu_epi8(mask, rows[i] + byte0), xv);
         }
       }
     }
-  }
-  // The biases against the rounded x's per-group sums, 16 groups at a time.
-  float* const biases = scales;  // the scales are done with
-  for (int j = 0; j < NB; ++j) {
-    row_f32(q.biases, q.sdtype, (n + j) * groups, groups, padded, biases);
-    for (int r = 0; r < R; ++r) {
-      const float* qs = v.qsum + r * groups;
-      __m512 b = _mm512_setzero_ps();
-      for (int64_t i = 0; i < groups; i += 16) {
-        const __mmask16 mk = groups - i >= 16 ? 0xffff : __mmask16((1u << (groups - i)) - 1);
-        b = _mm512_fmadd_ps(_mm512_loadu_ps(biases + i), _mm512_maskz_loadu_ps(mk, qs + i),
-                            b);
-      }
-      y[r * ldy + n + j] = reduce(total[r][j]) + reduce(b);
+    __m512i sums[GPU];
+    reduce_rows<GPU>(acc, sums);
+    for (int gi = 0; gi < GPU && g0 + gi < groups; ++gi) {
+      const int64_t g = g0 + gi;
+      total = group_total(total, sums[gi], _mm512_load_ps(st + 16 * (g % 16)),
+                          _mm512_load_ps(bt + 16 * (g % 16)), v.sx[g], v.qsum[g]);
     }
   }
+  _mm512_mask_storeu_ps(y + n, __mmask16((1u << live) - 1), total);
 }
 
-template <int BITS, int G, int R>
-inline void vnni_group(const Weight& w, const VnniX& v, int64_t n0, int64_t n1, float* y,
-                       int64_t ldy, Prefetch pf) {
-  // Registers: R * NB totals, one or two code vectors and a scale per W row, x.
-  constexpr int NB = R >= 5 ? 2 : R >= 2 ? 3 : 4;
-  const bool next_tile = pf.ahead == 0;
-  int64_t n = n0;
-  for (; n + NB <= n1; n += NB)
-    vnni_tile<BITS, G, R, NB>(w, v, n, y, ldy, next_tile ? Prefetch{NB, 1, 0} : pf);
-  for (; n < n1; ++n) vnni_tile<BITS, G, R, 1>(w, v, n, y, ldy, next_tile ? Prefetch{1, 1, 0} : pf);
+template <int BITS, int G>
+void vnni_tile(const Weight& w, const VnniX& v, int m, int64_t n, int live, float* y,
+               int64_t ldy, float* work, int64_t ahead) {
+  using S = VnniShape<BITS, G>;
+  const QWeight& q = w.quant;
+  const int64_t row_bytes = w.K * BITS / 8, groups = v.groups;
+  const uint8_t* rows[16];
+  for (int i = 0; i < 16; ++i)
+    rows[i] = reinterpret_cast<const uint8_t*>(q.codes) + (n + std::min(i, live - 1)) * row_bytes;
+  float* const st = work;           // [16 groups][16 rows] scales
+  float* const bt = st + 256;       // biases
+  auto* const cols = reinterpret_cast<__m512i*>(bt + 256);  // [PIECE or 2 PIECE]
+  __m512* const total = reinterpret_cast<__m512*>(cols + 2 * S::PIECE);  // [m]
+  for (int r = 0; r < m; ++r) total[r] = _mm512_setzero_ps();
+
+  const int64_t pieces = (row_bytes + S::PIECE * 4 - 1) / (S::PIECE * 4);
+  for (int64_t p = 0; p < pieces; ++p) {
+    const int64_t g0 = p * S::GPP;
+    if (g0 % 16 == 0) scale_tables(q, n, live, groups, g0, st, bt);
+    // The piece's codes: 16 rows of PIECE dwords, transposed 16 dwords at a time.
+    for (int h = 0; h < S::PIECE; h += 16) {
+      const int64_t byte0 = p * S::PIECE * 4 + h * 4, left = row_bytes - byte0;
+      const __mmask64 mask = left >= 64 ? ~__mmask64(0) : (__mmask64(1) << left) - 1;
+      __m512i t[16];
+      for (int i = 0; i < 16; ++i) {
+        // The next tile's rows, into L2 while this one computes.
+        _mm_prefetch(reinterpret_cast<const char*>(rows[i] + ahead + byte0), _MM_HINT_T1);
+        t[i] = _mm512_maskz_loadu_epi8(mask, rows[i] + byte0);
+      }
+      transpose16(t);
+      for (int i = 0; i < 16; ++i) {
+        if constexpr (BITS == 4) {
+          const __m512i nibble = _mm512_set1_epi8(0x0f);
+          cols[2 * (h + i)] = _mm512_and_si512(t[i], nibble);
+          cols[2 * (h + i) + 1] = _mm512_and_si512(_mm512_srli_epi16(t[i], 4), nibble);
+        } else {
+          cols[h + i] = t[i];
+        }
+      }
+    }
+    for (int gi = 0; gi < S::GPP && g0 + gi < groups; ++gi) {
+      const int64_t g = g0 + gi;
+      const __m512 sw = _mm512_load_ps(st + 16 * (g % 16));
+      const __m512 bw = _mm512_load_ps(bt + 16 * (g % 16));
+      const __m512i* gc = cols + gi * S::DPG * (BITS == 4 ? 2 : 1);
+      for (int r0 = 0; r0 < m; r0 += 8) {
+        const int R = std::min(8, m - r0);
+        __m512i sums[8];
+        vnni_rows_of_group<BITS, S::DPG>(gc, v.xq + r0 * v.K + g * G, v.K, R, sums);
+        for (int r = 0; r < R; ++r) {
+          const int64_t at = (r0 + r) * groups + g;
+          total[r0 + r] = group_total(total[r0 + r], sums[r], sw, bw, v.sx[at], v.qsum[at]);
+        }
+      }
+    }
+  }
+  const __mmask16 out = __mmask16((1u << live) - 1);
+  for (int r = 0; r < m; ++r) _mm512_mask_storeu_ps(y + r * ldy + n, out, total[r]);
 }
 
 template <int BITS, int G>
 void vnni_rows(const Weight& w, const void* prepared, int m, int64_t n0, int64_t n1, float* y,
                int64_t ldy) {
-  const VnniX all = vnni_layout(w, prepared, m);
-  auto run = [&](int r0, int R, int64_t b, int64_t e, Prefetch pf) {
-    VnniX v = all;
-    v.xq += r0 * all.Kp;
-    v.sxl += r0 * all.steps * 16;
-    v.qsum += r0 * all.groups;
-    float* yr = y + r0 * ldy;
-    switch (R) {
-      case 8: return vnni_group<BITS, G, 8>(w, v, b, e, yr, ldy, pf);
-      case 7: return vnni_group<BITS, G, 7>(w, v, b, e, yr, ldy, pf);
-      case 6: return vnni_group<BITS, G, 6>(w, v, b, e, yr, ldy, pf);
-      case 5: return vnni_group<BITS, G, 5>(w, v, b, e, yr, ldy, pf);
-      case 4: return vnni_group<BITS, G, 4>(w, v, b, e, yr, ldy, pf);
-      case 3: return vnni_group<BITS, G, 3>(w, v, b, e, yr, ldy, pf);
-      case 2: return vnni_group<BITS, G, 2>(w, v, b, e, yr, ldy, pf);
-      default: return vnni_group<BITS, G, 1>(w, v, b, e, yr, ldy, pf);
-    }
-  };
-  // One row too takes blocks with the next one prefetched into L2: 1.3x the
-  // next-tile prefetch's speed on Zen 4 (the codes are half or a quarter of bf16's
-  // bytes per value, so the next tile is too close).
-  over_passes(m, n0, n1, run);
+  using S = VnniShape<BITS, G>;
+  const VnniX v = vnni_layout(w, prepared, m);
+  // thread_local lives behind a call in a shared library: fetch it once.
+  thread_local std::vector<__m512> buffer;
+  buffer.resize(32 + 2 * S::PIECE + m);
+  float* const work = reinterpret_cast<float*>(buffer.data());
+  const int64_t row_bytes = w.K * BITS / 8;
+  for (int64_t n = n0; n < n1; n += 16) {
+    const int live = int(std::min<int64_t>(16, n1 - n));
+    const int64_t ahead = n + 16 < n1 ? 16 * row_bytes : 0;
+    if (m == 1)
+      vnni_tile_one<BITS, G>(w, v, n, live, y, work, ahead);
+    else
+      vnni_tile<BITS, G>(w, v, m, n, live, y, ldy, work, ahead);
+  }
 }
 
 template <int BITS>
@@ -504,6 +639,10 @@ void vnni_bits(const Weight& w, const void* prepared, int m, int64_t n0, int64_t
 void prepare_avx512(const Weight& w, const float* x, int m, std::vector<uint8_t>& out) {
   if (vnni_path(w)) return prepare_vnni(w, x, m, out);
   isa_avx2().prepare(w, x, m, out);
+}
+
+bool xsum_avx512(const Weight& w) {
+  return !vnni_path(w) && isa_avx2().gemv_xsum(w);
 }
 
 void gemv_avx512(const Weight& w, const float* x, const float* xsum, const void* prepared, int m,
@@ -588,9 +727,9 @@ void gemm_bf16_avx512(const Weight& weight, const uint16_t* x, int64_t m, float*
 
 const Isa& isa_avx512() {
   const Isa& avx2 = isa_avx2();
-  static const Isa isa{"avx512",         prepare_avx512,    gemv_avx512, avx2.pack,
-                       avx2.micro,       avx2.gemv_supports, avx2.read, gemm_bf16_avx512,
-                       gemv_bf16_avx512, 64,                avx2.swiglu};
+  static const Isa isa{"avx512",         prepare_avx512,     gemv_avx512,  avx2.pack,
+                       avx2.micro,       avx2.gemv_supports, xsum_avx512,  avx2.read,
+                       gemm_bf16_avx512, gemv_bf16_avx512,   64,           avx2.swiglu};
   return isa;
 }
 

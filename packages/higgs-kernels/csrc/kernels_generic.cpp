@@ -136,6 +136,10 @@ void micro(const float* a, const float* b, int64_t kc, float* c, int64_t ldc, in
   }
 }
 
+bool uses_xsum(const Weight& w) {
+  return w.quantized();
+}
+
 bool supports_all(const Weight&) {
   return true;
 }
@@ -162,8 +166,8 @@ void swiglu_generic(const void* g, const void* u, DType t, int64_t n, void* out)
 }  // namespace
 
 const Isa& isa_generic() {
-  static const Isa isa{"generic", prepare, gemv,    pack,   micro,
-                       supports_all, read, nullptr, nullptr, 0,       swiglu_generic};
+  static const Isa isa{"generic", prepare, gemv,    pack,    micro, supports_all,
+                       uses_xsum, read,    nullptr, nullptr, 0,     swiglu_generic};
   return isa;
 }
 
