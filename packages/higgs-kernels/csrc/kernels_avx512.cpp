@@ -379,6 +379,8 @@ inline void vnni_group_rows(const __m512i* cols, const int8_t* x, int64_t K, __m
   __m512i acc[RC][SPLIT];
   for (int r = 0; r < RC; ++r)
     for (int s = 0; s < SPLIT; ++s) acc[r][s] = _mm512_setzero_si512();
+  // Unrolled, so that acc[r][t % SPLIT] names registers.
+#pragma GCC unroll 32
   for (int t = 0; t < DPG; ++t) {
     if constexpr (BITS == 4) {
       const __m512i lo = cols[2 * t], hi = cols[2 * t + 1];
