@@ -44,56 +44,38 @@ def steer(monkeypatch):
     ``steer([n0, n1, ...])``: the i-th generation after ``n_i`` (the last one repeats).
 
     The tiny model's weights are random, so it stops (on EOS) after well under a
-    second. This pushes its audio logits: stream EOS is ruled out before frame
-    ``n`` and made certain on codebook 0 from then on; the real sampler, RAS and
-    ramp-out do the rest. ``steer(None)`` stops steering.
+    second. Through the library's seam for it (``Higgs.logits_processors``), this
+    pushes each stream's audio logits: stream EOS is ruled out before frame ``n`` and
+    made certain on codebook 0 from then on; the real sampler, RAS and ramp-out do
+    the rest. ``steer(None)`` stops steering the generations submitted from then on.
     """
+    import itertools
+
     import mlx.core as mx
 
-    from higgs_core.model import HiggsAudioModel
+    from higgs_cli.pipeline import Higgs
 
-    real = HiggsAudioModel.step_rows
-    after: dict = {"n": None}
-    steps: dict[int, int] = {}  # decode steps so far, per stream (its cache)
-    order: dict[int, int] = {}  # which generation a stream is, in order of submission
+    state: dict = {"n": None, "order": itertools.count()}
 
-    def push(t, n, K, V, eos):
-        is_eos = mx.arange(V)[None, :] == eos
-        if t + 1 >= n:  # this step makes frame t + 1
-            return mx.where(is_eos & (mx.arange(K)[:, None] == 0), 1e4, 0.0)
-        return mx.broadcast_to(mx.where(is_eos, -1e4, 0.0), (K, V))  # rows stack alike
+    def processors(tts):
+        if state["n"] is None:
+            return None
+        wants = state["n"]
+        n = wants[min(next(state["order"]), len(wants) - 1)]  # in order of submission
 
-    def step_rows(self, frames, caches):
-        logits = real(self, frames, caches)
-        if after["n"] is None:
-            return logits
-        _, K, V = logits.shape
-        pushes = []
-        for cache in caches:
-            steps[id(cache)] = t = steps.get(id(cache), 0) + 1
-            n = after["n"][min(order[id(cache)], len(after["n"]) - 1)]
-            pushes.append(push(t, n, K, V, self.config.audio_stream_eos_id))
-        return logits + mx.stack(pushes).astype(logits.dtype)
+        def push(frame, logits):
+            K, V = logits.shape
+            eos = mx.arange(V)[None, :] == tts.model.config.audio_stream_eos_id
+            if frame >= n:
+                return logits + mx.where(eos & (mx.arange(K)[:, None] == 0), 1e4, 0.0)
+            return logits + mx.where(eos, -1e4, 0.0)
 
-    monkeypatch.setattr(HiggsAudioModel, "step_rows", step_rows)
+        return push
 
-    from higgs_core import Batch
-
-    submit = Batch.submit
-
-    def submitted(self, *args, **kwargs):
-        # A new stream: count its steps from 0 (the id of a finished stream's cache
-        # may come back for a new one).
-        stream = submit(self, *args, **kwargs)
-        steps[id(stream.cache)] = 0
-        order[id(stream.cache)] = len(order)
-        return stream
-
-    monkeypatch.setattr(Batch, "submit", submitted)
+    monkeypatch.setattr(Higgs, "logits_processors", processors)
 
     def set_after(n):
-        after["n"] = None if n is None else list(n) if isinstance(n, list | tuple) else [n]
-        steps.clear()
-        order.clear()
+        state["n"] = None if n is None else list(n) if isinstance(n, list | tuple) else [n]
+        state["order"] = itertools.count()
 
     return set_after

@@ -7,7 +7,16 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from higgs_core import Batch, generate, load_model, make_prefix
+from higgs_core import (
+    Batch,
+    Finished,
+    Frames,
+    PrefixReady,
+    Status,
+    generate,
+    load_model,
+    make_prefix,
+)
 from higgs_sampling import SamplingParams
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "core"
@@ -69,7 +78,8 @@ def check_batched_equal_alone(model, ref, max_batch):
         assert s.result.stop_reason == w.stop_reason
         assert mx.array_equal(s.result.frames, w.frames)  # float32: identical codes
         assert mx.array_equal(s.result.codes, w.codes)
-    assert not batch.live and not batch.waiting
+    assert not batch.busy and batch.waiting == 0
+    assert all(s.status is Status.FINISHED for s in streams)
 
 
 def test_a_newcomer_joins_between_frames_and_cancelling_removes_only_its_row(model, ref):
@@ -86,6 +96,7 @@ def test_a_newcomer_joins_between_frames_and_cancelling_removes_only_its_row(mod
 
     a, b = submit(A), submit(B)
     c = None
+    frames: dict = {a: 0, b: 0}  # frames each stream's events handed out so far
     a_while_c_joins = []  # a's frame count at each step while c waits to join
     c_chunks = []  # c's prefilled positions per step, and whether any stream ran
     rows = []  # rows decoded at each step
@@ -93,22 +104,26 @@ def test_a_newcomer_joins_between_frames_and_cancelling_removes_only_its_row(mod
     for _ in range(300):
         if not batch.busy:
             break
-        c_done = c.done if c is not None else 0
-        c_had = len(c.frames) if c is not None else 0
-        batch.step()
+        c_done = c.prefilled if c is not None else 0
+        c_had = frames.get(c, 0)
+        for event in batch.step():
+            if isinstance(event, Frames):
+                frames[event.ticket] += len(event.frames)
+                assert event.count == frames[event.ticket]
         rows.append(batch.running)
-        if c is not None and not c.frames:
-            if c.done > c_done:  # (it waits behind b first)
+        if c is not None and not frames[c]:
+            if c.prefilled > c_done:  # (it waits behind b first)
                 # the streams running when the step prefilled (c has not joined)
-                c_chunks.append((c.done - c_done, batch.running > 0))
-            if not a.finished:
-                a_while_c_joins.append(len(a.frames))
-        if c is not None and c.frames and not c_had:
+                c_chunks.append((c.prefilled - c_done, batch.running > 0))
+            if a.status is not Status.FINISHED:
+                a_while_c_joins.append(frames[a])
+        if c is not None and frames[c] and not c_had:
             c_joined_with = batch.running
-        if c is None and len(a.frames) >= 3:
+        if c is None and frames[a] >= 2:
             c = submit(C)
-            joined_at = len(a.frames)
-        if len(b.frames) == 9 and not b.finished:
+            frames[c] = 0
+            joined_at = frames[a] + 1
+        if frames[b] == 8 and b.status is not Status.FINISHED:
             b_left_from = batch.running  # the rows of the step before b goes
             b.cancel()
     # The steps really carried several rows: c joined a batch that was decoding others,
@@ -127,7 +142,8 @@ def test_a_newcomer_joins_between_frames_and_cancelling_removes_only_its_row(mod
     assert mx.array_equal(a.result.frames, want[A[2]].frames)
     assert mx.array_equal(c.result.frames, want[C[2]].frames)
     assert joined_at < a.result.frames.shape[1]  # c ran alongside a
-    assert b.cache == [] and a.cache == [] and c.cache == []  # KV memory freed
+    # KV memory freed, though the tickets are still held
+    assert b._stream.cache == [] and a._stream.cache == [] and c._stream.cache == []
 
 
 def test_a_cached_prefix_gives_the_uncached_logits(model, ref):
@@ -229,3 +245,78 @@ def test_bf16_and_quantized_rows_equal_their_single_runs_on_the_cpu_kernels(bits
     batch.run()
     for s, w in zip(streams, want, strict=True):
         assert mx.array_equal(s.result.frames, w.frames), bits
+
+
+def test_a_step_reports_frames_then_the_result_and_the_prefix_to_keep(model, ref):
+    # Every frame of a stream comes out once, in order, before its Finished event;
+    # the frames a caller collects from the events are its result's.
+    ps = prompts(ref)
+    batch = Batch(model, max_batch=3, prefill_chunk=24)
+    ids, audio, _ = ps[1]
+    cut = int(np.flatnonzero(ids == 396)[0]) + 1  # after the first clip
+    keep = batch.submit(ids, audio, params=SAMPLED, max_frames=30, seed=7, keep_prefix=cut)
+    others = [
+        batch.submit(q, qa, params=settings(j), max_frames=20, seed=j) for q, qa, j in ps[2:4]
+    ]
+    seen: dict = {t: [] for t in [keep, *others]}
+    finished: dict = {}
+    prefixes = []
+    while batch.busy:
+        for event in batch.step():
+            assert event.ticket not in finished  # nothing after a stream's Finished
+            if isinstance(event, Frames):
+                seen[event.ticket] += event.frames
+                assert event.count == len(seen[event.ticket])
+                assert event.count <= event.last <= 30
+            elif isinstance(event, PrefixReady):
+                prefixes.append((event.ticket, event.prefix))
+            else:
+                assert isinstance(event, Finished)
+                finished[event.ticket] = event.result
+                assert event.result is event.ticket.result
+    assert set(finished) == set(seen)
+    for ticket, frames in seen.items():
+        result = finished[ticket]
+        assert result.num_frames == len(frames)
+        assert mx.array_equal(mx.stack(frames, axis=1), result.frames[:, 1:])
+    # keep_prefix: its prompt's first `cut` positions, once; they start the same prompt
+    # again to the same frames.
+    assert [t for t, _ in prefixes] == [keep]
+    prefix = prefixes[0][1]
+    assert prefix.length == cut and np.array_equal(prefix.ids, ids[:cut])
+    again = generate(model, ids, audio, params=SAMPLED, max_frames=30, seed=7, prefix=prefix)
+    assert again.cached_tokens == cut
+    assert mx.array_equal(again.frames, finished[keep].frames)
+
+
+def test_a_logits_processor_steers_its_own_stream_only(model, ref):
+    # The seam tests steer generation with: a processor that rules stream EOS out
+    # before frame 6 and makes it certain on codebook 0 from then on ends that stream
+    # by the delay ramp-out (EOS then shows on codebook k a frame later each), while
+    # the stream beside it is its single run.
+    ps = prompts(ref)
+    eos, K_ = model.config.audio_stream_eos_id, model.config.num_codebooks
+    calls = []
+
+    def end_at_six(frame, logits):
+        calls.append(frame)
+        K, V = logits.shape
+        is_eos = mx.arange(V)[None, :] == eos
+        if frame >= 6:
+            return logits + mx.where(is_eos & (mx.arange(K)[:, None] == 0), 1e4, 0.0)
+        return logits + mx.where(is_eos, -1e4, 0.0)
+
+    (ids, audio, _), (oids, oaudio, j) = ps[0], ps[3]
+    want = alone(model, oids, oaudio, j, 30)
+    batch = Batch(model, max_batch=2)
+    steered = batch.submit(
+        ids, audio, params=GREEDY, max_frames=40, seed=1, logits_processor=end_at_six
+    )
+    other = batch.submit(oids, oaudio, params=settings(j), max_frames=30, seed=100 + j)
+    batch.run()
+    res = steered.result
+    assert res.stop_reason == "eos"
+    assert res.num_frames == 6 + K_ - 1  # frame 6's EOS, then the ramp-out of the others
+    assert np.array(res.frames[0, 6]) == eos
+    assert calls == list(range(1, res.num_frames + 1))  # once per frame, first included
+    assert mx.array_equal(other.result.frames, want.frames)

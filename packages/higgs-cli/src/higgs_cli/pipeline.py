@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from functools import cached_property
 from pathlib import Path
+from typing import ClassVar
 
 import mlx.core as mx
 import numpy as np
@@ -41,7 +42,7 @@ from higgs_cli.settings import (
 from higgs_cli.speech import ManyStream, Progress, Speech, SpeechStream
 from higgs_cli.text import chunk_text, count_words, normalize, sound_events
 from higgs_cli.voices import BUILTINS, PIN_TEXT, VoiceError, VoiceStore, check_name, fingerprint
-from higgs_core import Batch
+from higgs_core import Batch, Finished, Frames, LogitsProcessor, PrefixReady, Status
 from higgs_sampling import CodeColumns, frames_for_codes
 
 __all__ = [
@@ -91,6 +92,10 @@ def _quiet(_: str):
 
 class Higgs:
     """Model, codec and text tokenizer, loaded once."""
+
+    # A method making a logits processor (see higgs_core.LogitsProcessor) for each stream
+    # generated, or None: a seam to steer generation (tests end streams where they need).
+    logits_processors: ClassVar[Callable[["Higgs"], LogitsProcessor | None] | None] = None
 
     def __init__(
         self,
@@ -591,7 +596,7 @@ class Higgs:
             key = prefix_key(self.model_identity, ids[:P], prefix_audio)
             prefix = self.prefixes.get(key) or self._read_prefix(key, folder, prefix_audio, warn)
             keep = 0 if prefix is not None else P
-        stream = batch.submit(
+        ticket = batch.submit(
             ids,
             audio,
             history=prompt.history,  # audio out only, as the release's RAS window
@@ -600,22 +605,25 @@ class Higgs:
             seed=seed,
             prefix=prefix,
             keep_prefix=keep,
+            logits_processor=self._processor(),
         )
-        handed = 1  # frame 0 is the synthetic one
         try:
             while True:
-                if keep and stream.prefix is not None:
-                    self._keep_prefix(key, stream.prefix, folder, warn)
-                    keep = 0
-                if on_frames and len(stream.frames) > handed:
-                    on_frames(stream.frames[handed:], len(stream.frames) - 1, stream.end)
-                handed = max(handed, len(stream.frames))
-                if stream.finished:
-                    return stream.result
-                yield
+                for event in (yield ticket):
+                    if isinstance(event, PrefixReady):
+                        self._keep_prefix(key, event.prefix, folder, warn)
+                    elif isinstance(event, Frames):
+                        if on_frames:
+                            on_frames(event.frames, event.count, event.last)
+                    elif isinstance(event, Finished):
+                        return event.result
         finally:
-            if not stream.finished:
-                stream.cancel()
+            if ticket.status is not Status.FINISHED:
+                ticket.cancel()
+
+    def _processor(self) -> LogitsProcessor | None:
+        make = type(self).logits_processors
+        return make(self) if make else None
 
     def _prefix_folder(self, request: Request) -> Path | None:
         """Where a request's voice prefixes are stored: beside its voice, when its

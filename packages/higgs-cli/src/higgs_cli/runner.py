@@ -1,19 +1,21 @@
 """Many requests on one model: cooperative jobs around one batch.
 
 A request's work (voices, then each chunk's prompt, frames, audio) is a
-generator, a *job*, that yields whenever it waits for its streams in the
-:class:`higgs_core.Batch`. The runner advances every job in turn and steps the
-batch once per round, so the model makes one frame for every waiting stream per
-step while each job keeps its own order of work. Everything runs on the
-runner's thread, the one that owns MLX's stream.
+generator, a *job*, that yields the :class:`higgs_core.Ticket` of the stream it
+waits for, and is sent that stream's events (:class:`higgs_core.Frames`,
+:class:`~higgs_core.PrefixReady`, :class:`~higgs_core.Finished`) of each batch
+step. The runner advances every job in turn and steps the batch once per round,
+so the model makes one frame for every waiting stream per step while each job
+keeps its own order of work. Everything runs on the runner's thread, the one
+that owns MLX's stream.
 """
 
 from collections.abc import Generator
 from typing import Any
 
-from higgs_core import Batch
+from higgs_core import Batch, Event, Ticket
 
-Work = Generator[None, None, Any]
+Work = Generator[Ticket | None, list[Event], Any]
 
 
 class Job:
@@ -25,11 +27,16 @@ class Job:
         self.done = False
         self.result: Any = None
         self.error: Exception | None = None
+        self.waits_on: Ticket | None = None  # the stream it waits for
+        self.events: list[Event] = []  # that stream's events since it last ran
+        self._started = False
 
     def advance(self):
-        """Run the job until it waits on the batch again, or ends."""
+        """Run the job, with its stream's news, until it waits on the batch again, or ends."""
+        events, self.events = self.events, []
         try:
-            next(self.work)
+            self.waits_on = self.work.send(events) if self._started else next(self.work)
+            self._started = True
         except StopIteration as end:
             self.done, self.result = True, end.value
         except Exception as e:  # the job's own failure, for whoever waits on it
@@ -43,7 +50,7 @@ class Job:
 
 
 class Runner:
-    """Advances jobs and steps their batch."""
+    """Advances jobs, steps their batch and hands each job its stream's events."""
 
     def __init__(self, batch: Batch):
         self.batch = batch
@@ -61,8 +68,12 @@ class Runner:
                 job.advance()
             if job.done:
                 self.jobs.remove(job)
-        if self.batch.busy:
-            self.batch.step()
+        if not self.batch.busy:
+            return
+        waiting = {job.waits_on: job for job in self.jobs if job.waits_on is not None}
+        for event in self.batch.step():
+            if (job := waiting.get(event.ticket)) is not None:
+                job.events.append(event)
 
     def run(self):
         """Until every job has ended."""

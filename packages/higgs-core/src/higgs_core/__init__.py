@@ -6,7 +6,18 @@ audio frames with ``higgs_sampling``'s frame state machine.
 
 from importlib.metadata import version as _version
 
-from higgs_core.batch import Batch, Prefix, Stream, make_prefix
+from higgs_core.batch import (
+    Batch,
+    Event,
+    Finished,
+    Frames,
+    LogitsProcessor,
+    Prefix,
+    PrefixReady,
+    Status,
+    Ticket,
+    make_prefix,
+)
 from higgs_core.config import ModelConfig
 from higgs_core.errors import CheckpointError, ModelNotFoundError
 from higgs_core.generate import FrameGenerator, GenerationResult, generate, generate_frames
@@ -18,13 +29,19 @@ __version__ = _version("higgs-core")
 __all__ = [
     "Batch",
     "CheckpointError",
+    "Event",
+    "Finished",
     "FrameGenerator",
+    "Frames",
     "GenerationResult",
     "HiggsAudioModel",
+    "LogitsProcessor",
     "ModelConfig",
     "ModelNotFoundError",
     "Prefix",
-    "Stream",
+    "PrefixReady",
+    "Status",
+    "Ticket",
     "generate",
     "generate_frames",
     "load_model",

@@ -9,6 +9,12 @@ boundary. Streams leave when they finish or are cancelled, and their cache
 goes with them. So continuous batching is just calling ``step`` while
 :attr:`Batch.busy`; one stream alone is the single-stream loop.
 
+:meth:`Batch.submit` hands back a :class:`Ticket`; each ``step`` returns what
+happened to the streams, as events naming their tickets: :class:`Frames` (new
+frames, with the stream's last frame once known), :class:`PrefixReady` (a
+prompt prefix to keep) and :class:`Finished` (its result). A caller routes them
+to whoever waits on each ticket.
+
 The reads are one step behind the device: step t+1 is queued before step t is
 read, so the device never waits on Python. A stream's last frame is known
 ahead (its budget, or its EOS column plus the largest delay once its ramp-out
@@ -16,9 +22,10 @@ shows), so no step is queued past it, except when a ramp-out starts and ends in
 the same frame (the extra frame is dropped).
 """
 
+import enum
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import mlx.core as mx
@@ -109,10 +116,22 @@ def make_prefix(model: HiggsAudioModel, input_ids, audio_ids=None, *, step: int 
     return Prefix(ids, audio, cache)
 
 
+# logits_processor(frame, logits): the audio logits ``[K, V]`` from which frame number
+# ``frame`` (1 is the first after the synthetic one) is sampled, as the sampler is to
+# see them. A seam for steering generation (tests end streams where they need to).
+LogitsProcessor = Callable[[int, mx.array], mx.array]
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"  # queued, or its prompt going in chunk by chunk
+    RUNNING = "running"  # a row of the batch, a frame each step
+    FINISHED = "finished"  # its result is out (a Finished event)
+
+
 @dataclass(eq=False)
-class Stream:
-    """One stream in a :class:`Batch`. ``frames`` grows as frames are read back
-    (``frames[0]`` is the synthetic BOS frame); ``result`` is set when it ends."""
+class _Stream:
+    """One stream in a :class:`Batch`: the batch's own record, behind a :class:`Ticket`.
+    ``frames`` grows as frames are read back (``frames[0]`` is the synthetic BOS frame)."""
 
     ids: np.ndarray  # the prompt, plus the synthetic frame's placeholder
     audio: mx.array | None  # its audio positions' frames, the synthetic one last
@@ -122,10 +141,11 @@ class Stream:
     max_frames: int
     prompt_tokens: int
     cache: list[KVCache]
+    processor: LogitsProcessor | None = None
+    status: Status = Status.WAITING
     done: int = 0  # prompt positions in the cache
     cached: int = 0  # of which from a prefix
-    keep_prefix: int = 0  # snapshot the cache as `prefix` once this many positions are in
-    prefix: Prefix | None = None
+    keep_prefix: int = 0  # hand out a PrefixReady once this many positions are in
     frames: list[mx.array] = field(default_factory=list)
     state: RowState | None = None  # its own, until it joins the batch
     end: int = 0  # the last frame that can exist (tightened when EOS shows)
@@ -136,14 +156,74 @@ class Stream:
     error: BaseException | None = None
     t0: float = 0.0
     t1: float = 0.0
+    ticket: "Ticket | None" = None
 
     @property
     def finished(self) -> bool:
-        return self.result is not None
+        return self.status is Status.FINISHED
+
+
+class Ticket:
+    """A submitted stream, as its caller sees it: the name its events carry."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: _Stream):
+        self._stream = stream
+
+    @property
+    def status(self) -> Status:
+        return self._stream.status
+
+    @property
+    def result(self) -> GenerationResult | None:
+        """What it made, once finished (as its :class:`Finished` event says)."""
+        return self._stream.result
+
+    @property
+    def prefilled(self) -> int:
+        """Prompt positions in its cache so far (those of a prefix included)."""
+        return self._stream.done
+
+    @property
+    def cached(self) -> int:
+        """Prompt positions taken from a prefix."""
+        return self._stream.cached
 
     def cancel(self):
-        """Leave the batch at the next step; ``result`` then holds what was made."""
-        self.cancelled = True
+        """Leave the batch at the next step, which finishes it with what was made."""
+        self._stream.cancelled = True
+
+
+@dataclass(frozen=True)
+class Frames:
+    """New frames of a stream (``[K]`` each, delayed layout, in order). ``count``:
+    its frames so far, the synthetic one not counted; ``last``: the number of its
+    last frame as far as it is known (its budget until its EOS shows)."""
+
+    ticket: Ticket
+    frames: tuple[mx.array, ...]
+    count: int
+    last: int
+
+
+@dataclass(frozen=True)
+class PrefixReady:
+    """The stream's first ``keep_prefix`` positions, to start other prompts from."""
+
+    ticket: Ticket
+    prefix: Prefix
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The stream ended (after its last :class:`Frames`): on EOS, its budget or a cancel."""
+
+    ticket: Ticket
+    result: GenerationResult
+
+
+Event = Frames | PrefixReady | Finished
 
 
 class Batch:
@@ -186,16 +266,17 @@ class Batch:
         self.sampler = RowSampler(
             cfg.num_codebooks, cfg.audio_stream_bos_id, cfg.audio_stream_eos_id
         )
-        self.waiting: deque[Stream] = deque()
-        self.live: list[Stream] = []  # in the order of the batch's rows
-        self.state: RowState | None = None
-        self._queued: tuple[list[Stream], mx.array, RowState] | None = None
-        self._draining: list[Stream] = []
+        self._waiting: deque[_Stream] = deque()
+        self._live: list[_Stream] = []  # in the order of the batch's rows
+        self._state: RowState | None = None
+        self._queued: tuple[list[_Stream], mx.array, RowState] | None = None
+        self._draining: list[_Stream] = []
+        self._events: list[Event] = []
         self.steps = 0
 
     @property
     def busy(self) -> bool:
-        return bool(self.waiting or self.running or self._queued or self._draining)
+        return bool(self._waiting or self.running or self._queued or self._draining)
 
     # -- streams in -------------------------------------------------------------
 
@@ -210,13 +291,15 @@ class Batch:
         history=None,
         prefix: Prefix | None = None,
         keep_prefix: int = 0,
-    ) -> Stream:
+        logits_processor: LogitsProcessor | None = None,
+    ) -> Ticket:
         """Queue a stream: ``input_ids`` ends with ``<|audio_out_bos|>``; each audio
         placeholder takes the next row of ``audio_ids [N, K]``; RAS looks back
         over ``history [M, K]`` (default: all of ``audio_ids``). ``prefix``: the
-        cached state of the prompt's first positions. ``keep_prefix``: make
-        ``stream.prefix`` of the first this many positions on the way (a chunk of
-        the prefill ends there)."""
+        cached state of the prompt's first positions. ``keep_prefix``: hand out a
+        :class:`PrefixReady` of the first this many positions on the way (a chunk
+        of the prefill ends there). ``logits_processor``: see
+        :data:`LogitsProcessor`."""
         model, cfg = self.model, self.model.config
         ids = np.asarray(input_ids.tolist() if isinstance(input_ids, mx.array) else input_ids)
         if ids.ndim != 1 or ids.size == 0:
@@ -251,7 +334,7 @@ class Batch:
             raise ValueError(f"keep_prefix must lie in 0..{len(ids) - 1}, got {keep_prefix}")
         # The synthetic BOS frame rides at the end of the prefill: its logits give frame 1.
         first = mx.full((1, K), cfg.audio_stream_bos_id, dtype=mx.int32)
-        stream = Stream(
+        stream = _Stream(
             ids=np.append(ids.astype(np.int64), cfg.audio_out_token_id),
             audio=first if audio is None else mx.concatenate([audio, first]),
             history=history,
@@ -264,9 +347,11 @@ class Batch:
             cached=done,
             end=max_frames,
             keep_prefix=keep_prefix if keep_prefix > done else 0,
+            processor=logits_processor,
         )
-        self.waiting.append(stream)
-        return stream
+        stream.ticket = Ticket(stream)
+        self._waiting.append(stream)
+        return stream.ticket
 
     def _check_prefix(self, prefix: Prefix, ids: np.ndarray, audio: mx.array | None):
         n = prefix.length
@@ -282,9 +367,9 @@ class Batch:
 
     # -- the loop -----------------------------------------------------------------
 
-    def step(self):
+    def step(self) -> list[Event]:
         """Queue a decode step for the batch, read the previous one back, and
-        prefill a chunk of a waiting stream."""
+        prefill a chunk of a waiting stream; what happened, in order."""
         self._drop_cancelled()
         queued = self._queue_decode()
         self._read_back()
@@ -293,6 +378,8 @@ class Batch:
         self.steps += 1
         if self.steps % 256 == 0:  # KV caches grow in 256-position blocks: drop the old ones
             mx.clear_cache()
+        events, self._events = self._events, []
+        return events
 
     def run(self):
         """Step until every stream has finished."""
@@ -302,37 +389,51 @@ class Batch:
     @property
     def running(self) -> int:
         """Streams in the batch (not finished, not waiting)."""
-        return sum(not s.finished for s in self.live)
+        return sum(not s.finished for s in self._live)
+
+    @property
+    def waiting(self) -> int:
+        """Streams waiting for a row, or with their prompt going in."""
+        return len(self._waiting)
 
     def _drop_cancelled(self):
         now = time.perf_counter()
-        for s in [s for s in self.waiting if s.cancelled]:
-            self.waiting.remove(s)
+        for s in [s for s in self._waiting if s.cancelled]:
+            self._waiting.remove(s)
             s.t1 = s.t1 or now
             self._finish(s, "cancelled", now)
-        for s in self.live:
+        for s in self._live:
             if s.cancelled and not s.finished:
                 self._finish(s, "cancelled", now)
 
     def _queue_decode(self):
         """Queue the next frame of every stream that has one to come."""
-        rows = [s for s in self.live if not s.finished and s.queued <= s.end]
+        rows = [s for s in self._live if not s.finished and s.queued <= s.end]
         # Streams whose last frame is queued but not yet read leave the batch's rows
         # and wait for that read.
-        self._draining = [s for s in self.live if not s.finished and s not in rows]
+        self._draining = [s for s in self._live if not s.finished and s not in rows]
         if not rows:
-            self.live, self.state = [], None
+            self._live, self._state = [], None
             return None
-        if rows != self.live:
-            self.state = self.state.take([self.live.index(s) for s in rows])
+        if rows != self._live:
+            assert self._state is not None  # rows are live, so the state has them
+            self._state = self._state.take([self._live.index(s) for s in rows])
         logits = self.model.step_rows(mx.stack([s.last for s in rows]), [s.cache for s in rows])
-        codes, self.state = self.sampler.step(logits, self.state)
-        mx.async_eval(codes, *self.state.arrays())
+        if any(s.processor for s in rows):
+            logits = mx.stack(
+                [
+                    s.processor(s.queued, logits[b]) if s.processor else logits[b]
+                    for b, s in enumerate(rows)
+                ]
+            )
+        assert self._state is not None
+        codes, self._state = self.sampler.step(logits, self._state)
+        mx.async_eval(codes, *self._state.arrays())
         for b, s in enumerate(rows):
             s.last = codes[b]
             s.queued += 1
-        self.live = list(rows)  # joins append to live, never to the rows queued
-        return rows, codes, self.state
+        self._live = list(rows)  # joins append to live, never to the rows queued
+        return rows, codes, self._state
 
     def _read_back(self):
         """Hand out the frames of the step queued last time; end the streams it ended."""
@@ -345,10 +446,14 @@ class Batch:
         for b, s in enumerate(rows):
             if s.finished:
                 continue
-            if len(s.frames) <= s.end:  # else a frame past a ramp-out that began and ended at once
+            # Not new: a frame past a ramp-out that began and ended at once.
+            new = len(s.frames) <= s.end
+            if new:
                 s.frames.append(codes[b])
             if last[b] is not None:
                 s.end = min(s.end, last[b])
+            if new:
+                self._frames_out(s, [codes[b]])
             if stop[b] != StopReason.RUNNING:
                 self._finish(s, StopReason(int(stop[b])).label, now)
         for s in self._draining:  # cannot happen: a stream's last frame sets its stop flag
@@ -359,9 +464,9 @@ class Batch:
     def _prefill_some(self):
         """One chunk of the first waiting stream's prompt, if the batch has room;
         a stream whose prompt is in joins the batch with its first frame."""
-        if not self.waiting or self.running >= self.max_batch:
+        if not self._waiting or self.running >= self.max_batch:
             return
-        s = self.waiting[0]
+        s = self._waiting[0]
         if not s.t0:
             s.t0 = time.perf_counter()
         chunk = self.join_chunk if self.running else self.prefill_chunk
@@ -371,28 +476,37 @@ class Batch:
         logits = self.model.prefill_chunk(s.ids, s.audio, s.cache, s.done, end)
         s.done = end
         if end == s.keep_prefix:
-            s.prefix = self._snapshot(s)
+            assert s.ticket is not None
+            self._events.append(PrefixReady(s.ticket, self._snapshot(s)))
         if end < len(s.ids):
             mx.eval([c.state for c in s.cache])
             return
-        self.waiting.popleft()
+        self._waiting.popleft()
         first, state = self.sampler.start(
             s.params,
             mx.random.key(s.seed),
             s.max_frames,
             None if s.history is None else s.history.T,
         )
+        if s.processor:
+            logits = s.processor(1, logits)
         frame, state = self.sampler.step(logits[None], state)
         mx.eval(frame, *state.arrays())
         s.frames, s.last, s.queued = [first, frame[0]], frame[0], 2
         s.t1 = time.perf_counter()
+        s.status = Status.RUNNING
+        self._frames_out(s, [frame[0]])
         if state.stop.item() != StopReason.RUNNING:  # a budget of one frame
             self._finish(s, StopReason(state.stop.item()).label, s.t1)
             return
-        self.state = state if self.state is None else RowState.concat([self.state, state])
-        self.live.append(s)
+        self._state = state if self._state is None else RowState.concat([self._state, state])
+        self._live.append(s)
 
-    def _snapshot(self, s: Stream) -> Prefix:
+    def _frames_out(self, s: _Stream, frames: list[mx.array]):
+        assert s.ticket is not None
+        self._events.append(Frames(s.ticket, tuple(frames), len(s.frames) - 1, s.end))
+
+    def _snapshot(self, s: _Stream) -> Prefix:
         n = s.done
         cache = []
         for c in s.cache:
@@ -409,7 +523,7 @@ class Batch:
         mx.eval([c.state for c in cache], audio)
         return Prefix(s.ids[:n].copy(), audio, cache)
 
-    def _finish(self, s: Stream, reason: str, now: float):
+    def _finish(self, s: _Stream, reason: str, now: float):
         K = self.model.config.num_codebooks
         stacked = mx.stack(s.frames, axis=1) if s.frames else mx.zeros((K, 0), dtype=mx.int32)
         codes = self.sampler.to_codes(stacked)
@@ -423,4 +537,7 @@ class Batch:
             decode_seconds=now - (s.t1 or now),
             cached_tokens=s.cached,
         )
+        s.status = Status.FINISHED
         s.cache = []  # its KV memory goes with it
+        assert s.ticket is not None
+        self._events.append(Finished(s.ticket, s.result))

@@ -267,7 +267,10 @@ def run_batched(
     steps, and each figure is the median of its rounds: a machine whose speed
     drifts (a shared VM's does, by 20% and more) then shifts every size alike
     instead of the ratios between them."""
-    from higgs_core.batch import Batch, make_prefix
+    from higgs_core.batch import Batch, Frames, make_prefix
+
+    def read(events) -> list:
+        return [f for e in events if isinstance(e, Frames) for f in e.frames]
 
     mx.clear_cache()
     model = build(layers, dtype, bits, group_size)
@@ -288,13 +291,12 @@ def run_batched(
         runs.append((batch, streams))
     rounds: list[list[float]] = [[] for _ in sizes]
     for _ in range(-(-frames // round_steps)):
-        for (batch, streams), times in zip(runs, rounds, strict=True):
-            batch.step()  # as in the steady state: a step in flight, the last one read
-            mx.eval([s.frames[-1] for s in streams])
+        for (batch, _), times in zip(runs, rounds, strict=True):
+            mx.eval(read(batch.step()))  # as in the steady state: a step in flight, the last read
             t0 = time.perf_counter()
             for _ in range(round_steps):
-                batch.step()
-            mx.eval([s.frames[-1] for s in streams])
+                made = read(batch.step())
+            mx.eval(made)
             times.append(1e3 * (time.perf_counter() - t0) / round_steps)
             mx.synchronize()  # its step in flight done before the next size's turn
     for batch, streams in runs:

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 
 import mlx.core as mx
 
-from higgs_core.batch import Batch, GenerationResult, Prefix
+from higgs_core.batch import Batch, Finished, Frames, GenerationResult, LogitsProcessor, Prefix
 from higgs_core.model import HiggsAudioModel
 from higgs_sampling import SamplingParams
 
@@ -36,9 +36,10 @@ class FrameGenerator:
         prefill_step: int = 512,
         history=None,
         prefix: Prefix | None = None,
+        logits_processor: LogitsProcessor | None = None,
     ):
         self.batch = Batch(model, max_batch=1, prefill_chunk=prefill_step)
-        self.stream = self.batch.submit(
+        self.ticket = self.batch.submit(
             input_ids,
             audio_ids,
             params=params,
@@ -46,6 +47,7 @@ class FrameGenerator:
             seed=seed,
             history=history,
             prefix=prefix,
+            logits_processor=logits_processor,
         )
         self.result: GenerationResult | None = None
         self._frames = self._run()
@@ -57,20 +59,15 @@ class FrameGenerator:
         return next(self._frames)
 
     def cancel(self):
-        self.stream.cancel()
+        self.ticket.cancel()
 
     def _run(self) -> Iterator[mx.array]:
-        stream, handed = self.stream, 1  # frame 0 is the synthetic one
-        while not stream.finished:
-            self.batch.step()
-            while handed < len(stream.frames) and not stream.finished:
-                yield stream.frames[handed]
-                handed += 1
-        result = stream.result
-        assert result is not None  # a finished stream has one
-        for t in range(handed, result.frames.shape[1]):
-            yield result.frames[:, t]
-        self.result = result
+        while self.result is None:
+            for event in self.batch.step():
+                if isinstance(event, Frames):
+                    yield from event.frames
+                elif isinstance(event, Finished):
+                    self.result = event.result
 
 
 def generate_frames(
@@ -84,6 +81,7 @@ def generate_frames(
     prefill_step: int = 512,
     history=None,
     prefix: Prefix | None = None,
+    logits_processor: LogitsProcessor | None = None,
 ) -> FrameGenerator:
     """Stream audio frames for a prompt.
 
@@ -93,7 +91,8 @@ def generate_frames(
     ``history [M, K]`` (default: all of ``audio_ids``; the release passes its
     audio-out codes only, not audio in) and then the generated frames.
     ``prefix``: the cached KV state of the prompt's beginning
-    (:func:`higgs_core.make_prefix`). Iterate for the frames; read ``.result``
+    (:func:`higgs_core.make_prefix`). ``logits_processor``: see
+    :data:`higgs_core.LogitsProcessor`. Iterate for the frames; read ``.result``
     afterwards. Runs with the same seed give the same frames.
     """
     return FrameGenerator(
@@ -106,6 +105,7 @@ def generate_frames(
         prefill_step=prefill_step,
         history=history,
         prefix=prefix,
+        logits_processor=logits_processor,
     )
 
 
