@@ -21,7 +21,7 @@ def run(*args):
 
 def first_prompt(tts, text, **options):
     request = tts.request(text, **options)
-    return tts._prompt(request.text, [], [], request.settings)
+    return tts.generation.prompt(request.text, [], [], request.settings)
 
 
 # The README's documented sampling (its Python example and its CLI examples) and
@@ -89,8 +89,8 @@ def test_ref_in_system_prompt_has_audio_in_and_no_history(tts, tmp_path, monkeyp
     wav = tmp_path / "me.wav"
     sf.write(wav, 0.3 * np.sin(np.arange(24000) / 10), 24000)
     request = tts.request("Hi.", refs=[(wav, "A tone.")], ref_in_system=True)
-    speakers = tts._run(lambda batch: tts._speakers(request, batch, print), 1)
-    prompt = tts._prompt("Hi.", speakers, [], request.settings)
+    speakers = tts._run(lambda batch: tts.voicing.speakers(request, batch, print), 1)
+    prompt = tts.generation.prompt("Hi.", speakers, [], request.settings)
     assert "SPEAKER0: <|audio_bos|><|AUDIO|><|audio_eos|>" in prompt.text
     assert prompt.audio_ids.shape[0] > 0 and prompt.history.shape[0] == 0
 

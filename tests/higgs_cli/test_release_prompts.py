@@ -35,7 +35,7 @@ def codes(rows) -> np.ndarray:
 
 
 def our_prompt(case):
-    """The prompt through our own path, as ``Higgs._prompt`` builds it."""
+    """The prompt through our own path, as ``Generation.prompt`` builds it."""
     speakers = [
         Speaker(transcript=v["transcript"], codes=codes(v["codes"])) for v in case["voices"]
     ]

@@ -138,3 +138,46 @@ def load_prefix(path: Path, key: str, model, audio: mx.array | None) -> Prefix:
             if tuple(a.shape) != want or a.dtype != dtype:
                 raise ValueError(f"an array of shape {tuple(a.shape)} and type {a.dtype}")
     return Prefix(ids, audio, cache)
+
+
+class PrefixStore:
+    """Where prefixes are looked up and kept: the memory LRU, then the folder of the
+    voice a prompt speaks in (``folder`` None: memory only). A folder that refuses a
+    write is remembered and not tried again."""
+
+    def __init__(self, memory: PrefixCache, model, files_per_voice: int):
+        self.memory = memory
+        self.model = model
+        self.files_per_voice = files_per_voice
+        self._unwritable: set[Path] = set()
+
+    def get(self, key: str, folder: Path | None, audio, warn) -> Prefix | None:
+        """The prefix under ``key`` (``audio``: its positions' codes, to check a file)."""
+        if (prefix := self.memory.get(key)) is not None or folder is None:
+            return prefix
+        path = folder / f"prefix-{key}.safetensors"
+        if not path.is_file():
+            return None
+        try:
+            prefix = load_prefix(path, key, self.model, None if audio is None else mx.array(audio))
+        except ValueError as e:
+            warn(f"the stored prefix {path.name} of voice {folder.name!r} is {e}; making it again")
+            path.unlink(missing_ok=True)
+            return None
+        self.memory.loaded += 1
+        self.memory.put(key, prefix)
+        return prefix
+
+    def keep(self, key: str, prefix: Prefix, folder: Path | None, warn):
+        """Keep a new prefix in memory, and beside its voice (the newest few files)."""
+        self.memory.put(key, prefix)
+        if folder is None or folder in self._unwritable:
+            return
+        try:
+            save_prefix(folder / f"prefix-{key}.safetensors", key, prefix)
+            files = sorted(folder.glob("prefix-*.safetensors"), key=lambda p: p.stat().st_mtime)
+            for old in files[: -self.files_per_voice]:
+                old.unlink(missing_ok=True)
+        except OSError as e:
+            self._unwritable.add(folder)
+            warn(f"cannot store the prefix of voice {folder.name!r} ({e}); keeping it in memory")
