@@ -137,8 +137,7 @@ def main():
         frames = [int(rate * (1 + 3 * ((7 * i) % 11) / 10)) for i in range(args.requests)]
         Higgs.logits_processors = steer_lengths(frames)
         requests = [
-            Request(TEXTS[i % len(TEXTS)], settings=Settings(seed=i))
-            for i in range(args.requests)
+            Request(TEXTS[i % len(TEXTS)], settings=Settings(seed=i)) for i in range(args.requests)
         ]
         sizes = [1, args.max_batch]
         times: dict[int, list[float]] = {b: [] for b in sizes}

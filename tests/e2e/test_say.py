@@ -368,8 +368,9 @@ def test_binary_audio_is_not_written_to_a_terminal(home):
     assert r.returncode == 1 and "refusing to write binary audio to a terminal" in r.stderr
 
 
-def test_verbose_sums_up_the_stop_reasons(home, tmp_path):
+def test_verbose_sums_up_the_stop_reasons(home, tmp_path, steer):
     # Six one-word chunks: -v gives one line of counts, never an entry per chunk.
+    steer(12)  # each chunk ends after 12 frames: six fit the budget
     out = tmp_path / "v.wav"
     text = "One. Two. Three. Four. Five. Six."
     r = say(text, "-o", str(out), "--chunk-words", "1", "--max-seconds", "6", "-v")

@@ -43,8 +43,27 @@ def settings(i):
     return [GREEDY, SAMPLED, WARM, SAMPLED, GREEDY][i % 5]
 
 
-def alone(model, ids, audio, i, max_frames):
-    return generate(model, ids, audio, params=settings(i), max_frames=max_frames, seed=100 + i)
+def alone(model, ids, audio, i, max_frames, processor=None):
+    return generate(
+        model,
+        ids,
+        audio,
+        params=settings(i),
+        max_frames=max_frames,
+        seed=100 + i,
+        logits_processor=processor,
+    )
+
+
+def no_eos(model):
+    """A logits processor that rules stream EOS out: a stream runs to its budget
+    (the tiny model's random weights end streams after a few frames, at random)."""
+    eos = model.config.audio_stream_eos_id
+
+    def push(frame, logits):
+        return logits + mx.where(mx.arange(logits.shape[-1]) == eos, -1e4, 0.0)
+
+    return push
 
 
 @pytest.mark.parametrize("max_batch", [1, 3, 8])
@@ -87,12 +106,15 @@ def test_a_newcomer_joins_between_frames_and_cancelling_removes_only_its_row(mod
     # mid-take; c: submitted once a runs, it joins behind b while a and b decode.
     ps = prompts(ref)
     A, B, C = ps[3], ps[4], ps[0]
-    want = {i: alone(model, ids, audio, i, 40) for ids, audio, i in (A, B, C)}
+    run_on = no_eos(model)  # each stream runs to its budget, so that they overlap
+    want = {i: alone(model, ids, audio, i, 40, run_on) for ids, audio, i in (A, B, C)}
     batch = Batch(model, max_batch=8, prefill_chunk=32, join_chunk=16)
 
     def submit(p):
         ids, audio, i = p
-        return batch.submit(ids, audio, params=settings(i), max_frames=40, seed=100 + i)
+        return batch.submit(
+            ids, audio, params=settings(i), max_frames=40, seed=100 + i, logits_processor=run_on
+        )
 
     a, b = submit(A), submit(B)
     c = None
@@ -243,8 +265,8 @@ def test_bf16_and_quantized_rows_equal_their_single_runs_on_the_cpu_kernels(bits
         for ids, audio, i in ps
     ]
     batch.run()
-    for s, w in zip(streams, want, strict=True):
-        assert mx.array_equal(s.result.frames, w.frames), bits
+    for i, (s, w) in enumerate(zip(streams, want, strict=True)):
+        assert mx.array_equal(s.result.frames, w.frames), (bits, i)
 
 
 def test_a_step_reports_frames_then_the_result_and_the_prefix_to_keep(model, ref):

@@ -6,7 +6,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from higgs_core import HiggsAudioModel, generate, generate_frames, load_model
+from higgs_core import HiggsAudioModel, generate, generate_frames, load_model, make_prefix
 from higgs_sampling import SamplingParams
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "core"
@@ -114,6 +114,20 @@ def test_every_audio_position_needs_a_frame(model, prompt):
         generate_frames(model, ids, bad, params=SAMPLED, max_frames=4)
     with pytest.raises(ValueError, match="max_frames"):
         generate_frames(model, ids, audio, params=SAMPLED, max_frames=0)
+
+
+def test_token_ids_outside_the_vocabulary_are_refused(model, prompt):
+    # MLX's embedding lookup does not check its indices: an id past the table read
+    # past it (a crash, found with a benchmark's prompt made for the real vocabulary).
+    ids, audio = prompt
+    vocab = model.config.vocab_size
+    for bad_id in (vocab, -1):
+        bad = ids.copy()
+        bad[2] = bad_id
+        with pytest.raises(ValueError, match=rf"token ids must lie in 0\.\.{vocab - 1}"):
+            generate_frames(model, bad, audio, params=SAMPLED, max_frames=4)
+        with pytest.raises(ValueError, match="token ids must lie in"):
+            make_prefix(model, bad[:20])
 
 
 def test_no_step_runs_past_the_end_of_the_stream(ref, monkeypatch):

@@ -164,3 +164,44 @@ def test_ras_redraws_from_the_raw_softmax():
     got = repetition_aware(codes, raw, history, mx.random.key(9), max_repeat=2)
     freq = np.bincount(np.array(got).ravel(), minlength=V) / N
     assert tv(freq, softmax(LOGITS)) < 0.015
+
+
+def top_p_by_value(x, p):
+    """top_p, where an entry tied with a kept one is kept too (the cut falls between
+    values, as top-k's does)."""
+    kept = top_p(x, p)
+    return np.where(x >= kept[np.isfinite(kept)].min(), x, -np.inf)
+
+
+@pytest.mark.parametrize(("k", "p"), [(2, 1.0), (4, 1.0), (4, 0.6), (6, 0.9), (0, 0.5)])
+def test_ties_follow_the_filtered_softmax(k, p):
+    # Values tied with the k-th largest are all kept (top-k keeps ties), however far
+    # past k they run: the draw ranks only the top k and counts the rest of the tie;
+    # and top-p keeps a value's ties with it.
+    logits = np.array([3.0, 1.0, 3.0, 2.0, 0.5, 2.0, 3.0, 2.0, 0.0, 2.0])
+    got = empirical(logits, mx.random.key(99), temperature=1.0, top_k=k, top_p=p)
+    assert tv(got, softmax(top_p_by_value(top_k(logits, k), p))) < 0.015
+
+
+def test_a_row_draws_the_same_whatever_its_batch_ranks():
+    # A batch ranks the top max(k) entries of every row (all of them when a row has no
+    # top-k); a row's draws must not depend on that, ties with its k-th value included
+    # (logits on a coarse grid tie often, as bf16 ones do).
+    from higgs_sampling import RowSampler, RowState, SamplingParams
+
+    V = 1026
+    mine = SamplingParams(temperature=0.6, top_k=20, top_p=0.9, ras_window=4, ras_max_repeat=1)
+    others = [
+        SamplingParams(temperature=1.0, top_k=50, top_p=0.95, ras_window=7),
+        SamplingParams(temperature=0.8, top_k=0, top_p=0.9, ras_window=0),
+    ]
+    rows = RowSampler(8, 1024, 1025)
+    _, alone = rows.start(mine, mx.random.key(7), 400)
+    batches = [RowState.concat([rows.start(o, mx.random.key(1), 400)[1], alone]) for o in others]
+    assert [b.kmax for b in batches] == [50, 0] and alone.kmax == 20
+    for step in range(120):
+        grid = mx.round(mx.random.normal((2, 8, V), key=mx.random.key(step)) * 4) / 2
+        want, alone = rows.step(grid[1:], alone)
+        for i, state in enumerate(batches):
+            got, batches[i] = rows.step(grid, state)
+            assert mx.array_equal(got[1], want[0]), (step, i)

@@ -108,6 +108,7 @@ def make_prefix(model: HiggsAudioModel, input_ids, audio_ids=None, *, step: int 
     audio = None if audio_ids is None else mx.array(audio_ids).astype(mx.int32)
     if audio is not None and audio.size == 0:
         audio = None
+    model.route(ids, audio)  # ids in range, a frame for every audio position
     cache = model.make_cache()
     model.prefill(ids, audio, cache, step)
     for c in cache:  # drop the unused tail of the 256-step blocks

@@ -75,9 +75,11 @@ def prompt(length: int, cfg: ModelConfig, rng: np.random.Generator):
     """Text, one reference clip taking about 3/4 of the prompt, text, <|audio_out_bos|>."""
     frames = (3 * length) // 4
     head = length - frames - 4
-    ids = [*rng.integers(0, 128000, head // 2), cfg.audio_out_bos_token_id]
+    text = min(128000, cfg.vocab_size)  # below the specials, in the real and the tiny vocab
+    text = min(text, min(cfg.audio_out_bos_token_id, cfg.audio_out_token_id))
+    ids = [*rng.integers(0, text, head // 2), cfg.audio_out_bos_token_id]
     ids += [cfg.audio_out_token_id] * frames + [cfg.audio_eos_token_id]
-    ids += [*rng.integers(0, 128000, length - len(ids) - 1), cfg.audio_out_bos_token_id]
+    ids += [*rng.integers(0, text, length - len(ids) - 1), cfg.audio_out_bos_token_id]
     audio = rng.integers(0, 1024, (frames, cfg.num_codebooks)).astype(np.int32)
     return np.array(ids), mx.array(audio)
 

@@ -259,7 +259,15 @@ class HiggsAudioModel(nn.Module):
         return text, self.audio_logits(h)
 
     def route(self, input_ids: np.ndarray, audio_ids: mx.array | None) -> Routing:
-        """The routing of one sequence, checking it has a frame for every audio position."""
+        """The routing of one sequence, checking its ids are the model's and it has a
+        frame for every audio position."""
+        V_text = self.config.vocab_size
+        if input_ids.size and (input_ids.min() < 0 or input_ids.max() >= V_text):
+            # An id out of range would read past the embedding table (MLX does not check).
+            raise ValueError(
+                f"token ids must lie in 0..{V_text - 1}, "
+                f"got {int(input_ids.min())}..{int(input_ids.max())}"
+            )
         is_audio = self.audio_mask(input_ids)
         n = int(is_audio.sum())
         have = 0 if audio_ids is None else audio_ids.shape[0]

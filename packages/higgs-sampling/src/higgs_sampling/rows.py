@@ -9,8 +9,9 @@ frame. A row's frames depend on nothing but its own logits, settings and seed:
 the same in a batch of one as among seven others.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from functools import partial
 
 import mlx.core as mx
 import numpy as np
@@ -18,7 +19,7 @@ import numpy as np
 from higgs_sampling.delay import _check_delays, frames_to_codes
 from higgs_sampling.frames import _NO_EOS, advance
 from higgs_sampling.params import SamplingParams
-from higgs_sampling.samplers import filter_logits, greedy
+from higgs_sampling.samplers import draw, greedy, rank, scale
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,12 @@ class RowState:
     top_k: mx.array
     top_p: mx.array
     key: mx.array
+    # Each row's top-k as the host knows it (-1 for a greedy row): a batch whose
+    # sampled rows all filter by top-k ranks only the top max(k) entries.
+    ks: tuple[int, ...] = ()
 
     def arrays(self) -> list[mx.array]:
-        return [getattr(self, f.name) for f in fields(self)]
+        return [getattr(self, f.name) for f in fields(self) if f.name != "ks"]
 
     @property
     def rows(self) -> int:
@@ -53,7 +57,17 @@ class RowState:
     def take(self, rows) -> "RowState":
         """The state of some rows (a list of row indices), in that order."""
         idx = mx.array(rows, dtype=mx.int32)
-        return RowState(*(a[idx] for a in self.arrays()))
+        taken = {f.name: getattr(self, f.name)[idx] for f in fields(self) if f.name != "ks"}
+        return RowState(**taken, ks=tuple(self.ks[r] for r in rows))
+
+    @property
+    def kmax(self) -> int:
+        """The entries a step ranks: the largest top-k of the sampled rows, or 0 (all)
+        when one of them does not filter by top-k."""
+        sampled = [k for k in self.ks if k >= 0]
+        if not sampled:
+            return 1
+        return max(sampled) if min(sampled) > 0 else 0
 
     @staticmethod
     def concat(states: Sequence["RowState"]) -> "RowState":
@@ -67,9 +81,13 @@ class RowState:
         out = {
             f.name: mx.concatenate([getattr(s, f.name) for s in states])
             for f in fields(RowState)
-            if f.name != "history"
+            if f.name not in ("history", "ks")
         }
-        return RowState(history=mx.concatenate([widen(s.history) for s in states]), **out)
+        return RowState(
+            history=mx.concatenate([widen(s.history) for s in states]),
+            ks=tuple(k for s in states for k in s.ks),
+            **out,
+        )
 
 
 class RowSampler:
@@ -94,7 +112,8 @@ class RowSampler:
         self.num_codebooks = num_codebooks
         self.bos, self.eos = bos, eos
         self.delays = _check_delays(delays, num_codebooks)
-        self._step_fn = mx.compile(self._step) if compile else self._step
+        self._compile = compile
+        self._steps: dict[int, Callable] = {}  # the step for each kmax, compiled
 
     def start(
         self,
@@ -134,6 +153,7 @@ class RowSampler:
             top_k=one(params.top_k, mx.int32),
             top_p=one(params.top_p, mx.float32),
             key=key[None],
+            ks=(params.top_k if params.temperature > 0 else -1,),
         )
         return first, state
 
@@ -151,24 +171,43 @@ class RowSampler:
 
     def step(self, logits: mx.array, state: RowState) -> tuple[mx.array, RowState]:
         """Sample each row's next frame from ``logits [B, K, V]`` -> ``[B, K]`` int32."""
-        codes, *arrays = self._step_fn(logits, *state.arrays())
-        return codes, RowState(*arrays)
+        kmax = state.kmax
+        if kmax not in self._steps:
+            step = partial(self._step, kmax=kmax)
+            self._steps[kmax] = mx.compile(step) if self._compile else step
+        codes, *arrays = self._steps[kmax](logits, *state.arrays())
+        names = [f.name for f in fields(RowState) if f.name != "ks"]
+        return codes, RowState(**dict(zip(names, arrays, strict=True)), ks=state.ks)
 
     def _step(
-        self, logits, pos, eos_col, stop, max_frames, history, window, max_repeat, temp, k, p, key
+        self,
+        logits,
+        pos,
+        eos_col,
+        stop,
+        max_frames,
+        history,
+        window,
+        max_repeat,
+        temp,
+        k,
+        p,
+        key,
+        *,
+        kmax: int,
     ):
-        shape = logits.shape[1:]
+        shape = logits.shape[1:-1]
         keys = mx.vmap(lambda kk: mx.random.split(kk, 3))(key)
         key, k_draw, k_ras = keys[:, 0], keys[:, 1], keys[:, 2]
-        noise = mx.vmap(lambda kk: mx.random.gumbel(shape, key=kk))(k_draw)
-        drawn = greedy(filter_logits(logits, temp, k, p) + noise)
-        codes = mx.where(temp[:, None] > 0, drawn, greedy(logits))
+        u = mx.vmap(lambda kk: mx.random.uniform(shape=shape, key=kk))(k_draw)
+        x = scale(logits, temp)
+        codes = mx.where(temp[:, None] > 0, draw(x, u, rank(x, k, p, kmax)), greedy(logits))
         W = history.shape[-1]
         if W > 0:  # repetition-aware sampling, each row over its own window
             seen = (mx.arange(W) >= W - window[:, None])[:, None, :]  # [B, 1, W]
             count = mx.sum((history == codes[..., None]) & seen, axis=-1)
-            raw = mx.vmap(lambda kk: mx.random.gumbel(shape, key=kk))(k_ras)
-            redraw = greedy(logits.astype(mx.float32) + raw)
+            u_ras = mx.vmap(lambda kk: mx.random.uniform(shape=shape, key=kk))(k_ras)
+            redraw = draw(logits.astype(mx.float32), u_ras)
             again = (window[:, None] > 0) & (count >= max_repeat[:, None])
             codes = mx.where(again, redraw, codes)
         codes, pos, eos_col, stop = advance(
