@@ -18,16 +18,25 @@ __all__ = ["FrameGenerator", "GenerationResult", "generate", "generate_frames"]
 
 
 class FrameGenerator:
-    """Iterates over sampled frames (``mx.array [K]`` int32, delayed layout, in
-    order); ``result`` is set once the iterator is exhausted.
+    """Stream audio frames for a prompt: a :class:`Batch` of one stream, its
+    :class:`~higgs_core.Frames` events handed out as they come.
 
-    See :func:`generate_frames`.
+    ``input_ids``: 1-D token ids ending with ``<|audio_out_bos|>``; every
+    audio placeholder position takes the next row of ``audio_ids [N, K]``
+    (delayed-layout codes). Repetition-aware sampling looks back over
+    ``history [M, K]`` (default: all of ``audio_ids``; the release passes its
+    audio-out codes only, not audio in) and then the generated frames.
+    ``prefix``: the cached KV state of the prompt's beginning
+    (:func:`higgs_core.make_prefix`). ``logits_processor``: see
+    :data:`higgs_core.LogitsProcessor`. Iterate for the frames (``mx.array [K]``
+    int32, delayed layout, in order); ``result`` is set once they run out. Runs
+    with the same seed give the same frames.
     """
 
     def __init__(
         self,
         model: HiggsAudioModel,
-        input_ids,
+        input_ids: Sequence[int] | mx.array,
         audio_ids=None,
         *,
         params: SamplingParams,
@@ -70,48 +79,12 @@ class FrameGenerator:
                     self.result = event.result
 
 
-def generate_frames(
-    model: HiggsAudioModel,
-    input_ids: Sequence[int] | mx.array,
-    audio_ids=None,
-    *,
-    params: SamplingParams,
-    max_frames: int,
-    seed: int = 0,
-    prefill_step: int = 512,
-    history=None,
-    prefix: Prefix | None = None,
-    logits_processor: LogitsProcessor | None = None,
-) -> FrameGenerator:
-    """Stream audio frames for a prompt.
-
-    ``input_ids``: 1-D token ids ending with ``<|audio_out_bos|>``; every
-    audio placeholder position takes the next row of ``audio_ids [N, K]``
-    (delayed-layout codes). Repetition-aware sampling looks back over
-    ``history [M, K]`` (default: all of ``audio_ids``; the release passes its
-    audio-out codes only, not audio in) and then the generated frames.
-    ``prefix``: the cached KV state of the prompt's beginning
-    (:func:`higgs_core.make_prefix`). ``logits_processor``: see
-    :data:`higgs_core.LogitsProcessor`. Iterate for the frames; read ``.result``
-    afterwards. Runs with the same seed give the same frames.
-    """
-    return FrameGenerator(
-        model,
-        input_ids,
-        audio_ids,
-        params=params,
-        max_frames=max_frames,
-        seed=seed,
-        prefill_step=prefill_step,
-        history=history,
-        prefix=prefix,
-        logits_processor=logits_processor,
-    )
+generate_frames = FrameGenerator  # the name the library has always had for it
 
 
 def generate(model: HiggsAudioModel, input_ids, audio_ids=None, **kwargs) -> GenerationResult:
-    """Run :func:`generate_frames` to the end and return its result."""
-    gen = generate_frames(model, input_ids, audio_ids, **kwargs)
+    """Run a :class:`FrameGenerator` to the end and return its result."""
+    gen = FrameGenerator(model, input_ids, audio_ids, **kwargs)
     for _ in gen:
         pass
     assert gen.result is not None  # set when the frames run out
