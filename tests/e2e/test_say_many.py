@@ -47,6 +47,26 @@ def test_stream_many_interleaves_and_adds_up(tts):
         assert np.array_equal(np.concatenate(list(alone)), speech.samples)
 
 
-def test_a_bad_request_is_refused_before_any_work(tts):
+def test_a_bad_request_fails_alone(tts):
+    # As `higgs batch` records a bad row: each failing request has its exception in its
+    # place (no text, an unknown voice, unreadable reference audio), the rest are spoken.
+    good = requests()
+    mixed = [
+        good[0],
+        Request("   "),
+        Request("Hello.", voices=("nobody_by_that_name",)),
+        good[1],
+        Request("Hello.", refs=(("/no/such/reference.wav", "Hello."),)),
+        "",
+    ]
+    got = tts.say_many(mixed, max_batch=4)
+    assert len(got) == len(mixed)
+    for i in (1, 5):
+        assert isinstance(got[i], Exception) and "no text" in str(got[i]), got[i]
+    assert isinstance(got[2], Exception) and "nobody_by_that_name" in str(got[2])
+    assert isinstance(got[4], Exception) and "/no/such/reference.wav" in str(got[4])
+    for i, want in ((0, good[0]), (3, good[1])):
+        assert np.array_equal(got[i].samples, tts.say(want).samples), i
+    # one request alone still raises its error
     with pytest.raises(Exception, match="no text"):
-        tts.say_many([Request("fine."), Request("   ")])
+        list(tts.stream("   "))

@@ -287,17 +287,22 @@ class Higgs:
         def pieces():
             for _, pcm in many:
                 yield pcm
-            out.speech = many.speeches[0]
+            assert many.speeches is not None  # set once the pieces run out
+            if isinstance(speech := many.speeches[0], Exception):
+                raise speech
+            out.speech = speech
 
         out._pieces = pieces()
         return out
 
     def say_many(
         self, requests: Iterable, *, max_batch: int = 8, progress=None, warn=None
-    ) -> list[Speech]:
+    ) -> list[Speech | Exception]:
         """Speak many texts (or :class:`Request` objects) at once, up to
         ``max_batch`` streams decoded together; the speeches, in order. Each one
-        equals its own ``say``."""
+        equals its own ``say``. A request that fails (no text, an unknown voice,
+        unreadable reference audio, ...) has its exception in its place, as
+        ``higgs batch`` records a bad row, and the others are spoken."""
         many = self._many(list(requests), max_batch, progress, warn, streaming=False)
         for _ in many:
             pass
@@ -312,16 +317,22 @@ class Higgs:
         return self._many(list(requests), max_batch, progress, warn, streaming=True)
 
     def _many(self, requests, max_batch, progress, warn, *, streaming) -> ManyStream:
-        requests = [r if isinstance(r, Request) else self.request(r) for r in requests]
+        checked: list[Request | Exception] = []
         for r in requests:
-            r.check()
+            try:
+                checked.append((r if isinstance(r, Request) else self.request(r)).check())
+            except Exception as e:  # this request's own failure, in its place
+                checked.append(e)
         out = ManyStream(iter(()))
 
         def pieces():
             runner = Runner(self.new_batch(max_batch))
             ready: deque[tuple[int, np.ndarray]] = deque()
-            jobs = []
-            for i, r in enumerate(requests):
+            jobs: list[Job | Exception] = []
+            for i, r in enumerate(checked):
+                if isinstance(r, Exception):
+                    jobs.append(r)
+                    continue
                 emit = (lambda pcm, i=i: ready.append((i, pcm))) if streaming else None
                 jobs.append(runner.add(self.speaking.job(r, runner.batch, emit, progress, warn)))
             try:
@@ -329,13 +340,13 @@ class Higgs:
                     runner.tick()
                     while ready:
                         yield ready.popleft()
-                    for job in jobs:
-                        if job.error is not None:
-                            raise job.error
             finally:
                 for job in jobs:
-                    job.cancel()
-            out.speeches = [job.result for job in jobs]
+                    if isinstance(job, Job):
+                        job.cancel()
+            out.speeches = [
+                job if isinstance(job, Exception) else job.error or job.result for job in jobs
+            ]
 
         out._pieces = pieces()
         return out

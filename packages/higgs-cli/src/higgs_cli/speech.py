@@ -89,11 +89,12 @@ class SpeechStream:
 
 class ManyStream:
     """``(index, pcm)`` pieces of several requests as they are made, interleaved;
-    ``speeches`` (one per request, in order) once exhausted."""
+    ``speeches`` (one per request, in order: its :class:`Speech`, or the exception
+    that failed it) once exhausted."""
 
     def __init__(self, pieces: Iterator[tuple[int, np.ndarray]]):
         self._pieces = pieces
-        self.speeches: list[Speech] | None = None
+        self.speeches: list[Speech | Exception] | None = None
 
     def __iter__(self) -> "ManyStream":
         return self
