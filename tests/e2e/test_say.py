@@ -473,3 +473,39 @@ def test_progress_counts_frames_and_audio_over_the_same_span(tts, steer):
     frames = [p.text_frames for p in seen]
     assert frames == sorted(frames) and frames[-1] == speech.frames
     assert seen[-1].audio_seconds == pytest.approx(speech.duration)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_play_with_an_output_file_plays_and_writes_it(home, tmp_path, monkeypatch, streamed):
+    # --play -o FILE: the speakers get the speech and the file holds the same samples.
+    import sys
+    import types
+
+    played = []
+
+    class Stream:
+        def __init__(self, samplerate, channels, dtype):
+            assert (samplerate, channels, dtype) == (24000, 1, "float32")
+
+        def start(self):
+            pass
+
+        def write(self, block):
+            played.append(np.array(block[:, 0]))
+
+        def stop(self):
+            pass
+
+        def close(self):
+            played.append(None)  # closed after the last block
+
+    monkeypatch.setitem(sys.modules, "sounddevice", types.SimpleNamespace(OutputStream=Stream))
+    out = tmp_path / "played.wav"
+    args = ["--stream"] if streamed else []
+    r = say(TEXT, "--play", "-o", str(out), "--seed", "3", "--max-seconds", "2", *args)
+    assert r.exit_code == 0, r.stderr
+    assert played and played[-1] is None and all(b is not None for b in played[:-1])
+    heard = np.concatenate(played[:-1])
+    data, sr, _ = read_wav(out)
+    assert sr == 24000 and len(data) == len(heard) > 0
+    assert np.array_equal(data, np.frombuffer(pcm16(heard), "<i2"))
