@@ -3,6 +3,7 @@ through the `higgs` entry point."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -280,6 +281,10 @@ def test_ray_batch_matches_the_local_one(home, tmp_path, ray_cluster):
     small = manifest(tmp_path, rows[:2], "small.jsonl")
     r = higgs("batch", small, "-o", uri, "--ray", ray_cluster, "--max-seconds", "2", env=env)
     assert r.returncode == 0, r.stderr
+    # A run that went well says so, and nothing at error level (Ray's core logs
+    # "[date time E pid tid]") and no warnings.
+    assert not re.search(r"^\[[^\]]* E \d+ \d+\]", r.stderr, re.M), r.stderr
+    assert "Warning" not in r.stderr and "higgs: error" not in r.stderr, r.stderr
     assert (tmp_path / "by-uri" / "a.wav").read_bytes() == (local / "a.wav").read_bytes()
     assert {e["id"] for e in results(tmp_path / "by-uri")} == {"a", "b"}
     # Resumable on the cluster too: nothing left to do.

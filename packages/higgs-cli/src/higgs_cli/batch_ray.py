@@ -15,6 +15,7 @@ Ray is imported only here, only for ``--ray``.
 import json
 import os
 import time
+import warnings
 
 import numpy as np
 
@@ -203,22 +204,30 @@ def run_ray(
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
         ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * workers)))
-        spoken = ds.map_batches(
-            RowSpeaker,
-            fn_constructor_kwargs=dict(
-                model=model,
-                codec=codec,
-                outdir=outdir,
-                voices=voices,
-                max_batch=max_batch,
-                threads=int(num_cpus) if num_cpus >= 1 else 1,
-            ),
-            batch_size=max_batch,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=workers),
-            num_cpus=num_cpus,
-            num_gpus=num_gpus,
-        )
+        # No restarts: Ray Data passes an actor's arguments through the object store,
+        # where restarts are not reliable (ray-project/ray#53727), and with restarts on
+        # Ray logs that as an error line for every actor (ray-project/ray#57733). A run
+        # that fails is finished by running it again. max_restarts has no named
+        # parameter yet: Ray 2.60 deprecates ray_remote_args without a replacement.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            spoken = ds.map_batches(
+                RowSpeaker,
+                fn_constructor_kwargs=dict(
+                    model=model,
+                    codec=codec,
+                    outdir=outdir,
+                    voices=voices,
+                    max_batch=max_batch,
+                    threads=int(num_cpus) if num_cpus >= 1 else 1,
+                ),
+                batch_size=max_batch,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=workers),
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                max_restarts=0,
+            )
         for row in spoken.iter_rows():
             yield {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
     finally:
