@@ -3,6 +3,8 @@
 and the command line says which flag or variable names each."""
 
 import shutil
+import sys
+from pathlib import Path
 
 import httpx
 import huggingface_hub
@@ -130,6 +132,9 @@ def say(*args):
 
 def test_cli_offline_model_says_the_codec_is_needed_too(home, offline_hub, monkeypatch, tmp_path):
     monkeypatch.delenv("HIGGS_MODEL")
+    monkeypatch.delenv("HIGGS_CODEC")
+    monkeypatch.delenv("UV", raising=False)
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))  # this environment's hf
     r = say("-o", str(tmp_path / "x.wav"))
     assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
     line = r.stderr
@@ -140,8 +145,38 @@ def test_cli_offline_model_says_the_codec_is_needed_too(home, offline_hub, monke
     assert "load_model" not in line and "Traceback" not in line
 
 
+def test_cli_offline_model_with_its_codec_here_asks_for_the_model_alone(
+    home, offline_hub, monkeypatch, tmp_path
+):
+    monkeypatch.delenv("HIGGS_MODEL")  # HIGGS_CODEC stays: the tiny codec's folder
+    r = say("-o", str(tmp_path / "x.wav"))
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "bosonai/higgs-audio-v2-generation-3B-base --local-dir DIR`" in r.stderr
+    assert "--model DIR (or HIGGS_MODEL=DIR)" in r.stderr
+    assert "codec" not in r.stderr.lower() and "CODEC_DIR" not in r.stderr
+
+
+@pytest.mark.parametrize("how", ["uv run", "on PATH", "neither"])
+def test_cli_download_hint_runs_as_printed(home, offline_hub, monkeypatch, tmp_path, how):
+    # The hint names the Hugging Face CLI the way this install can run it.
+    monkeypatch.delenv("HIGGS_MODEL")
+    monkeypatch.delenv("UV", raising=False)
+    if how == "uv run":
+        monkeypatch.setenv("UV", "/somewhere/uv")  # what `uv run` sets for its command
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent) if how == "on PATH" else "")
+    r = say("-o", str(tmp_path / "x.wav"))
+    want = {
+        "uv run": "`uv run hf download bosonai/",
+        "on PATH": "`hf download bosonai/",
+        "neither": f"`{sys.executable} -m huggingface_hub.cli.hf download bosonai/",
+    }[how]
+    assert r.exit_code == 1 and want in r.stderr, r.stderr
+
+
 def test_cli_offline_codec_is_as_helpful(home, offline_hub, monkeypatch, tmp_path):
     monkeypatch.delenv("HIGGS_CODEC")
+    monkeypatch.delenv("UV", raising=False)
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))
     loaded = []
     monkeypatch.setattr(higgs_core, "load_model", lambda *a, **k: loaded.append(a))
     r = say("-o", str(tmp_path / "x.wav"))

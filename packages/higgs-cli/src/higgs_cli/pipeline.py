@@ -150,13 +150,22 @@ class Higgs:
 
         from higgs_codec import load_codec
         from higgs_codec import resolve_path as resolve_codec
-        from higgs_core import load_model, resolve_path
+        from higgs_core import ModelNotFoundError, load_model, resolve_path
 
         model = model or os.environ.get("HIGGS_MODEL") or DEFAULT_MODEL
         codec = codec or os.environ.get("HIGGS_CODEC") or DEFAULT_CODEC
         # Both found (or fetched) before either loads: a missing codec is not
         # discovered after the model's seconds of loading.
-        model_path = resolve_path(model)
+        try:
+            model_path = resolve_path(model)
+        except ModelNotFoundError as e:
+            # Whether the codec is here, so that the advice asks only for what is missing.
+            try:
+                resolve_codec(codec)
+                e.codec_found = True  # type: ignore[attr-defined]
+            except Exception:
+                e.codec_found = False  # type: ignore[attr-defined]
+            raise
         codec = resolve_codec(codec)
         loaded = load_model(model_path, dtype=dtype)
         tok_file = model_path / "tokenizer.json"

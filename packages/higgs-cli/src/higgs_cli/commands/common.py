@@ -56,7 +56,8 @@ def friendly(fn):
             if debug:
                 traceback.print_exc()
             msg = " ".join(str(e).split()) or type(e).__name__  # one line, all of it
-            click.echo(f"higgs: error: {msg}{cli_hint(e)}", err=True)
+            msg = f"{msg}{cli_hint(e)}".replace("`hf download ", f"`{hf_command()} download ")
+            click.echo(f"higgs: error: {msg}", err=True)
             sys.exit(1)
 
     return click.option("--debug", is_flag=True, help="Show the full traceback on errors.")(wrapper)
@@ -72,7 +73,9 @@ def cli_hint(error: Exception) -> str:
     if isinstance(error, ModelNotFoundError):
         if error.repo_id is None:
             return " (given by --model or HIGGS_MODEL)"
-        # Offline: the codec will be missing too.
+        if getattr(error, "codec_found", False):
+            return " with --model DIR (or HIGGS_MODEL=DIR)"
+        # Offline: the codec is missing too.
         return (
             f" with --model DIR (or HIGGS_MODEL=DIR). higgs needs the codec as well: `hf "
             f"download {DEFAULT_CODEC} --local-dir CODEC_DIR`, then --codec CODEC_DIR "
@@ -89,6 +92,16 @@ def cli_hint(error: Exception) -> str:
     if isinstance(error, DamagedVoice):
         return f"; remove it with `higgs voices remove {error.name}`"
     return ""
+
+
+def hf_command() -> str:
+    """The Hugging Face CLI (installed with higgs) as the user can type it: under
+    `uv run` the environment's scripts are not on the user's own PATH."""
+    if os.environ.get("UV"):
+        return "uv run hf"
+    if shutil.which("hf"):
+        return "hf"
+    return f"{sys.executable} -m huggingface_hub.cli.hf"
 
 
 def max_ref_seconds_option(fn):
