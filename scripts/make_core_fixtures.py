@@ -136,7 +136,10 @@ def original_config() -> dict:
         "audio_dual_ffn_layers": list(range(LAYERS)),
         "audio_decoder_proj_num_layers": 0,
         "encode_whisper_embed": False,
-        "encode_audio_in_tokens": False,
+        # As the released config: references may go in the system turn as audio in
+        # (--ref-in-system). The reference prompts here hold no audio-in positions, so
+        # the flag leaves their logits as they are.
+        "encode_audio_in_tokens": True,
         "use_delay_pattern": True,
         "skip_audio_tower": True,
         "use_audio_out_embed_projector": False,

@@ -9,6 +9,7 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
+import higgs_core
 from higgs_cli.main import cli
 from higgs_cli.serve import Limits, parse_speech
 from higgs_cli.settings import Request, Settings
@@ -61,26 +62,33 @@ def test_a_dialogue_without_voices_uses_the_smart_multi_speaker_prompt(tts):
     assert prompt.audio_ids.shape[0] == 0  # no references, no pins
 
 
-def test_references_in_the_system_turn(home, tmp_path, tiny_model, steer):
+def test_references_in_the_system_turn(home, tmp_path, tiny_model, steer, monkeypatch):
     wav = tmp_path / "me.wav"
     t = np.arange(24000) / 24000
     sf.write(wav, 0.3 * np.sin(2 * np.pi * 220 * t), 24000)
     args = ["say", "[SPEAKER0] Hi.", "--ref-audio", str(wav), "--ref-text", "A tone."]
     out = tmp_path / "x.wav"
-    # The tiny config, like transformers', does not encode audio-in tokens: refused.
-    r = run(*args, "--ref-in-system", "-o", str(out))
-    assert r.exit_code == 1 and "--ref-in-system" in r.stderr and r.stderr.count("\n") == 1
-    # With the released config's flag, the reference goes in as audio in.
+    # The tiny model's config, as the release's, encodes audio-in tokens: the reference
+    # goes in as audio in, in the documented offline mode.
+    assert json.loads((tiny_model / "config.json").read_text())["encode_audio_in_tokens"]
+    r = run(*args, "--ref-in-system", "-o", str(out), "--max-seconds", "1")
+    assert r.exit_code == 0, r.stderr
+    assert sf.info(out).frames > 0
+    # A model whose config has the flag off (as transformers' layout) is refused before
+    # it loads, in one line.
     model = tmp_path / "model"
     model.mkdir()
     for f in tiny_model.iterdir():
         if f.name != "config.json":
             (model / f.name).symlink_to(f.resolve())
     config = json.loads((tiny_model / "config.json").read_text())
-    (model / "config.json").write_text(json.dumps({**config, "encode_audio_in_tokens": True}))
-    r = run(*args, "--ref-in-system", "--model", str(model), "-o", str(out), "--max-seconds", "1")
-    assert r.exit_code == 0, r.stderr
-    assert sf.info(out).frames > 0
+    (model / "config.json").write_text(json.dumps({**config, "encode_audio_in_tokens": False}))
+    loads = []
+    monkeypatch.setattr(higgs_core, "load_model", lambda *a, **k: loads.append(a))
+    r = run(*args, "--ref-in-system", "--model", str(model), "-o", str(out))
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "encode_audio_in_tokens is off" in r.stderr and "--ref-in-system" in r.stderr
+    assert loads == []
 
 
 def test_ref_in_system_prompt_has_audio_in_and_no_history(tts, tmp_path, monkeypatch):

@@ -40,10 +40,15 @@ def test_audio_in_positions_are_audio_out_positions_by_another_name(audio_in_mod
 
 def test_without_the_flag_audio_in_is_an_ordinary_token(models, ref):
     model = models["tiny-original-sharded"]
-    assert not model.config.encode_audio_in_tokens  # the tiny config, like transformers
-    assert AIN not in model.config.audio_placeholder_ids
-    with pytest.raises(ValueError, match="0 audio positions but 1 audio frames"):
-        model.logits(np.array([[384, AIN, 12]]), np.zeros((1, 1, 8), np.int32))
+    real = model.config
+    assert real.encode_audio_in_tokens  # the tiny config, as the release's
+    model.config = real.replace(encode_audio_in_tokens=False)  # as transformers' layout
+    try:
+        assert AIN not in model.config.audio_placeholder_ids
+        with pytest.raises(ValueError, match="0 audio positions but 1 audio frames"):
+            model.logits(np.array([[384, AIN, 12]]), np.zeros((1, 1, 8), np.int32))
+    finally:
+        model.config = real
 
 
 def test_ras_history_is_what_the_caller_says(audio_in_model, ref, monkeypatch):

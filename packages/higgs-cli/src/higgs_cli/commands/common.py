@@ -139,6 +139,24 @@ def model_options(fn):
     )(fn)
 
 
+def check_reads_audio_in(model: str):
+    """``--ref-in-system`` needs a model that reads audio in its system turn: checked
+    in its config.json before anything loads. A model that cannot be found is left
+    to the loading, which says how to get it."""
+    from higgs_core import ModelConfig, ModelNotFoundError, resolve_path
+    from higgs_core.loading import read_config
+
+    try:
+        path = resolve_path(model)
+    except ModelNotFoundError:
+        return
+    if not ModelConfig.from_dict(read_config(path)).encode_audio_in_tokens:
+        fail(
+            f"the model in {path} does not read audio in its system turn "
+            "(encode_audio_in_tokens is off in its config); clone without --ref-in-system"
+        )
+
+
 def read_text(text: str | None, file: str | None) -> str:
     if text is not None and file is not None:
         fail("give the text either as an argument or with -f, not both")

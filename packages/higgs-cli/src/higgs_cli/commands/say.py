@@ -9,6 +9,7 @@ from higgs_cli.commands.common import (
     BUILTIN_NOTE,
     StatusLine,
     UsageFailure,
+    check_reads_audio_in,
     fail,
     friendly,
     max_ref_seconds_option,
@@ -134,6 +135,8 @@ def say(
             store.get(name)
     if play:
         Player.check()
+    if ref_in_system:
+        check_reads_audio_in(model)
 
     import mlx.core as mx
 
