@@ -70,3 +70,30 @@ def test_a_bad_request_fails_alone(tts):
     # one request alone still raises its error
     with pytest.raises(Exception, match="no text"):
         list(tts.stream("   "))
+
+
+def test_say_and_stream_name_every_option_in_their_signatures(tts):
+    # An IDE or help() shows what say/stream take: every setting, each sampling field,
+    # the voices; a misspelt option is Python's own TypeError.
+    import dataclasses
+    import inspect
+
+    from higgs_sampling import SamplingParams
+
+    settings = {f.name for f in dataclasses.fields(Settings)} - {"sampling"}
+    sampling = {f.name for f in dataclasses.fields(SamplingParams)}
+    for method in (tts.say, tts.stream):
+        names = set(inspect.signature(method).parameters)
+        assert settings | sampling | {"voice", "voices", "refs", "settings"} <= names
+        assert not any(
+            p.kind is p.VAR_KEYWORD for p in inspect.signature(method).parameters.values()
+        )
+    with pytest.raises(TypeError, match="temprature"):
+        tts.say("Hi.", temprature=0.5)
+    # An option left out keeps the settings' value; scene=None is no scene.
+    base = Settings(seed=3, max_seconds=1, scene="Audio is recorded from a quiet room.")
+    same = tts.say("Hi.", settings=base)
+    assert np.array_equal(tts.say("Hi.", settings=base, top_k=None).samples, same.samples)
+    plain = tts.say("Hi.", settings=base.but(scene=None))
+    assert np.array_equal(tts.say("Hi.", settings=base, scene=None).samples, plain.samples)
+    assert not np.array_equal(plain.samples, same.samples)

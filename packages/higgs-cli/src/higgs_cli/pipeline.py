@@ -15,7 +15,7 @@ going for its clients.
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import ClassVar
@@ -69,6 +69,41 @@ __all__ = [
 PREFILL_CHUNK, JOIN_CHUNK = 512, 64
 # Voice prefixes: the memory they may take by default, the files kept per voice.
 PREFIX_CACHE_MB, PREFIX_FILES = 512, 8
+
+
+class _Keep:
+    """The default of an option whose None means something (``scene``: none)."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP = _Keep()
+# The say/stream options that change Settings (its own fields and SamplingParams').
+SETTING_OPTIONS = (
+    "settings",
+    "seed",
+    "temperature",
+    "top_k",
+    "top_p",
+    "ras_window",
+    "ras_max_repeat",
+    "max_seconds",
+    "chunk_words",
+    "context_chunks",
+    "scene",
+    "ref_in_system",
+)
+
+
+def _chosen(options: dict) -> dict:
+    """The setting options a caller gave: None leaves a setting as it is, but for
+    ``scene``, where None is no scene and KEEP leaves it."""
+    return {
+        k: v
+        for k, v in options.items()
+        if k in SETTING_OPTIONS and v is not KEEP and (v is not None or k == "scene")
+    }
 
 
 class Higgs:
@@ -280,16 +315,65 @@ class Higgs:
 
     # speech out -----------------------------------------------------------------
 
-    def say(self, text, *, progress=None, warn=None, **options) -> Speech:
+    def say(
+        self,
+        text: str | Request,
+        *,
+        voice: str | None = None,
+        voices: Sequence[str] = (),
+        refs: Sequence[tuple[str | os.PathLike, str]] = (),
+        settings: Settings | None = None,
+        seed: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        ras_window: int | None = None,
+        ras_max_repeat: int | None = None,
+        max_seconds: float | None = None,
+        chunk_words: int | None = None,
+        context_chunks: int | None = None,
+        scene: str | _Keep | None = KEEP,
+        ref_in_system: bool | None = None,
+        progress: Callable[[Progress], None] | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> Speech:
         """Speak ``text`` (or a :class:`Request`); all chunks' codes are decoded
-        together at the end, as the release does."""
-        request = self.request(text, **options)
+        together at the end, as the release does.
+
+        ``voice``/``voices``: stored voices for SPEAKER0, SPEAKER1, ...; ``refs``:
+        ``(audio file, transcript)`` recordings to clone, after them. The rest change
+        ``settings`` (default :class:`Settings`, the release's): a setting left None
+        keeps its value there. ``progress`` gets a :class:`Progress` as frames come;
+        ``warn`` each warning, as it happens (they are also in the speech)."""
+        request = self.request(text, voice=voice, voices=voices, refs=refs, **_chosen(locals()))
         return self._run(lambda batch: self.speaking.job(request, batch, None, progress, warn), 1)
 
-    def stream(self, text, *, progress=None, warn=None, **options) -> SpeechStream:
+    def stream(
+        self,
+        text: str | Request,
+        *,
+        voice: str | None = None,
+        voices: Sequence[str] = (),
+        refs: Sequence[tuple[str | os.PathLike, str]] = (),
+        settings: Settings | None = None,
+        seed: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        ras_window: int | None = None,
+        ras_max_repeat: int | None = None,
+        max_seconds: float | None = None,
+        chunk_words: int | None = None,
+        context_chunks: int | None = None,
+        scene: str | _Keep | None = KEEP,
+        ref_in_system: bool | None = None,
+        progress: Callable[[Progress], None] | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> SpeechStream:
         """Speak ``text`` (or a :class:`Request`), yielding float32 PCM as soon as
-        the codec has it final; the stream's ``speech`` is set once it ends."""
-        request = self.request(text, **options)
+        the codec has it final; the stream's ``speech`` is set once it ends. The
+        options are :meth:`say`'s."""
+        request = self.request(text, voice=voice, voices=voices, refs=refs, **_chosen(locals()))
         out = SpeechStream(iter(()))
         many = self._many([request], 1, progress, warn, streaming=True)
 
