@@ -16,6 +16,7 @@ going for its clients.
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import fields
 from functools import cached_property
 from pathlib import Path
 from typing import ClassVar
@@ -42,6 +43,7 @@ from higgs_cli.speech import ManyStream, Progress, Speech, SpeechStream
 from higgs_cli.voices import VoiceStore, fingerprint
 from higgs_cli.voicing import Voicing, add_voice, check_ref_audio, codec_key, encode_file
 from higgs_core import Batch, LogitsProcessor
+from higgs_sampling import SamplingParams
 
 __all__ = [
     "MAX_REF_SECONDS",
@@ -79,21 +81,10 @@ class _Keep:
 
 
 KEEP = _Keep()
-# The say/stream options that change Settings (its own fields and SamplingParams').
-SETTING_OPTIONS = (
-    "settings",
-    "seed",
-    "temperature",
-    "top_k",
-    "top_p",
-    "ras_window",
-    "ras_max_repeat",
-    "max_seconds",
-    "chunk_words",
-    "context_chunks",
-    "scene",
-    "ref_in_system",
-)
+# The say/stream options that change Settings: its own fields and SamplingParams'.
+SETTING_OPTIONS = frozenset(
+    ["settings", *(f.name for f in fields(Settings)), *(f.name for f in fields(SamplingParams))]
+) - {"sampling"}
 
 
 def _chosen(options: dict) -> dict:
