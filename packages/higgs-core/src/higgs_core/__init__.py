@@ -12,17 +12,16 @@ from higgs_core.batch import (
     Finished,
     Frames,
     LogitsProcessor,
-    Prefix,
     PrefixReady,
     Status,
     Ticket,
-    make_prefix,
 )
 from higgs_core.config import ModelConfig
 from higgs_core.errors import CheckpointError, ModelNotFoundError
 from higgs_core.generate import FrameGenerator, GenerationResult, generate, generate_frames
 from higgs_core.loading import load_model, quantize, resolve_path, save_model
 from higgs_core.model import HiggsAudioModel
+from higgs_core.prefix import Prefix, make_prefix
 
 __version__ = _version("higgs-core")
 

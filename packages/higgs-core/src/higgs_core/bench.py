@@ -269,7 +269,8 @@ def run_batched(
     steps, and each figure is the median of its rounds: a machine whose speed
     drifts (a shared VM's does, by 20% and more) then shifts every size alike
     instead of the ratios between them."""
-    from higgs_core.batch import Batch, Frames, make_prefix
+    from higgs_core.batch import Batch, Frames
+    from higgs_core.prefix import make_prefix
 
     def read(events) -> list:
         return [f for e in events if isinstance(e, Frames) for f in e.frames]
