@@ -205,3 +205,12 @@ def test_a_row_draws_the_same_whatever_its_batch_ranks():
         for i, state in enumerate(batches):
             got, batches[i] = rows.step(grid, state)
             assert mx.array_equal(got[1], want[0]), (step, i)
+
+
+def test_filter_logits_takes_per_row_settings():
+    # One value per row of the leading axes; a row's result is what its own numbers give.
+    x = mx.array([[1.0, 3.0, 2.0, 3.0, 0.0], [0.5, 0.1, 2.0, 1.0, 3.0]])
+    rows = filter_logits(x, mx.array([1.0, 0.5]), mx.array([2, 0]), mx.array([1.0, 0.6]))
+    for i, (t, k, p) in enumerate([(1.0, 2, 1.0), (0.5, 0, 0.6)]):
+        alone = filter_logits(x[i : i + 1], temperature=t, top_k=k, top_p=p)
+        assert mx.array_equal(rows[i : i + 1], alone)

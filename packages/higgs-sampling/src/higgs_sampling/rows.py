@@ -58,15 +58,18 @@ class RowState:
         """The state of some rows (a list of row indices), in that order."""
         idx = mx.array(rows, dtype=mx.int32)
         taken = {f.name: getattr(self, f.name)[idx] for f in fields(self) if f.name != "ks"}
-        return RowState(**taken, ks=tuple(self.ks[r] for r in rows))
+        known = len(self.ks) == self.rows
+        return RowState(**taken, ks=tuple(self.ks[r] for r in rows) if known else ())
 
     @property
     def kmax(self) -> int:
         """The entries a step ranks: the largest top-k of the sampled rows, or 0 (all)
         when one of them does not filter by top-k."""
+        if len(self.ks) != self.rows:
+            return 0  # not known (a state built by hand): rank them all
         sampled = [k for k in self.ks if k >= 0]
         if not sampled:
-            return 1
+            return 1  # every row greedy: the draw is not used
         return max(sampled) if min(sampled) > 0 else 0
 
     @staticmethod
@@ -85,7 +88,10 @@ class RowState:
         }
         return RowState(
             history=mx.concatenate([widen(s.history) for s in states]),
-            ks=tuple(k for s in states for k in s.ks),
+            # per-row top-k, when every state knows its rows'
+            ks=tuple(k for s in states for k in s.ks)
+            if all(len(s.ks) == s.rows for s in states)
+            else (),
             **out,
         )
 

@@ -52,7 +52,7 @@ def filter_logits(logits: mx.array, temperature=1.0, top_k=0, top_p=1.0) -> mx.a
     unscaled (that row is greedy, see :func:`sample`).
     """
     x = scale(logits, temperature)
-    if top_k == 0 and isinstance(top_p, float | int) and top_p >= 1.0:
+    if isinstance(top_k, int) and top_k == 0 and isinstance(top_p, float | int) and top_p >= 1:
         return x  # numbers that disable both filters
     kept = rank(x, top_k, top_p, top_k if isinstance(top_k, int) else 0)
     return mx.where(x < kept.floor, -mx.inf, x)
