@@ -3,7 +3,9 @@
 // - bf16 x against bf16 W, 1 to 64 rows (a decode batch): vdpbf16ps multiplies
 //   pairs of bf16 exactly and accumulates in fp32, rows register-tiled against
 //   W, which is read from memory once;
-// - prefill for more rows: the same instruction over packed panels. W is bf16, or
+// - 4- and 8-bit W against bf16 or f16 x, 1 to 64 rows: x rounded to int8 per
+//   group, vpdpbusd against W taken 16 rows to a tile (exact int32 group sums);
+// - prefill for more rows: vdpbf16ps over packed panels. W is bf16, or
 //   group-quantized and dequantized to bf16 as each block of it is packed (the
 //   precision of the activations; MLX's GPU kernels likewise dequantize into the
 //   input type).
