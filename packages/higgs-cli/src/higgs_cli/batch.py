@@ -392,25 +392,34 @@ def run_local(
     warn=None,
 ):
     """Speak every row on one batch: up to ``max_batch`` at once, each as ``say`` would."""
-    from higgs_cli.runner import Runner
+    from higgs_cli.engine import Audio, Done, Engine
 
-    runner = Runner(tts.new_batch(max_batch))
-    todo = deque(rows)
-    running: dict = {}  # job -> (row, start)
-    while todo or running:
-        while todo and len(running) < 2 * max_batch:  # a few waiting: the batch never idles
-            row = todo.popleft()
-            job = runner.add(tts.job(row.request, runner.batch, warn=warn))
-            running[job] = (row, time.perf_counter())
-        runner.tick()
-        for job in [j for j in running if j.done]:
-            row, start = running.pop(job)
-            result = finish(
-                row, outdir, job.result, job.error, time.perf_counter() - start, tts.sample_rate
-            )
-            results.add(result)
-            tally.count(result)
-            on_result(result)
+    engine = Engine(tts.new_batch(max_batch))
+
+    def work(request):
+        return lambda _: tts.job(request, engine.batch, warn=warn)
+
+    todo = deque(enumerate(rows))
+    started: dict[int, float] = {}
+    try:
+        while todo or engine.pending:
+            while todo and engine.pending < 2 * max_batch:  # a few waiting: it never idles
+                i, row = todo.popleft()
+                started[i] = time.perf_counter()
+                engine.add(i, work(row.request))
+            for event in engine.tick():
+                if isinstance(event, Audio):  # rows are written whole
+                    continue
+                speech, error = (
+                    (event.result, None) if isinstance(event, Done) else (None, event.error)
+                )
+                seconds = time.perf_counter() - started.pop(event.key)
+                result = finish(rows[event.key], outdir, speech, error, seconds, tts.sample_rate)
+                results.add(result)
+                tally.count(result)
+                on_result(result)
+    finally:
+        engine.close()
 
 
 def finish(row: Row, outdir: Path, speech, error, seconds: float, sample_rate: int) -> dict:

@@ -130,39 +130,47 @@ class RowSpeaker:
 
     def __call__(self, batch: dict) -> dict:
         from higgs_cli.batch import entry
+        from higgs_cli.engine import Audio, Done, Engine
         from higgs_cli.output import encode
-        from higgs_cli.runner import Runner
         from higgs_cli.settings import Request, Settings
 
-        runner = Runner(self.tts.new_batch(self.max_batch))
+        engine = Engine(self.tts.new_batch(self.max_batch))
         n = len(next(iter(batch.values()))) if batch else 0
         rows = [{key: batch[key][i] for key in batch} for i in range(n)]
-        jobs = []
-        for row in rows:
+        start = time.perf_counter()
+
+        def work(request):
+            return lambda _: self.tts.job(request, engine.batch)
+
+        for i, row in enumerate(rows):
             settings = Settings().but(**json.loads(row["settings"]))
             clones = (self.voices[row["voice"]],) if row["voice"] else ()
-            request = Request(str(row["text"]), settings=settings, clones=clones)
-            jobs.append((row, runner.add(self.tts.job(request, runner.batch)), time.perf_counter()))
+            engine.add(i, work(Request(str(row["text"]), settings=settings, clones=clones)))
+        ended: dict[int, tuple] = {}  # row -> (result or None, error or None, seconds)
+        try:
+            while engine.pending:
+                for event in engine.tick():
+                    seconds = time.perf_counter() - start
+                    if isinstance(event, Done):
+                        ended[event.key] = (event.result, None, seconds)
+                    elif not isinstance(event, Audio):  # rows are written whole
+                        ended[event.key] = (None, event.error, seconds)
+        finally:
+            engine.close()
         out = []
-        finished = {}
-        while runner.jobs:
-            runner.tick()
-            for _, job, start in jobs:
-                if job.done and id(job) not in finished:
-                    finished[id(job)] = time.perf_counter() - start
-        for row, job, _ in jobs:
+        for i, row in enumerate(rows):
             view = _RowView(row)
-            seconds = finished.get(id(job), 0.0)
-            if job.error is None:
+            speech, error, seconds = ended[i]
+            if error is None:
                 try:
                     name = f"{row['id']}.{row['format']}"
-                    data = encode(job.result.samples, self.tts.sample_rate, row["format"])
+                    data = encode(speech.samples, self.tts.sample_rate, row["format"])
                     self.outdir.write(name, data)
-                    out.append(entry(view, name, job.result, seconds))
+                    out.append(entry(view, name, speech, seconds))
                     continue
                 except HiggsError as e:
-                    job.error = e
-            out.append(entry(view, None, None, seconds, " ".join(str(job.error).split())))
+                    error = e
+            out.append(entry(view, None, None, seconds, " ".join(str(error).split())))
         return {key: [o[key] for o in out] for key in out[0]} if out else {}
 
 

@@ -14,7 +14,6 @@ going for its clients.
 """
 
 import os
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
 from functools import cached_property
@@ -23,10 +22,11 @@ from typing import ClassVar
 
 import numpy as np
 
+from higgs_cli.engine import Audio, Done, Engine, Failed
 from higgs_cli.generation import Generation, Warn, quiet
 from higgs_cli.prefixes import PrefixCache, PrefixStore, model_identity
 from higgs_cli.prompt import Speaker
-from higgs_cli.runner import Job, Runner, Work
+from higgs_cli.runner import Work
 from higgs_cli.settings import (
     DEFAULT_CODEC,
     DEFAULT_MODEL,
@@ -410,27 +410,28 @@ class Higgs:
         out = ManyStream(iter(()))
 
         def pieces():
-            runner = Runner(self.new_batch(max_batch))
-            ready: deque[tuple[int, np.ndarray]] = deque()
-            jobs: list[Job | Exception] = []
+            engine = Engine(self.new_batch(max_batch))
+            results: list = list(checked)  # a failed check stays in its place
             for i, r in enumerate(checked):
-                if isinstance(r, Exception):
-                    jobs.append(r)
-                    continue
-                emit = (lambda pcm, i=i: ready.append((i, pcm))) if streaming else None
-                jobs.append(runner.add(self.speaking.job(r, runner.batch, emit, progress, warn)))
+                if isinstance(r, Request):
+                    engine.add(
+                        i,
+                        lambda emit, r=r: self.speaking.job(
+                            r, engine.batch, emit if streaming else None, progress, warn
+                        ),
+                    )
             try:
-                while runner.jobs:
-                    runner.tick()
-                    while ready:
-                        yield ready.popleft()
+                while engine.pending:
+                    for event in engine.tick():
+                        if isinstance(event, Audio):
+                            yield event.key, event.pcm
+                        elif isinstance(event, Done):
+                            results[event.key] = event.result
+                        else:
+                            results[event.key] = event.error
             finally:
-                for job in jobs:
-                    if isinstance(job, Job):
-                        job.cancel()
-            out.speeches = [
-                job if isinstance(job, Exception) else job.error or job.result for job in jobs
-            ]
+                engine.close()
+            out.speeches = results
 
         out._pieces = pieces()
         return out
@@ -442,15 +443,17 @@ class Higgs:
 
     def _run(self, work: Callable[[Batch], Work], max_batch: int):
         """Run one job to its end on a batch of its own; its result (or its error)."""
-        runner = Runner(self.new_batch(max_batch))
-        job: Job = runner.add(work(runner.batch))
+        engine = Engine(self.new_batch(max_batch))
+        engine.add(0, lambda _: work(engine.batch))
         try:
-            runner.run()
+            while engine.pending:
+                for event in engine.tick():
+                    if isinstance(event, Failed):
+                        raise event.error
+                    if isinstance(event, Done):
+                        return event.result
         finally:
-            job.cancel()
-        if job.error is not None:
-            raise job.error
-        return job.result
+            engine.close()
 
     def job(self, request: Request, batch: Batch, *, emit=None, progress=None, warn=None) -> Work:
         """The work of one request, for a :class:`~higgs_cli.runner.Runner` on

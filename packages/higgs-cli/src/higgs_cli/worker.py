@@ -108,7 +108,7 @@ class Worker:
         self.running = 0  # rows decoding in the batch now (at most max_batch)
         self.clock = clock
         self.mean_seconds: float | None = None  # a request's time in the worker, smoothed
-        self._running: dict[Job, object] = {}  # the jobs in the worker, and their work
+        self._running: dict[Job, bool] = {}  # the jobs in the worker, in order
         self._lock = threading.RLock()  # pending and the jobs running, across threads
         self._jobs: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="higgs-worker", daemon=True)
@@ -140,14 +140,18 @@ class Worker:
     def _run(self):
         import mlx.core as mx
 
-        from higgs_cli.runner import Runner
+        from higgs_cli.engine import Audio, Done, Engine
 
         # MLX streams belong to the thread that made them: this thread needs its own.
         mx.set_default_stream(mx.new_stream(mx.default_device()))
         # Newcomers' prompts go in a short chunk a step, so that streams already
         # playing stall less (in 16-bit weights a stream may then round apart from
         # its lone run: see higgs_core.Batch).
-        runner = Runner(self.tts.new_batch(self.max_batch, join_chunk=JOIN_CHUNK))
+        engine = Engine(self.tts.new_batch(self.max_batch, join_chunk=JOIN_CHUNK))
+
+        def work(job: Job):
+            return lambda _: job.make(engine.batch)  # a served job emits to its client itself
+
         running = self._running
         while True:
             try:  # wait for work only when there is none
@@ -155,41 +159,44 @@ class Worker:
                 while True:
                     if job is None:  # closing: whoever still waits hears why
                         stop = ShuttingDown("the server is shutting down")
-                        for waiting, work in running.items():
-                            work.cancel(stop)
+                        for waiting in list(running):
+                            engine.cancel(waiting)
                             waiting.emit(stop)
                         while (left := self._next_queued()) is not None:
                             left.emit(stop)
                         return
                     job.started = self.clock()
                     with self._lock:
-                        running[job] = runner.add(job.make(runner.batch))
+                        running[job] = True
+                    engine.add(job, work(job))
                     job = self._jobs.get_nowait()
             except queue.Empty:
                 pass
             now = self.clock()
-            for job, work in running.items():
+            for job in running:
                 if (why := job.overdue(now)) is not None:
-                    work.cancel(why)
-            runner.tick()
-            self.running = runner.batch.running  # the rest wait for a row, or between chunks
-            for job, work in list(running.items()):
-                if work.done:
-                    # Counted out before the client hears it is done: a client that reads
-                    # /health right after its answer must not see itself still queued.
-                    took = self.clock() - (job.started or 0.0)
-                    mean = self.mean_seconds
-                    self.mean_seconds = took if mean is None else mean + SMOOTHING * (took - mean)
-                    with self._lock:
-                        del running[job]
-                        self.pending -= 1
-                    if work.error is not None:
-                        job.emit(work.error)
-                    else:
-                        if work.result is not None:
-                            job.emit(work.result)
-                        job.emit(DONE)
-                    mx.clear_cache()  # keep memory flat: what the request used goes back
+                    engine.cancel(job, why)
+            events = engine.tick()
+            self.running = engine.batch.running  # the rest wait for a row, or between chunks
+            for event in events:
+                if isinstance(event, Audio):
+                    continue
+                job = event.key
+                # Counted out before the client hears it is done: a client that reads
+                # /health right after its answer must not see itself still queued.
+                took = self.clock() - (job.started or 0.0)
+                mean = self.mean_seconds
+                self.mean_seconds = took if mean is None else mean + SMOOTHING * (took - mean)
+                with self._lock:
+                    del running[job]
+                    self.pending -= 1
+                if isinstance(event, Done):
+                    if event.result is not None:
+                        job.emit(event.result)
+                    job.emit(DONE)
+                else:
+                    job.emit(event.error)
+                mx.clear_cache()  # keep memory flat: what the request used goes back
 
     def _next_queued(self) -> Job | None:
         try:
