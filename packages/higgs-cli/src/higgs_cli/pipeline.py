@@ -7,10 +7,10 @@
 >>> stream.speech  # the whole Speech, once the stream is exhausted
 >>> speeches = tts.say_many(["One text.", Request("Another.", voices=("en_man",))])
 
-A request's work is a job (:mod:`higgs_cli.runner`) that waits on a
-:class:`higgs_core.Batch`: ``say`` runs one job, ``say_many`` many at once,
-decoded together one frame per model step, and ``higgs serve`` keeps a runner
-going for its clients.
+A request's work is a job (:mod:`higgs_cli.speak`) that waits on a
+:class:`higgs_core.Batch`, run by the :mod:`higgs_cli.engine`: ``say`` runs one
+job, ``say_many`` many at once, decoded together one frame per model step, and
+``higgs serve`` keeps an engine going for its clients.
 """
 
 import os
@@ -456,7 +456,7 @@ class Higgs:
             engine.close()
 
     def job(self, request: Request, batch: Batch, *, emit=None, progress=None, warn=None) -> Work:
-        """The work of one request, for a :class:`~higgs_cli.runner.Runner` on
+        """The work of one request, for a :class:`~higgs_cli.engine.Engine` on
         ``batch``: PCM to ``emit`` as it is made (or decoded whole at the end, when
         ``emit`` is None); returns the :class:`Speech`."""
         return self.speaking.job(request.check(), batch, emit, progress, warn)

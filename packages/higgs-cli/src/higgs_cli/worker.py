@@ -62,7 +62,7 @@ DONE = object()
 
 class Job:
     """One request's model work. ``make(batch)`` gives the work (a generator for
-    :class:`higgs_cli.runner.Runner`, see ``Higgs.job``), which may ``emit``
+    :class:`higgs_cli.engine.Engine`, see ``Higgs.job``), which may ``emit``
     items; its result is emitted too, then ``DONE``."""
 
     def __init__(self, make, timeout: float):
