@@ -108,7 +108,10 @@ class _Stream:
     error: BaseException | None = None
     t0: float = 0.0
     t1: float = 0.0
-    ticket: "Ticket | None" = None
+    ticket: "Ticket" = field(init=False)  # what its caller holds, made with it
+
+    def __post_init__(self):
+        self.ticket = Ticket(self)
 
     @property
     def finished(self) -> bool:
@@ -301,7 +304,6 @@ class Batch:
             keep_prefix=keep_prefix if keep_prefix > done else 0,
             processor=logits_processor,
         )
-        stream.ticket = Ticket(stream)
         self._waiting.append(stream)
         return stream.ticket
 
@@ -428,7 +430,6 @@ class Batch:
         logits = self.model.prefill_chunk(s.ids, s.audio, s.cache, s.done, end)
         s.done = end
         if end == s.keep_prefix:
-            assert s.ticket is not None
             self._events.append(PrefixReady(s.ticket, self._snapshot(s)))
         if end < len(s.ids):
             mx.eval([c.state for c in s.cache])
@@ -455,7 +456,6 @@ class Batch:
         self._live.append(s)
 
     def _frames_out(self, s: _Stream, frames: list[mx.array]):
-        assert s.ticket is not None
         self._events.append(Frames(s.ticket, tuple(frames), len(s.frames) - 1, s.end))
 
     def _snapshot(self, s: _Stream) -> Prefix:
@@ -491,5 +491,4 @@ class Batch:
         )
         s.status = Status.FINISHED
         s.cache = []  # its KV memory goes with it
-        assert s.ticket is not None
         self._events.append(Finished(s.ticket, s.result))

@@ -87,9 +87,13 @@ class Kept:
     floor: mx.array
 
     def tie_mass(self) -> tuple[mx.array, mx.array]:
-        """exp(kth - top) for each tied entry, and the ties' whole mass."""
-        each = mx.where(self.ties > 0, mx.exp(self.kth - self.top), 0.0)
-        return each, self.ties * each
+        return _tie_mass(self.kth, self.ties, self.top)
+
+
+def _tie_mass(kth: mx.array, ties: mx.array, top: mx.array) -> tuple[mx.array, mx.array]:
+    """exp(kth - top) for each entry tied with the k-th largest, and the ties' whole mass."""
+    each = mx.where(ties > 0, mx.exp(kth - top), 0.0)
+    return each, ties * each
 
 
 def rank(x: mx.array, top_k, top_p, kmax: int = 0) -> Kept:
@@ -122,7 +126,7 @@ def rank(x: mx.array, top_k, top_p, kmax: int = 0) -> Kept:
         e = mx.exp(ranked - top)
         cum = mx.cumsum(e, axis=-1)
         above = cum[..., -1:]
-        each, tied = Kept(ranked, kth, ties, top, floor).tie_mass()
+        each, tied = _tie_mass(kth, ties, top)
         bound = p * (above + tied)
         keep = mx.sum((ranked > -mx.inf) & (cum - e < bound), axis=-1, keepdims=True)
         in_ties = mx.where(
